@@ -1,0 +1,17 @@
+//! Lantern: an event store whose read models are built by WebAssembly projections.
+//!
+//! # Layout
+//! In data-flow order:
+//! - [`store`]: the event log (group commit, CRC-framed records) and the indexes derived from it.
+//! - [`subscription`]: catch-up from any position, then live, with no gap and no duplicate.
+//! - [`http`]: the HTTP API (axum); the only part that knows JSON shapes and status codes.
+//! - [`server`]: wires the store and the HTTP API into `lantern serve`.
+//! - [`cli`]: the `lantern` command line, a client of a running server.
+//! - [`bench`]: the benchmark program behind `lantern bench`.
+
+pub mod bench;
+// pub mod cli;
+// pub mod http;
+// pub mod server;
+pub mod store;
+// pub mod subscription;

@@ -1,0 +1,427 @@
+//! Indexes derived from the log: redb tables written in large batches by a background thread,
+//! plus the tail not yet indexed, held in memory, so every lookup is complete and exact.
+//!
+//! A lookup takes the tail's read lock and then opens a redb read transaction: chunks leave the
+//! tail only after their redb commit, so the two together always cover the whole log up to the
+//! committed head. A chunk whose events the transaction already holds is skipped.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, RwLock};
+
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
+use uuid::Uuid;
+
+use super::StoreError;
+
+/// `(stream, revision) -> (position, offset)`.
+const STREAMS: TableDefinition<'_, (&str, u64), (u64, u64)> = TableDefinition::new("streams");
+/// `event id -> (position, offset)`.
+const IDS: TableDefinition<'_, u128, (u64, u64)> = TableDefinition::new("ids");
+/// `position -> offset`, for every position `p` with `p % POSITION_STRIDE == 1`: reading the log
+/// from anywhere starts at most `POSITION_STRIDE - 1` records early and skips forward.
+const POSITIONS: TableDefinition<'_, u64, u64> = TableDefinition::new("positions");
+/// `"indexed_position"` (the last position in the tables) and `"indexed_offset"` (where the log
+/// continues after it).
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+
+pub(crate) const POSITION_STRIDE: u64 = 64;
+
+/// Where an event lives: its position and the byte offset of its frame in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Location {
+    pub position: u64,
+    pub offset: u64,
+}
+
+/// One stream entry of an index lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StreamEntry {
+    pub revision: u64,
+    pub location: Location,
+}
+
+/// Consecutive events, by position, not yet in redb.
+#[derive(Default)]
+pub(crate) struct Chunk {
+    first_position: u64,
+    offsets: Vec<u64>,
+    streams: HashMap<String, Vec<StreamEntry>>,
+    ids: HashMap<Uuid, Location>,
+}
+
+impl Chunk {
+    fn new(first_position: u64) -> Self {
+        Chunk {
+            first_position,
+            ..Chunk::default()
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    fn last_position(&self) -> u64 {
+        self.first_position + self.offsets.len() as u64 - 1
+    }
+
+    fn offset_of(&self, position: u64) -> Option<u64> {
+        let index = position.checked_sub(self.first_position)?;
+        self.offsets.get(index as usize).copied()
+    }
+}
+
+/// What the writer hands over for each event it committed.
+pub(crate) struct Indexed<'a> {
+    pub stream: &'a str,
+    pub revision: u64,
+    pub id: Uuid,
+    pub location: Location,
+}
+
+/// The committed end of the log: readers never look past it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Committed {
+    pub head_position: u64,
+    pub end_offset: u64,
+}
+
+struct Tail {
+    /// Sealed chunks waiting for (or being written by) the indexer, oldest first.
+    sealed: VecDeque<Arc<Chunk>>,
+    /// The chunk the writer is filling.
+    open: Chunk,
+    committed: Committed,
+}
+
+/// The indexes: redb plus the in-memory tail.
+pub(crate) struct Index {
+    db: Database,
+    tail: RwLock<Tail>,
+    chunk_events: usize,
+}
+
+impl Index {
+    /// Opens (or creates) the index file and returns it with its `Committed` high-water mark.
+    pub(crate) fn open(path: &Path, chunk_events: usize) -> Result<(Self, Committed), StoreError> {
+        let db = Database::builder()
+            .set_cache_size(64 << 20)
+            .create(path)
+            .map_err(redb::Error::from)?;
+        let txn = db.begin_write().map_err(redb::Error::from)?;
+        let indexed = {
+            // Create every table so read transactions never meet a missing one.
+            txn.open_table(STREAMS).map_err(redb::Error::from)?;
+            txn.open_table(IDS).map_err(redb::Error::from)?;
+            txn.open_table(POSITIONS).map_err(redb::Error::from)?;
+            let meta = txn.open_table(META).map_err(redb::Error::from)?;
+            let get = |key| -> Result<u64, StoreError> {
+                Ok(meta
+                    .get(key)
+                    .map_err(redb::Error::from)?
+                    .map_or(0, |v| v.value()))
+            };
+            Committed {
+                head_position: get("indexed_position")?,
+                end_offset: get("indexed_offset")?,
+            }
+        };
+        txn.commit().map_err(redb::Error::from)?;
+        let tail = Tail {
+            sealed: VecDeque::new(),
+            open: Chunk::new(indexed.head_position + 1),
+            committed: indexed,
+        };
+        Ok((
+            Index {
+                db,
+                tail: RwLock::new(tail),
+                chunk_events,
+            },
+            indexed,
+        ))
+    }
+
+    pub(crate) fn committed(&self) -> Committed {
+        self.tail.read().expect("tail lock").committed
+    }
+
+    /// Adds the events of one committed group and moves the high-water mark. Returns a chunk to
+    /// hand to the indexer when the open one is full.
+    pub(crate) fn publish<'a>(
+        &self,
+        events: impl IntoIterator<Item = Indexed<'a>>,
+        committed: Committed,
+    ) -> Option<Arc<Chunk>> {
+        let mut tail = self.tail.write().expect("tail lock");
+        for event in events {
+            let chunk = &mut tail.open;
+            debug_assert_eq!(
+                chunk.first_position + chunk.offsets.len() as u64,
+                event.location.position
+            );
+            chunk.offsets.push(event.location.offset);
+            chunk.ids.insert(event.id, event.location);
+            let entry = StreamEntry {
+                revision: event.revision,
+                location: event.location,
+            };
+            match chunk.streams.get_mut(event.stream) {
+                Some(entries) => entries.push(entry),
+                None => {
+                    chunk.streams.insert(event.stream.to_owned(), vec![entry]);
+                }
+            }
+        }
+        tail.committed = committed;
+        if tail.open.len() < self.chunk_events {
+            return None;
+        }
+        let next = Chunk::new(committed.head_position + 1);
+        let full = Arc::new(std::mem::replace(&mut tail.open, next));
+        tail.sealed.push_back(full.clone());
+        Some(full)
+    }
+
+    /// Seals the open chunk, however small, so a clean shutdown can index everything.
+    pub(crate) fn seal_open(&self) -> Option<Arc<Chunk>> {
+        let mut tail = self.tail.write().expect("tail lock");
+        if tail.open.len() == 0 {
+            return None;
+        }
+        let next = Chunk::new(tail.committed.head_position + 1);
+        let full = Arc::new(std::mem::replace(&mut tail.open, next));
+        tail.sealed.push_back(full.clone());
+        Some(full)
+    }
+
+    /// Runs `lookup` over the tail chunks (newest first) that redb does not hold yet, with the
+    /// read transaction that complements them.
+    fn snapshot<T>(
+        &self,
+        lookup: impl FnOnce(&[&Chunk], &ReadTransaction, Committed) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let tail = self.tail.read().expect("tail lock");
+        let txn = self.db.begin_read().map_err(redb::Error::from)?;
+        let indexed_position = txn
+            .open_table(META)
+            .map_err(redb::Error::from)?
+            .get("indexed_position")
+            .map_err(redb::Error::from)?
+            .map_or(0, |v| v.value());
+        let mut chunks: Vec<&Chunk> = Vec::with_capacity(tail.sealed.len() + 1);
+        if tail.open.len() > 0 {
+            chunks.push(&tail.open);
+        }
+        chunks.extend(
+            tail.sealed
+                .iter()
+                .rev()
+                .map(|c| &**c)
+                .filter(|c| c.first_position > indexed_position),
+        );
+        lookup(&chunks, &txn, tail.committed)
+    }
+
+    /// The revision of the stream's last event, `None` for a stream with no events.
+    pub(crate) fn stream_head(&self, stream: &str) -> Result<Option<u64>, StoreError> {
+        self.snapshot(|chunks, txn, _| {
+            for chunk in chunks {
+                if let Some(last) = chunk.streams.get(stream).and_then(|e| e.last()) {
+                    return Ok(Some(last.revision));
+                }
+            }
+            let table = txn.open_table(STREAMS).map_err(redb::Error::from)?;
+            let last = table
+                .range((stream, 0)..=(stream, u64::MAX))
+                .map_err(redb::Error::from)?
+                .next_back()
+                .transpose()
+                .map_err(redb::Error::from)?;
+            Ok(last.map(|(key, _)| key.value().1))
+        })
+    }
+
+    /// Up to `limit` entries of `stream` from revision `from` (inclusive), in the direction asked.
+    pub(crate) fn stream_entries(
+        &self,
+        stream: &str,
+        from: u64,
+        backward: bool,
+        limit: usize,
+    ) -> Result<Vec<StreamEntry>, StoreError> {
+        self.snapshot(|chunks, txn, _| {
+            // Oldest first: redb, then the tail chunks in position order.
+            let tail_entries = chunks
+                .iter()
+                .rev()
+                .filter_map(|c| c.streams.get(stream))
+                .flatten();
+            let table = txn.open_table(STREAMS).map_err(redb::Error::from)?;
+            let mut out = Vec::with_capacity(limit.min(1024));
+            let decode = |item: Result<(redb::AccessGuard<'_, (&str, u64)>, redb::AccessGuard<'_, (u64, u64)>), redb::StorageError>| {
+                let (key, value) = item.map_err(redb::Error::from)?;
+                let (position, offset) = value.value();
+                Ok::<_, StoreError>(StreamEntry {
+                    revision: key.value().1,
+                    location: Location { position, offset },
+                })
+            };
+            if backward {
+                let newest: Vec<&StreamEntry> =
+                    tail_entries.filter(|e| e.revision <= from).collect();
+                out.extend(newest.into_iter().rev().take(limit).copied());
+                if out.len() < limit {
+                    let range = table
+                        .range((stream, 0)..=(stream, from))
+                        .map_err(redb::Error::from)?;
+                    for item in range.rev().take(limit - out.len()) {
+                        out.push(decode(item)?);
+                    }
+                }
+            } else {
+                let range = table
+                    .range((stream, from)..=(stream, u64::MAX))
+                    .map_err(redb::Error::from)?;
+                for item in range.take(limit) {
+                    out.push(decode(item)?);
+                }
+                let remaining = limit - out.len();
+                out.extend(
+                    tail_entries
+                        .filter(|e| e.revision >= from)
+                        .take(remaining)
+                        .copied(),
+                );
+            }
+            Ok(out)
+        })
+    }
+
+    /// Where the event with this id lives, if it was written.
+    pub(crate) fn id_location(&self, id: Uuid) -> Result<Option<Location>, StoreError> {
+        self.snapshot(|chunks, txn, _| {
+            for chunk in chunks {
+                if let Some(location) = chunk.ids.get(&id) {
+                    return Ok(Some(*location));
+                }
+            }
+            let table = txn.open_table(IDS).map_err(redb::Error::from)?;
+            let found = table.get(id.as_u128()).map_err(redb::Error::from)?;
+            Ok(found.map(|v| {
+                let (position, offset) = v.value();
+                Location { position, offset }
+            }))
+        })
+    }
+
+    /// A place to start reading the log for `position` (at or before it), and the committed end.
+    /// `None` when `position` is past the head.
+    pub(crate) fn seek(&self, position: u64) -> Result<(Option<Location>, Committed), StoreError> {
+        self.snapshot(|chunks, txn, committed| {
+            if position > committed.head_position {
+                return Ok((None, committed));
+            }
+            for chunk in chunks {
+                if let Some(offset) = chunk.offset_of(position) {
+                    return Ok((Some(Location { position, offset }), committed));
+                }
+            }
+            let table = txn.open_table(POSITIONS).map_err(redb::Error::from)?;
+            let floor = table
+                .range(..=position)
+                .map_err(redb::Error::from)?
+                .next_back()
+                .transpose()
+                .map_err(redb::Error::from)?;
+            let location = match floor {
+                Some((key, value)) => Location {
+                    position: key.value(),
+                    offset: value.value(),
+                },
+                None => Location {
+                    position: 1,
+                    offset: 0,
+                },
+            };
+            Ok((Some(location), committed))
+        })
+    }
+
+    /// Writes one sealed chunk into redb in a single transaction, then drops it from the tail.
+    fn index_chunk(&self, chunk: &Chunk) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        {
+            let mut streams = txn.open_table(STREAMS).map_err(redb::Error::from)?;
+            // Sorted keys keep the B-tree inserts local: each stream's leaf is touched once.
+            let mut names: Vec<&String> = chunk.streams.keys().collect();
+            names.sort_unstable();
+            for name in names {
+                for entry in &chunk.streams[name] {
+                    let location = entry.location;
+                    streams
+                        .insert(
+                            (name.as_str(), entry.revision),
+                            (location.position, location.offset),
+                        )
+                        .map_err(redb::Error::from)?;
+                }
+            }
+            let mut ids = txn.open_table(IDS).map_err(redb::Error::from)?;
+            let mut sorted_ids: Vec<(&Uuid, &Location)> = chunk.ids.iter().collect();
+            sorted_ids.sort_unstable_by_key(|(id, _)| **id);
+            for (id, location) in sorted_ids {
+                ids.insert(id.as_u128(), (location.position, location.offset))
+                    .map_err(redb::Error::from)?;
+            }
+            let mut positions = txn.open_table(POSITIONS).map_err(redb::Error::from)?;
+            for (index, offset) in chunk.offsets.iter().enumerate() {
+                let position = chunk.first_position + index as u64;
+                if position % POSITION_STRIDE == 1 {
+                    positions
+                        .insert(position, *offset)
+                        .map_err(redb::Error::from)?;
+                }
+            }
+            let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
+            let last_position = chunk.last_position();
+            meta.insert("indexed_position", last_position)
+                .map_err(redb::Error::from)?;
+            // Recovery rescans the log from this record, skipping what is already indexed.
+            let last_offset = *chunk.offsets.last().expect("sealed chunks are not empty");
+            meta.insert("indexed_offset", last_offset)
+                .map_err(redb::Error::from)?;
+        }
+        txn.commit().map_err(redb::Error::from)?;
+        let mut tail = self.tail.write().expect("tail lock");
+        if tail
+            .sealed
+            .front()
+            .is_some_and(|c| c.first_position == chunk.first_position)
+        {
+            tail.sealed.pop_front();
+        }
+        Ok(())
+    }
+
+    /// The indexer thread's loop: one redb transaction per sealed chunk, in order.
+    pub(crate) fn run_indexer(self: Arc<Self>, chunks: Receiver<Arc<Chunk>>) {
+        for chunk in chunks {
+            if let Err(error) = self.index_chunk(&chunk) {
+                // The chunk stays in the tail, so reads stay complete; the next start-up
+                // rebuilds the index from the log.
+                tracing::error!(%error, "indexing failed; the index will be rebuilt on restart");
+                return;
+            }
+        }
+    }
+}
+
+/// Hands a sealed chunk to the indexer; blocks while too many wait, which bounds the memory the
+/// tail can take.
+pub(crate) fn hand_over(indexer: &SyncSender<Arc<Chunk>>, chunk: Arc<Chunk>) {
+    // A closed indexer keeps the chunk in memory; reads stay complete.
+    let _ = indexer.send(chunk);
+}

@@ -1,0 +1,130 @@
+//! The log file: CRC-framed records appended at the end, read anywhere with `pread`.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use bytes::{Bytes, BytesMut};
+
+use super::StoreError;
+use super::record::{self, Decoded, FRAME_HEADER, FrameError};
+
+/// How much a sequential reader fetches at a time.
+const READ_BLOCK: usize = 1 << 20;
+
+/// Reads the single record whose frame starts at `offset`.
+pub(crate) fn read_at(file: &File, offset: u64) -> Result<Decoded, StoreError> {
+    // Most records fit in one small read; a large one costs a second read.
+    let mut buf = BytesMut::zeroed(4096);
+    let got = read_some(file, &mut buf, offset)?;
+    buf.truncate(got);
+    let needed = record::frame_len(&buf).ok_or_else(|| corrupt(offset, "short frame header"))?;
+    if needed > buf.len() {
+        let mut full = BytesMut::zeroed(needed);
+        file.read_exact_at(&mut full, offset)?;
+        buf = full;
+    }
+    match record::decode(&buf.freeze()) {
+        Ok((decoded, _)) => Ok(decoded),
+        Err(FrameError::Incomplete) => Err(corrupt(offset, "record cut short")),
+        Err(FrameError::Corrupt(why)) => Err(corrupt(offset, why)),
+    }
+}
+
+fn corrupt(offset: u64, why: &str) -> StoreError {
+    StoreError::Corrupt(format!("log record at byte {offset}: {why}"))
+}
+
+/// Reads as many bytes as the file has at `offset`, up to `buf.len()`.
+fn read_some(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// Reads consecutive records from an offset up to a fixed end, a block at a time.
+pub(crate) struct Scanner<'a> {
+    file: &'a File,
+    /// File offset of `block[0]`.
+    block_offset: u64,
+    block: Bytes,
+    /// Read position inside `block`.
+    cursor: usize,
+    end_offset: u64,
+}
+
+/// What a scan stopped on.
+pub(crate) enum ScanItem {
+    Record { decoded: Decoded, offset: u64, len: usize },
+    /// The bytes at `offset` are not a whole valid record (only possible past the committed end,
+    /// that is during recovery).
+    Invalid { offset: u64, why: &'static str },
+}
+
+impl<'a> Scanner<'a> {
+    pub(crate) fn new(file: &'a File, from_offset: u64, end_offset: u64) -> Self {
+        Scanner {
+            file,
+            block_offset: from_offset,
+            block: Bytes::new(),
+            cursor: 0,
+            end_offset,
+        }
+    }
+
+    /// The offset of the next record.
+    pub(crate) fn offset(&self) -> u64 {
+        self.block_offset + self.cursor as u64
+    }
+
+    fn refill(&mut self, at_least: usize) -> Result<(), StoreError> {
+        let offset = self.offset();
+        let want = (self.end_offset - offset).min(READ_BLOCK.max(at_least) as u64) as usize;
+        let mut buf = BytesMut::zeroed(want);
+        let got = read_some(self.file, &mut buf, offset)?;
+        buf.truncate(got);
+        self.block = buf.freeze();
+        self.block_offset = offset;
+        self.cursor = 0;
+        Ok(())
+    }
+
+    /// The next record, `None` at the end.
+    pub(crate) fn next_record(&mut self) -> Result<Option<ScanItem>, StoreError> {
+        let offset = self.offset();
+        if offset >= self.end_offset {
+            return Ok(None);
+        }
+        let mut available = self.block.len() - self.cursor;
+        let needed = record::frame_len(&self.block[self.cursor..]).unwrap_or(FRAME_HEADER);
+        if available < needed {
+            self.refill(needed)?;
+            available = self.block.len();
+        }
+        let rest = self.block.slice(self.cursor..);
+        let item = match record::decode(&rest) {
+            Ok((decoded, len)) => {
+                self.cursor += len;
+                ScanItem::Record {
+                    decoded,
+                    offset,
+                    len,
+                }
+            }
+            Err(FrameError::Incomplete) => ScanItem::Invalid {
+                offset,
+                why: if available < FRAME_HEADER {
+                    "torn frame header"
+                } else {
+                    "torn record"
+                },
+            },
+            Err(FrameError::Corrupt(why)) => ScanItem::Invalid { offset, why },
+        };
+        Ok(Some(item))
+    }
+}

@@ -1,0 +1,571 @@
+//! The event store: an append-only log with group commit, streams, and indexes derived from it.
+//!
+//! Appends go to one writer thread ([`writer`]) that checks, frames and writes every pending
+//! append, fsyncs once for the whole group, and only then answers. Reads go straight to the log
+//! file through the indexes ([`index`]), which a second thread derives from the log in large
+//! batches. The store knows nothing of wasm or HTTP.
+
+mod index;
+mod log;
+mod record;
+mod writer;
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, watch};
+use uuid::Uuid;
+
+pub use record::{RecordedEvent, category_of};
+
+use index::{Committed, Index, Indexed, Location};
+use log::{ScanItem, Scanner};
+
+/// Longest stream name and event type, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// Errors of the store. Each variant is something a caller can act on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The stream's revision was not what the append expected.
+    #[error("expected revision {expected}, but the stream's revision is {}", .actual.map_or("none (no stream)".to_owned(), |r| r.to_string()))]
+    WrongExpectedRevision {
+        /// What the append asked for.
+        expected: ExpectedRevision,
+        /// The stream's last revision, `None` when the stream has no events.
+        actual: Option<u64>,
+    },
+    /// An event id was used before in a way that is not a retry of the same append.
+    #[error("event id {id} is already used by another event")]
+    DuplicateEventId {
+        /// The first reused id.
+        id: Uuid,
+    },
+    /// The stream has no events.
+    #[error("stream {0:?} has no events")]
+    StreamNotFound(String),
+    /// The append or read request is malformed.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The log or index file is damaged beyond the torn tail that recovery cuts.
+    #[error("store is corrupt: {0}")]
+    Corrupt(String),
+    /// A write to the log failed; the store refuses appends until restarted.
+    #[error("store is unavailable for appends: {0}")]
+    Unavailable(String),
+    /// An I/O error from the log file.
+    #[error("log I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// An error from the index database.
+    #[error("index error: {0}")]
+    Index(#[from] redb::Error),
+}
+
+/// The optimistic-concurrency condition of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExpectedRevision {
+    /// No condition.
+    #[default]
+    Any,
+    /// The stream must have no events.
+    NoStream,
+    /// The stream must have at least one event.
+    Exists,
+    /// The stream's last event must have this revision.
+    Exact(u64),
+}
+
+impl std::fmt::Display for ExpectedRevision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExpectedRevision::Any => f.write_str("any"),
+            ExpectedRevision::NoStream => f.write_str("no_stream"),
+            ExpectedRevision::Exists => f.write_str("exists"),
+            ExpectedRevision::Exact(revision) => write!(f, "{revision}"),
+        }
+    }
+}
+
+impl ExpectedRevision {
+    fn check(self, actual: Option<u64>) -> bool {
+        match self {
+            ExpectedRevision::Any => true,
+            ExpectedRevision::NoStream => actual.is_none(),
+            ExpectedRevision::Exists => actual.is_some(),
+            ExpectedRevision::Exact(revision) => actual == Some(revision),
+        }
+    }
+}
+
+/// An event to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// The event's id; the store makes a UUIDv7 when `None`.
+    pub id: Option<Uuid>,
+    /// The event type.
+    pub event_type: String,
+    /// JSON text. The store does not parse it: callers hand it valid JSON.
+    pub data: Bytes,
+    /// JSON text, or `None`.
+    pub metadata: Option<Bytes>,
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// The stream appended to.
+    pub stream: String,
+    /// Revision of the first event written.
+    pub first_revision: u64,
+    /// Revision of the last event written.
+    pub last_revision: u64,
+    /// Position of the first event written.
+    pub first_position: u64,
+    /// Position of the last event written.
+    pub last_position: u64,
+}
+
+/// Reading direction within a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    /// Oldest first.
+    #[default]
+    Forward,
+    /// Newest first.
+    Backward,
+}
+
+/// A page of one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSlice {
+    /// The events, in the direction asked.
+    pub events: Vec<RecordedEvent>,
+    /// The revision to read from for the next page, `None` at the end.
+    pub next: Option<u64>,
+}
+
+/// Which events of the global log a reader wants. Empty fields match everything; fields combine
+/// with AND.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only this stream.
+    pub stream: Option<String>,
+    /// Only streams of this category.
+    pub category: Option<String>,
+    /// Only these event types (any of them).
+    pub types: Vec<String>,
+}
+
+impl Filter {
+    /// Whether the event passes the filter.
+    pub fn matches(&self, event: &RecordedEvent) -> bool {
+        self.stream.as_ref().is_none_or(|s| *s == event.stream)
+            && self
+                .category
+                .as_ref()
+                .is_none_or(|c| c == category_of(&event.stream))
+            && (self.types.is_empty() || self.types.iter().any(|t| *t == event.event_type))
+    }
+}
+
+/// A page of the global log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllSlice {
+    /// Matching events in position order.
+    pub events: Vec<RecordedEvent>,
+    /// The position to continue reading from: one past the last event examined.
+    pub next_from: u64,
+    /// The last committed position when the page was read.
+    pub head: u64,
+}
+
+/// Tuning and durability settings.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// fsync every group before answering. Turn off only on purpose (tests of other layers,
+    /// throwaway data): an answered append may then be lost by a crash of the machine.
+    pub sync: bool,
+    /// Most events in one append.
+    pub max_append_events: usize,
+    /// Events per index chunk: the unit the indexer writes to redb in one transaction.
+    pub chunk_events: usize,
+    /// Sealed chunks that may wait for the indexer before appends wait too.
+    pub max_pending_chunks: usize,
+    /// Most events one `read_all` examines, so a selective filter cannot scan the whole log in
+    /// one call.
+    pub scan_budget: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            sync: true,
+            max_append_events: 10_000,
+            chunk_events: 65_536,
+            max_pending_chunks: 8,
+            scan_budget: 100_000,
+        }
+    }
+}
+
+/// A handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    file: Arc<File>,
+    index: Arc<Index>,
+    options: StoreOptions,
+    jobs: Mutex<Option<mpsc::Sender<writer::Job>>>,
+    head: watch::Receiver<u64>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Store {
+    /// Opens the store in `dir` (created if missing), cutting any torn tail the last crash left.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let file = Arc::new(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(dir.join("events.log"))?,
+        );
+        let (index, indexed) = Index::open(&dir.join("index.redb"), options.chunk_events)?;
+        let index = Arc::new(index);
+        let (chunks_tx, chunks_rx) = mpsc::sync_channel(options.max_pending_chunks);
+        let indexer = {
+            let index = index.clone();
+            std::thread::Builder::new()
+                .name("lantern-indexer".into())
+                .spawn(move || index.run_indexer(chunks_rx))?
+        };
+        let committed = recover(&file, &index, indexed, &chunks_tx)?;
+        let (head_tx, head_rx) = watch::channel(committed.head_position);
+        let (jobs_tx, jobs_rx) = mpsc::channel();
+        let writer = writer::Writer::new(
+            file.clone(),
+            index.clone(),
+            chunks_tx,
+            committed,
+            head_tx,
+            options.sync,
+        );
+        let writer = std::thread::Builder::new()
+            .name("lantern-writer".into())
+            .spawn(move || writer.run(jobs_rx))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                file,
+                index,
+                options,
+                jobs: Mutex::new(Some(jobs_tx)),
+                head: head_rx,
+                // Joined in this order: the writer hands its last chunk over, then the indexer drains.
+                threads: Mutex::new(vec![writer, indexer]),
+            }),
+        })
+    }
+
+    /// Appends `events` to `stream` atomically, once `expected` holds; answers after the fsync.
+    pub async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedRevision,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
+        validate_stream_name(stream).map_err(StoreError::InvalidRequest)?;
+        self.validate_events(&events)?;
+        let (reply, answer) = oneshot::channel();
+        let job = writer::Job {
+            stream: stream.to_owned(),
+            expected,
+            events,
+            reply,
+        };
+        let sent = match &*self.inner.jobs.lock().expect("jobs lock") {
+            Some(jobs) => jobs.send(job).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(StoreError::Unavailable("the store is shutting down".into()));
+        }
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer stopped".into()))?
+    }
+
+    fn validate_events(&self, events: &[NewEvent]) -> Result<(), StoreError> {
+        let invalid = |message: String| Err(StoreError::InvalidRequest(message));
+        if events.is_empty() {
+            return invalid("an append needs at least one event".into());
+        }
+        let max = self.inner.options.max_append_events;
+        if events.len() > max {
+            return invalid(format!(
+                "an append holds at most {max} events, this one has {}",
+                events.len()
+            ));
+        }
+        let mut ids = HashSet::new();
+        for (index, event) in events.iter().enumerate() {
+            if let Err(why) = validate_event_type(&event.event_type) {
+                return invalid(format!("event {index}: {why}"));
+            }
+            if let Some(id) = event.id
+                && !ids.insert(id)
+            {
+                return Err(StoreError::DuplicateEventId { id });
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads up to `limit` events of `stream` from revision `from` (inclusive; by default the
+    /// first revision forward and the last backward).
+    pub fn read_stream(
+        &self,
+        stream: &str,
+        from: Option<u64>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<StreamSlice, StoreError> {
+        validate_stream_name(stream).map_err(StoreError::InvalidRequest)?;
+        let backward = direction == Direction::Backward;
+        let from = from.unwrap_or(if backward { u64::MAX } else { 0 });
+        // One entry more than asked tells whether there is a next page.
+        let mut entries = self
+            .inner
+            .index
+            .stream_entries(stream, from, backward, limit.saturating_add(1))?;
+        if entries.is_empty() && self.inner.index.stream_head(stream)?.is_none() {
+            return Err(StoreError::StreamNotFound(stream.to_owned()));
+        }
+        let next = (entries.len() > limit).then(|| entries[limit].revision);
+        entries.truncate(limit);
+        let events = entries
+            .iter()
+            .map(|entry| self.event_at(entry.location))
+            .collect::<Result<_, _>>()?;
+        Ok(StreamSlice { events, next })
+    }
+
+    fn event_at(&self, location: Location) -> Result<RecordedEvent, StoreError> {
+        let event = log::read_at(&self.inner.file, location.offset)?.event;
+        if event.position != location.position {
+            return Err(StoreError::Corrupt(format!(
+                "index points position {} at byte {}, which holds position {}",
+                location.position, location.offset, event.position
+            )));
+        }
+        Ok(event)
+    }
+
+    /// Reads up to `limit` events matching `filter` from position `from` (inclusive).
+    pub fn read_all(
+        &self,
+        from: u64,
+        limit: usize,
+        filter: &Filter,
+    ) -> Result<AllSlice, StoreError> {
+        let from = from.max(1);
+        let (start, committed) = self.inner.index.seek(from)?;
+        let mut slice = AllSlice {
+            events: Vec::new(),
+            next_from: from,
+            head: committed.head_position,
+        };
+        let Some(start) = start else {
+            return Ok(slice);
+        };
+        let mut scanner = Scanner::new(&self.inner.file, start.offset, committed.end_offset);
+        let mut examined = 0;
+        while slice.events.len() < limit && examined < self.inner.options.scan_budget {
+            let event = match scanner.next_record()? {
+                None => break,
+                Some(ScanItem::Record { decoded, .. }) => decoded.event,
+                Some(ScanItem::Invalid { offset, why }) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "committed log record at byte {offset}: {why}"
+                    )));
+                }
+            };
+            if event.position < from {
+                continue;
+            }
+            examined += 1;
+            slice.next_from = event.position + 1;
+            if filter.matches(&event) {
+                slice.events.push(event);
+            }
+        }
+        Ok(slice)
+    }
+
+    /// The last committed position, 0 for an empty store.
+    pub fn head(&self) -> u64 {
+        *self.inner.head.borrow()
+    }
+
+    /// Follows the committed head: changes after every committed group.
+    pub fn watch_head(&self) -> watch::Receiver<u64> {
+        self.inner.head.clone()
+    }
+
+    /// Stops the writer, indexes what is left so the next start is quick, and waits for both.
+    /// Appends after this fail with [`StoreError::Unavailable`].
+    pub fn close(&self) {
+        self.inner.jobs.lock().expect("jobs lock").take();
+        let threads = std::mem::take(&mut *self.inner.threads.lock().expect("threads lock"));
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.jobs.get_mut().expect("jobs lock").take();
+        for thread in self.threads.get_mut().expect("threads lock").drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Scans the log past what the index holds, cuts a torn or partial tail, and hands the rest to
+/// the index's in-memory tail.
+fn recover(
+    file: &File,
+    index: &Index,
+    indexed: Committed,
+    chunks: &mpsc::SyncSender<Arc<index::Chunk>>,
+) -> Result<Committed, StoreError> {
+    let file_len = file.metadata()?.len();
+    if indexed.end_offset > file_len {
+        return Err(StoreError::Corrupt(format!(
+            "the index covers {} bytes of log but the log has {file_len}",
+            indexed.end_offset
+        )));
+    }
+    let mut scanner = Scanner::new(file, indexed.end_offset, file_len);
+    let mut committed = Committed {
+        head_position: indexed.head_position,
+        end_offset: indexed.end_offset,
+    };
+    // Events of an append whose last record has not been seen yet.
+    let mut pending: Vec<(String, u64, Uuid, Location)> = Vec::new();
+    let mut stop_reason = None;
+    while let Some(item) = scanner.next_record()? {
+        let (decoded, offset, len) = match item {
+            ScanItem::Record {
+                decoded,
+                offset,
+                len,
+            } => (decoded, offset, len),
+            ScanItem::Invalid { offset, why } => {
+                stop_reason = Some((offset, why));
+                break;
+            }
+        };
+        let event = decoded.event;
+        if offset == indexed.end_offset && indexed.head_position > 0 {
+            // The index's last record: already indexed, and an append boundary.
+            if event.position != indexed.head_position || !decoded.end_of_append {
+                return Err(StoreError::Corrupt(format!(
+                    "the index ends at position {} but byte {offset} holds position {}",
+                    indexed.head_position, event.position
+                )));
+            }
+            committed.end_offset = offset + len as u64;
+            continue;
+        }
+        let expected_position = committed.head_position + pending.len() as u64 + 1;
+        if event.position != expected_position {
+            stop_reason = Some((offset, "position out of sequence"));
+            break;
+        }
+        pending.push((
+            event.stream,
+            event.revision,
+            event.id,
+            Location {
+                position: event.position,
+                offset,
+            },
+        ));
+        if decoded.end_of_append {
+            committed = Committed {
+                head_position: event.position,
+                end_offset: offset + len as u64,
+            };
+            let events = pending.iter().map(|(stream, revision, id, location)| Indexed {
+                stream,
+                revision: *revision,
+                id: *id,
+                location: *location,
+            });
+            if let Some(chunk) = index.publish(events, committed) {
+                index::hand_over(chunks, chunk);
+            }
+            pending.clear();
+        }
+    }
+    if committed.end_offset < file_len {
+        let (offset, why) = stop_reason.unwrap_or((committed.end_offset, "partial append"));
+        tracing::warn!(
+            cut_at = committed.end_offset,
+            bytes = file_len - committed.end_offset,
+            first_bad_record = offset,
+            why,
+            "cutting the log's torn tail left by a crash"
+        );
+        file.set_len(committed.end_offset)?;
+        file.sync_all()?;
+    }
+    Ok(committed)
+}
+
+/// Checks a stream name against the contract: 1..=256 bytes, no control characters, no `/`, not
+/// starting with `$`.
+pub fn validate_stream_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "a stream name has 1 to {MAX_NAME_BYTES} bytes, this one has {}",
+            name.len()
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("a stream name may not contain control characters".into());
+    }
+    if name.contains('/') {
+        return Err("a stream name may not contain '/'".into());
+    }
+    if name.starts_with('$') {
+        return Err("a stream name may not start with '$' (reserved)".into());
+    }
+    Ok(())
+}
+
+/// Checks an event type against the contract: 1..=256 bytes, no control characters.
+pub fn validate_event_type(event_type: &str) -> Result<(), String> {
+    if event_type.is_empty() || event_type.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "an event type has 1 to {MAX_NAME_BYTES} bytes, this one has {}",
+            event_type.len()
+        ));
+    }
+    if event_type.chars().any(char::is_control) {
+        return Err("an event type may not contain control characters".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,298 @@
+//! The single writer: group commit.
+//!
+//! It takes every append waiting in its queue, checks each one against stream heads that include
+//! the earlier appends of the same group, frames the survivors into one buffer, writes it at the
+//! end of the log, fsyncs once, publishes the new head, and only then answers every caller. A
+//! failed check fails that append alone and writes nothing of it.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{oneshot, watch};
+use uuid::Uuid;
+
+use super::index::{self, Chunk, Committed, Index, Indexed, Location};
+use super::record::{self, RecordFields};
+use super::{AppendOutcome, ExpectedRevision, NewEvent, StoreError, log};
+
+/// A group stops taking appends once its buffer reaches this size.
+const MAX_GROUP_BYTES: usize = 32 << 20;
+
+pub(crate) struct Job {
+    pub stream: String,
+    pub expected: ExpectedRevision,
+    pub events: Vec<NewEvent>,
+    pub reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+}
+
+/// An event framed into the group's buffer, waiting for the fsync.
+struct Staged {
+    stream: usize,
+    revision: u64,
+    id: Uuid,
+    location: Location,
+}
+
+enum Answer {
+    /// Written by this group: answered after the fsync, failed if the write fails.
+    Written(AppendOutcome),
+    /// Decided without writing (a retry or a failed check).
+    Decided(Result<AppendOutcome, StoreError>),
+}
+
+#[derive(Default)]
+struct Group {
+    buffer: Vec<u8>,
+    streams: Vec<String>,
+    staged: Vec<Staged>,
+    heads: HashMap<String, u64>,
+    client_ids: HashSet<Uuid>,
+    answers: Vec<(oneshot::Sender<Result<AppendOutcome, StoreError>>, Answer)>,
+}
+
+pub(crate) struct Writer {
+    file: Arc<File>,
+    index: Arc<Index>,
+    indexer: SyncSender<Arc<Chunk>>,
+    committed: Committed,
+    head: watch::Sender<u64>,
+    sync: bool,
+    /// Set when a write or fsync failed: the file's state is unknown, so no more appends.
+    failed: Option<String>,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        file: Arc<File>,
+        index: Arc<Index>,
+        indexer: SyncSender<Arc<Chunk>>,
+        committed: Committed,
+        head: watch::Sender<u64>,
+        sync: bool,
+    ) -> Self {
+        Writer {
+            file,
+            index,
+            indexer,
+            committed,
+            head,
+            sync,
+            failed: None,
+        }
+    }
+
+    pub(crate) fn run(mut self, jobs: Receiver<Job>) {
+        while let Ok(first) = jobs.recv() {
+            let mut group = Group::default();
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                // A retry of an append still in this group must see it committed first.
+                if job
+                    .events
+                    .iter()
+                    .any(|e| e.id.is_some_and(|id| group.client_ids.contains(&id)))
+                {
+                    self.commit(std::mem::take(&mut group));
+                }
+                self.stage(&mut group, job);
+                if group.buffer.len() < MAX_GROUP_BYTES {
+                    next = jobs.try_recv().ok();
+                }
+            }
+            self.commit(group);
+        }
+        // Shutting down: index what is left so the next start-up has nothing to rescan.
+        if let Some(chunk) = self.index.seal_open() {
+            index::hand_over(&self.indexer, chunk);
+        }
+    }
+
+    fn stage(&mut self, group: &mut Group, job: Job) {
+        let answer = match self.check_and_frame(group, &job) {
+            Ok(answer) => answer,
+            Err(error) => Answer::Decided(Err(error)),
+        };
+        group.answers.push((job.reply, answer));
+    }
+
+    fn check_and_frame(&mut self, group: &mut Group, job: &Job) -> Result<Answer, StoreError> {
+        if let Some(why) = &self.failed {
+            return Err(StoreError::Unavailable(why.clone()));
+        }
+        if let Some(original) = self.find_retry(job)? {
+            return Ok(Answer::Decided(Ok(original)));
+        }
+        let actual = match group.heads.get(&job.stream) {
+            Some(revision) => Some(*revision),
+            None => self.index.stream_head(&job.stream)?,
+        };
+        if !job.expected.check(actual) {
+            return Err(StoreError::WrongExpectedRevision {
+                expected: job.expected,
+                actual,
+            });
+        }
+        let first_revision = actual.map_or(0, |r| r + 1);
+        let first_position =
+            self.committed.head_position + group.staged.len() as u64 + 1;
+        let recorded_at_micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let stream_index = group.streams.len();
+        group.streams.push(job.stream.clone());
+        let count = job.events.len();
+        for (i, event) in job.events.iter().enumerate() {
+            let id = event.id.unwrap_or_else(Uuid::now_v7);
+            let location = Location {
+                position: first_position + i as u64,
+                offset: self.committed.end_offset + group.buffer.len() as u64,
+            };
+            record::encode(
+                &RecordFields {
+                    position: location.position,
+                    stream: &job.stream,
+                    revision: first_revision + i as u64,
+                    id,
+                    event_type: &event.event_type,
+                    data: &event.data,
+                    metadata: event.metadata.as_deref(),
+                    recorded_at_micros,
+                    end_of_append: i + 1 == count,
+                },
+                &mut group.buffer,
+            );
+            if event.id.is_some() {
+                group.client_ids.insert(id);
+            }
+            group.staged.push(Staged {
+                stream: stream_index,
+                revision: first_revision + i as u64,
+                id,
+                location,
+            });
+        }
+        let last_revision = first_revision + count as u64 - 1;
+        group.heads.insert(job.stream.clone(), last_revision);
+        Ok(Answer::Written(AppendOutcome {
+            stream: job.stream.clone(),
+            first_revision,
+            last_revision,
+            first_position,
+            last_position: first_position + count as u64 - 1,
+        }))
+    }
+
+    /// `Some(original outcome)` when every event of `job` carries an id and those ids were
+    /// written, in the same order, by one earlier append to the same stream. An error when some
+    /// id was used otherwise. `None` when no id of the job exists yet.
+    fn find_retry(&self, job: &Job) -> Result<Option<AppendOutcome>, StoreError> {
+        let mut found = Vec::with_capacity(job.events.len());
+        let mut first_used = None;
+        for event in &job.events {
+            let location = match event.id {
+                Some(id) => self.index.id_location(id)?,
+                None => None,
+            };
+            if let (Some(id), Some(_), None) = (event.id, location, first_used) {
+                first_used = Some(id);
+            }
+            found.push(location);
+        }
+        let Some(first_used) = first_used else {
+            return Ok(None);
+        };
+        let duplicate = Err(StoreError::DuplicateEventId { id: first_used });
+        let Some(locations) = found.into_iter().collect::<Option<Vec<Location>>>() else {
+            return duplicate;
+        };
+        let mut events = Vec::with_capacity(locations.len());
+        for (i, location) in locations.iter().enumerate() {
+            let decoded = log::read_at(&self.file, location.offset)?;
+            let consecutive = location.position == locations[0].position + i as u64;
+            // Within one append only its last record carries the end-of-append flag.
+            let same_append = i + 1 == locations.len() || !decoded.end_of_append;
+            if !consecutive || !same_append || decoded.event.stream != job.stream {
+                return duplicate;
+            }
+            events.push(decoded.event);
+        }
+        let (first, last) = (&events[0], &events[events.len() - 1]);
+        Ok(Some(AppendOutcome {
+            stream: job.stream.clone(),
+            first_revision: first.revision,
+            last_revision: last.revision,
+            first_position: first.position,
+            last_position: last.position,
+        }))
+    }
+
+    fn commit(&mut self, group: Group) {
+        let Group {
+            buffer,
+            streams,
+            staged,
+            answers,
+            ..
+        } = group;
+        let written = if buffer.is_empty() {
+            Ok(())
+        } else {
+            self.write(&buffer)
+        };
+        if let Err(error) = &written {
+            let why = format!("writing the log failed: {error}; restart the server");
+            tracing::error!("{why}");
+            // Leave no trace of the group; whatever the file holds now, recovery cuts it again.
+            let _ = self.file.set_len(self.committed.end_offset);
+            self.failed = Some(why);
+        } else if let Some(last) = staged.last() {
+            self.committed = Committed {
+                head_position: last.location.position,
+                end_offset: self.committed.end_offset + buffer.len() as u64,
+            };
+            let events = staged.iter().map(|s| Indexed {
+                stream: &streams[s.stream],
+                revision: s.revision,
+                id: s.id,
+                location: s.location,
+            });
+            let sealed = self.index.publish(events, self.committed);
+            self.head.send_replace(self.committed.head_position);
+            answer_all(answers, &written);
+            if let Some(chunk) = sealed {
+                index::hand_over(&self.indexer, chunk);
+            }
+            return;
+        }
+        answer_all(answers, &written);
+    }
+
+    fn write(&self, buffer: &[u8]) -> std::io::Result<()> {
+        self.file.write_all_at(buffer, self.committed.end_offset)?;
+        if self.sync {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
+fn answer_all(
+    answers: Vec<(oneshot::Sender<Result<AppendOutcome, StoreError>>, Answer)>,
+    written: &std::io::Result<()>,
+) {
+    for (reply, answer) in answers {
+        let result = match (answer, written) {
+            (Answer::Written(outcome), Ok(())) => Ok(outcome),
+            (Answer::Written(_), Err(error)) => Err(StoreError::Unavailable(format!(
+                "writing the log failed: {error}"
+            ))),
+            (Answer::Decided(result), _) => result,
+        };
+        // A caller that went away does not need its answer; its append stands.
+        let _ = reply.send(result);
+    }
+}
