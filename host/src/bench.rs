@@ -89,8 +89,12 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         Some(dir) => tempfile::tempdir_in(dir)?,
         None => tempfile::tempdir()?,
     };
-    let wanted = |name: &str| options.only.is_empty() || options.only.iter().any(|w| name.contains(w.as_str()));
-    let mut report = Report { figures: Vec::new() };
+    let wanted = |name: &str| {
+        options.only.is_empty() || options.only.iter().any(|w| name.contains(w.as_str()))
+    };
+    let mut report = Report {
+        figures: Vec::new(),
+    };
     let rss_before = peak_rss_kib();
 
     if wanted("store") {
@@ -100,7 +104,11 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         bench_read_stream(&store, &options, &mut report).await?;
         if let (Some(before), Some(after)) = (rss_before, peak_rss_kib()) {
             report.record("store_peak_rss", after as f64 / 1024.0, "MiB");
-            report.record("store_peak_rss_growth", (after - before) as f64 / 1024.0, "MiB");
+            report.record(
+                "store_peak_rss_growth",
+                (after - before) as f64 / 1024.0,
+                "MiB",
+            );
         }
         store.close();
     }
@@ -183,7 +191,9 @@ async fn bench_read_stream(
 ) -> anyhow::Result<()> {
     let store = store.clone();
     // Only streams that received an append have events.
-    let streams = options.streams.min(options.events.div_ceil(options.batch as u64));
+    let streams = options
+        .streams
+        .min(options.events.div_ceil(options.batch as u64));
     let mut latencies = tokio::task::spawn_blocking(move || {
         let mut latencies = Vec::with_capacity(1000);
         for i in 0..1000u64 {

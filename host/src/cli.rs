@@ -1,1 +1,422 @@
-//! TODO
+//! The `lantern` command line: `serve` and `bench` run here; every other command is a client of a
+//! running server over its HTTP API.
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::bench::{self, BenchOptions};
+use crate::server::{self, ServeOptions};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lantern",
+    version,
+    about = "Lantern: an event store with WebAssembly projections"
+)]
+struct Cli {
+    /// The server to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "LANTERN_URL",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    url: String,
+    /// Print JSON for scripts instead of readable text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeOptions),
+    /// Append events to a stream: one from the flags, or many as NDJSON on stdin
+    /// (`{"type": ..., "data": ..., "metadata": ..., "id": ...}` per line).
+    Append {
+        /// The stream to append to.
+        stream: String,
+        /// The event type (omit it to read NDJSON events from stdin).
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// The event's data, as JSON.
+        #[arg(long, requires = "event_type")]
+        data: Option<String>,
+        /// The event's metadata, as JSON.
+        #[arg(long, requires = "event_type")]
+        metadata: Option<String>,
+        /// The event's id (a UUID); the server makes one when omitted.
+        #[arg(long, requires = "event_type")]
+        id: Option<String>,
+        /// `any`, `no_stream`, `exists` or the revision the stream must be at.
+        #[arg(long, default_value = "any")]
+        expected_revision: String,
+    },
+    /// Read one stream, or the whole log with `--all`.
+    Read {
+        /// The stream to read.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        stream: Option<String>,
+        /// Read the global log instead of one stream.
+        #[arg(long)]
+        all: bool,
+        /// Revision (stream) or position (`--all`) to start from, inclusive.
+        #[arg(long)]
+        from: Option<u64>,
+        /// Newest first (streams only).
+        #[arg(long, conflicts_with = "all")]
+        backward: bool,
+        /// Stop after this many events (default: read to the end).
+        #[arg(long)]
+        limit: Option<u64>,
+        /// With `--all`: only this category.
+        #[arg(long, requires = "all")]
+        category: Option<String>,
+        /// With `--all`: only these event types (comma-separated).
+        #[arg(long, requires = "all")]
+        types: Option<String>,
+    },
+    /// Follow the log: catch up from `--from`, then print new events as they are committed.
+    Tail {
+        /// Position to start from (default: only new events).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Only this category.
+        #[arg(long)]
+        category: Option<String>,
+        /// Only this stream.
+        #[arg(long)]
+        stream: Option<String>,
+        /// Only these event types (comma-separated).
+        #[arg(long)]
+        types: Option<String>,
+    },
+    /// Run the benchmark program and print its figures.
+    Bench(BenchOptions),
+}
+
+/// Runs the command line; returns the process's exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = Client {
+        http: reqwest::Client::new(),
+        url: cli.url.trim_end_matches('/').to_owned(),
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Serve(options) => server::serve(options).await,
+        Command::Bench(options) => bench::run(options).await,
+        Command::Append {
+            stream,
+            event_type,
+            data,
+            metadata,
+            id,
+            expected_revision,
+        } => {
+            let events = match event_type {
+                Some(event_type) => vec![event_from_flags(event_type, data, metadata, id)?],
+                None => events_from_stdin()?,
+            };
+            client.append(&stream, &expected_revision, events).await
+        }
+        Command::Read {
+            stream,
+            all: _,
+            from,
+            backward,
+            limit,
+            category,
+            types,
+        } => match stream {
+            Some(stream) => client.read_stream(&stream, from, backward, limit).await,
+            None => client.read_all(from, limit, category, types).await,
+        },
+        Command::Tail {
+            from,
+            category,
+            stream,
+            types,
+        } => client.tail(from, category, stream, types).await,
+    }
+}
+
+fn parse_json(what: &str, text: &str) -> anyhow::Result<Value> {
+    serde_json::from_str(text).with_context(|| format!("--{what} is not valid JSON"))
+}
+
+fn event_from_flags(
+    event_type: String,
+    data: Option<String>,
+    metadata: Option<String>,
+    id: Option<String>,
+) -> anyhow::Result<Value> {
+    let mut event = json!({"type": event_type});
+    event["data"] = match data {
+        Some(data) => parse_json("data", &data)?,
+        None => Value::Null,
+    };
+    if let Some(metadata) = metadata {
+        event["metadata"] = parse_json("metadata", &metadata)?;
+    }
+    if let Some(id) = id {
+        event["id"] = Value::from(id);
+    }
+    Ok(event)
+}
+
+fn events_from_stdin() -> anyhow::Result<Vec<Value>> {
+    let mut events = Vec::new();
+    for (number, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line.context("reading stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event: Value = serde_json::from_str(&line)
+            .with_context(|| format!("stdin line {} is not valid JSON", number + 1))?;
+        if !event.is_object() {
+            bail!("stdin line {} is not a JSON object", number + 1);
+        }
+        events.push(event);
+    }
+    if events.is_empty() {
+        bail!("no events: give --type and --data, or NDJSON events on stdin");
+    }
+    Ok(events)
+}
+
+fn expected_revision_json(text: &str) -> Value {
+    text.parse::<u64>()
+        .map_or_else(|_| Value::from(text), Value::from)
+}
+
+struct Client {
+    http: reqwest::Client,
+    url: String,
+    json: bool,
+}
+
+impl Client {
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {}", self.url))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let error = &body["error"];
+        match (error["message"].as_str(), error["code"].as_str()) {
+            (Some(message), Some(code)) => Err(anyhow!("{message} ({code})")),
+            _ => Err(anyhow!("the server answered {status}")),
+        }
+    }
+
+    async fn get_json(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+        let response = self
+            .send(self.http.get(format!("{}{path}", self.url)).query(query))
+            .await?;
+        Ok(response.json().await?)
+    }
+
+    async fn append(
+        &self,
+        stream: &str,
+        expected_revision: &str,
+        events: Vec<Value>,
+    ) -> anyhow::Result<()> {
+        let body = json!({
+            "expected_revision": expected_revision_json(expected_revision),
+            "events": events,
+        });
+        let response = self
+            .send(
+                self.http
+                    .post(format!("{}/streams/{}", self.url, encode_path(stream)))
+                    .json(&body),
+            )
+            .await?;
+        let answer: Value = response.json().await?;
+        if self.json {
+            println!("{answer}");
+        } else {
+            let first = answer["first_position"].as_u64().unwrap_or_default();
+            let last = answer["last_position"].as_u64().unwrap_or_default();
+            println!(
+                "appended {} event(s) to {stream}: revisions {}..={}, positions {first}..={last}",
+                last + 1 - first,
+                answer["first_revision"],
+                answer["last_revision"],
+            );
+        }
+        Ok(())
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from: Option<u64>,
+        backward: bool,
+        limit: Option<u64>,
+    ) -> anyhow::Result<()> {
+        let path = format!("/streams/{}", encode_path(stream));
+        let mut next = from;
+        let mut remaining = limit.unwrap_or(u64::MAX);
+        while remaining > 0 {
+            let mut query = vec![
+                ("limit", remaining.min(1000).to_string()),
+                (
+                    "direction",
+                    if backward { "backward" } else { "forward" }.to_owned(),
+                ),
+            ];
+            if let Some(from) = next {
+                query.push(("from", from.to_string()));
+            }
+            let page = self.get_json(&path, &query).await?;
+            remaining -= self.print_events(&page["events"])?;
+            match page["next"].as_u64() {
+                Some(from) => next = Some(from),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_all(
+        &self,
+        from: Option<u64>,
+        limit: Option<u64>,
+        category: Option<String>,
+        types: Option<String>,
+    ) -> anyhow::Result<()> {
+        let mut from = from.unwrap_or(1);
+        let mut remaining = limit.unwrap_or(u64::MAX);
+        while remaining > 0 {
+            let mut query = vec![
+                ("from", from.to_string()),
+                ("limit", remaining.min(1000).to_string()),
+            ];
+            query.extend(category.clone().map(|c| ("category", c)));
+            query.extend(types.clone().map(|t| ("types", t)));
+            let page = self.get_json("/all", &query).await?;
+            remaining -= self.print_events(&page["events"])?;
+            match page["next"].as_u64() {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    async fn tail(
+        &self,
+        from: Option<u64>,
+        category: Option<String>,
+        stream: Option<String>,
+        types: Option<String>,
+    ) -> anyhow::Result<()> {
+        let mut query: Vec<(&str, String)> = Vec::new();
+        query.extend(from.map(|f| ("from", f.to_string())));
+        query.extend(category.map(|c| ("category", c)));
+        query.extend(stream.map(|s| ("stream", s)));
+        query.extend(types.map(|t| ("types", t)));
+        let response = self
+            .send(
+                self.http
+                    .get(format!("{}/subscribe", self.url))
+                    .query(&query)
+                    .header(reqwest::header::ACCEPT, "application/x-ndjson"),
+            )
+            .await?;
+        let mut body = response.bytes_stream();
+        let mut pending = Vec::new();
+        while let Some(chunk) = body.next().await {
+            pending.extend_from_slice(&chunk.context("the subscription broke off")?);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue; // heartbeat
+                }
+                let event: Value = serde_json::from_slice(&line)?;
+                self.print_events(&Value::Array(vec![event]))?;
+            }
+        }
+        bail!("the server ended the subscription")
+    }
+
+    /// Prints events one per line; returns how many.
+    fn print_events(&self, events: &Value) -> anyhow::Result<u64> {
+        let events = events
+            .as_array()
+            .context("the server's answer has no events")?;
+        let mut out = std::io::stdout().lock();
+        for event in events {
+            if self.json {
+                writeln!(out, "{event}")?;
+            } else {
+                let metadata = match &event["metadata"] {
+                    Value::Null => String::new(),
+                    metadata => format!("  metadata={metadata}"),
+                };
+                writeln!(
+                    out,
+                    "{:>8}  {}@{}  {}  {}  {}{metadata}",
+                    event["position"].as_u64().unwrap_or_default(),
+                    event["stream"].as_str().unwrap_or_default(),
+                    event["revision"],
+                    event["recorded_at"].as_str().unwrap_or_default(),
+                    event["type"].as_str().unwrap_or_default(),
+                    event["data"],
+                )?;
+            }
+        }
+        out.flush()?;
+        Ok(events.len() as u64)
+    }
+}
+
+/// Percent-encodes a path segment.
+fn encode_path(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}

@@ -10,8 +10,8 @@
 //! - [`bench`]: the benchmark program behind `lantern bench`.
 
 pub mod bench;
-// pub mod cli;
-// pub mod http;
-// pub mod server;
+pub mod cli;
+pub mod http;
+pub mod server;
 pub mod store;
-// pub mod subscription;
+pub mod subscription;

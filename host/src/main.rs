@@ -1,5 +1,5 @@
-use clap::Parser;
-#[derive(Parser)]
-struct A { #[command(flatten)] o: lantern::bench::BenchOptions }
-#[tokio::main]
-async fn main() -> anyhow::Result<()> { lantern::bench::run(A::parse().o).await }
+//! The `lantern` binary: the command line and nothing else.
+
+fn main() -> std::process::ExitCode {
+    lantern::cli::main()
+}

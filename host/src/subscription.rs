@@ -1,1 +1,89 @@
-//! TODO
+//! Catch-up then live: a cursor over the log that reads batches from a position and, at the head,
+//! waits for the next commit notice.
+//!
+//! Live events are read from the log like old ones (they are in the page cache), so there is no
+//! per-subscriber buffer at all: the switch from catch-up to live cannot gap or duplicate, and a
+//! subscriber that falls behind costs nothing but its own reads.
+
+use tokio::sync::watch;
+
+use crate::store::{Filter, RecordedEvent, Store, StoreError};
+
+/// A subscription to the global log, from a position on, filtered.
+pub struct Subscription {
+    store: Store,
+    filter: Filter,
+    next_position: u64,
+    head: watch::Receiver<u64>,
+}
+
+impl Subscription {
+    /// Starts at `from` (inclusive; positions start at 1).
+    pub fn from_position(store: Store, from: u64, filter: Filter) -> Self {
+        let head = store.watch_head();
+        Subscription {
+            store,
+            filter,
+            next_position: from.max(1),
+            head,
+        }
+    }
+
+    /// Starts after everything committed so far: only new events.
+    pub fn from_now(store: Store, filter: Filter) -> Self {
+        let from = store.head() + 1;
+        Self::from_position(store, from, filter)
+    }
+
+    /// The position the next batch starts from.
+    pub fn next_position(&self) -> u64 {
+        self.next_position
+    }
+
+    /// The next matching events that are already committed, at most `limit`; empty at the head.
+    /// Runs the log read on the blocking pool.
+    pub async fn poll_batch(&mut self, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        loop {
+            // Seen before reading, so a commit that lands during the read wakes `wait` later.
+            let head = *self.head.borrow_and_update();
+            if self.next_position > head {
+                return Ok(Vec::new());
+            }
+            let store = self.store.clone();
+            let filter = self.filter.clone();
+            let from = self.next_position;
+            let slice = tokio::task::spawn_blocking(move || store.read_all(from, limit, &filter))
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("reader task failed: {e}")))??;
+            self.next_position = slice.next_from;
+            if !slice.events.is_empty() {
+                return Ok(slice.events);
+            }
+            // Nothing matched in what was examined: keep going while there is more log.
+        }
+    }
+
+    /// Waits until something was committed past what this subscription has read. Cancel-safe.
+    /// Returns `false` when the store closed and nothing more will come.
+    pub async fn wait(&mut self) -> bool {
+        while *self.head.borrow_and_update() < self.next_position {
+            if self.head.changed().await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The next non-empty batch, waiting at the head for new commits.
+    pub async fn next_batch(&mut self, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        loop {
+            let batch = self.poll_batch(limit).await?;
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+            if !self.wait().await {
+                return Err(StoreError::Unavailable("the store closed".into()));
+            }
+        }
+    }
+}

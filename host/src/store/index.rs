@@ -144,10 +144,6 @@ impl Index {
         ))
     }
 
-    pub(crate) fn committed(&self) -> Committed {
-        self.tail.read().expect("tail lock").committed
-    }
-
     /// Adds the events of one committed group and moves the high-water mark. Returns a chunk to
     /// hand to the indexer when the open one is full.
     pub(crate) fn publish<'a>(
@@ -261,7 +257,13 @@ impl Index {
                 .flatten();
             let table = txn.open_table(STREAMS).map_err(redb::Error::from)?;
             let mut out = Vec::with_capacity(limit.min(1024));
-            let decode = |item: Result<(redb::AccessGuard<'_, (&str, u64)>, redb::AccessGuard<'_, (u64, u64)>), redb::StorageError>| {
+            let decode = |item: Result<
+                (
+                    redb::AccessGuard<'_, (&str, u64)>,
+                    redb::AccessGuard<'_, (u64, u64)>,
+                ),
+                redb::StorageError,
+            >| {
                 let (key, value) = item.map_err(redb::Error::from)?;
                 let (position, offset) = value.value();
                 Ok::<_, StoreError>(StreamEntry {

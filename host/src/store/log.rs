@@ -59,7 +59,11 @@ pub(crate) struct Scanner<'a> {
 
 /// What a scan stopped on.
 pub(crate) enum ScanItem {
-    Record { decoded: Decoded, offset: u64, len: usize },
+    Record {
+        decoded: Decoded,
+        offset: u64,
+        len: usize,
+    },
     /// The bytes at `offset` are not a whole valid record (only possible past the committed end,
     /// that is during recovery).
     Invalid { offset: u64, why: &'static str },

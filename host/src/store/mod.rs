@@ -50,6 +50,14 @@ pub enum StoreError {
     /// The stream has no events.
     #[error("stream {0:?} has no events")]
     StreamNotFound(String),
+    /// The append has more events than the store takes at once.
+    #[error("an append holds at most {max} events, this one has {got}")]
+    TooManyEvents {
+        /// The configured limit.
+        max: usize,
+        /// The events in the append.
+        got: usize,
+    },
     /// The append or read request is malformed.
     #[error("{0}")]
     InvalidRequest(String),
@@ -312,10 +320,10 @@ impl Store {
         }
         let max = self.inner.options.max_append_events;
         if events.len() > max {
-            return invalid(format!(
-                "an append holds at most {max} events, this one has {}",
-                events.len()
-            ));
+            return Err(StoreError::TooManyEvents {
+                max,
+                got: events.len(),
+            });
         }
         let mut ids = HashSet::new();
         for (index, event) in events.iter().enumerate() {
@@ -344,10 +352,10 @@ impl Store {
         let backward = direction == Direction::Backward;
         let from = from.unwrap_or(if backward { u64::MAX } else { 0 });
         // One entry more than asked tells whether there is a next page.
-        let mut entries = self
-            .inner
-            .index
-            .stream_entries(stream, from, backward, limit.saturating_add(1))?;
+        let mut entries =
+            self.inner
+                .index
+                .stream_entries(stream, from, backward, limit.saturating_add(1))?;
         if entries.is_empty() && self.inner.index.stream_head(stream)?.is_none() {
             return Err(StoreError::StreamNotFound(stream.to_owned()));
         }
@@ -508,12 +516,14 @@ fn recover(
                 head_position: event.position,
                 end_offset: offset + len as u64,
             };
-            let events = pending.iter().map(|(stream, revision, id, location)| Indexed {
-                stream,
-                revision: *revision,
-                id: *id,
-                location: *location,
-            });
+            let events = pending
+                .iter()
+                .map(|(stream, revision, id, location)| Indexed {
+                    stream,
+                    revision: *revision,
+                    id: *id,
+                    location: *location,
+                });
             if let Some(chunk) = index.publish(events, committed) {
                 index::hand_over(chunks, chunk);
             }

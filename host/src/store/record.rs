@@ -49,7 +49,9 @@ impl RecordedEvent {
 
 /// `order-42` -> `order`; a name without `-` is its own category.
 pub fn category_of(stream: &str) -> &str {
-    stream.split_once('-').map_or(stream, |(category, _)| category)
+    stream
+        .split_once('-')
+        .map_or(stream, |(category, _)| category)
 }
 
 /// What the writer knows of an event before encoding it.
@@ -151,7 +153,9 @@ pub(crate) fn decode(buf: &Bytes) -> Result<(Decoded, usize), FrameError> {
     let data_len = u32_at(45) as usize;
     let metadata_len = u32_at(49) as usize;
     if BODY_FIXED + stream_len + type_len + data_len + metadata_len != body.len() {
-        return Err(FrameError::Corrupt("field lengths disagree with the frame length"));
+        return Err(FrameError::Corrupt(
+            "field lengths disagree with the frame length",
+        ));
     }
     let stream_at = FRAME_HEADER + BODY_FIXED;
     let type_at = stream_at + stream_len;
@@ -233,7 +237,10 @@ mod tests {
         for at in 0..bytes.len() {
             let mut flipped = bytes.clone();
             flipped[at] ^= 0x10;
-            assert!(decode(&Bytes::from(flipped)).is_err(), "flip at {at} decoded");
+            assert!(
+                decode(&Bytes::from(flipped)).is_err(),
+                "flip at {at} decoded"
+            );
         }
     }
 

@@ -137,8 +137,7 @@ impl Writer {
             });
         }
         let first_revision = actual.map_or(0, |r| r + 1);
-        let first_position =
-            self.committed.head_position + group.staged.len() as u64 + 1;
+        let first_position = self.committed.head_position + group.staged.len() as u64 + 1;
         let recorded_at_micros = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);

@@ -1,0 +1,117 @@
+//! The one place where errors become status codes and the contract's error JSON.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use crate::store::{ExpectedRevision, StoreError};
+
+/// An error answered to an HTTP client: `{"error": {"code", "message", ...extra}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    extra: Map<String, Value>,
+}
+
+impl ApiError {
+    /// An error with the given status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            extra: Map::new(),
+        }
+    }
+
+    /// 400 `invalid_request`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// 413 `payload_too_large`.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+    }
+
+    /// 500 `internal`: logs the cause, tells the client only that it happened.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(%cause, "internal error answering a request");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the server failed to answer; see its log",
+        )
+    }
+
+    /// Adds a field beside `code` and `message`.
+    pub fn with(mut self, key: &str, value: Value) -> Self {
+        self.extra.insert(key.to_owned(), value);
+        self
+    }
+
+    /// The status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = Map::new();
+        error.insert("code".into(), Value::from(self.code));
+        error.insert("message".into(), Value::from(self.message));
+        error.extend(self.extra);
+        (self.status, axum::Json(json!({ "error": error }))).into_response()
+    }
+}
+
+fn expected_json(expected: ExpectedRevision) -> Value {
+    match expected {
+        ExpectedRevision::Exact(revision) => Value::from(revision),
+        other => Value::from(other.to_string()),
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        let message = error.to_string();
+        match error {
+            StoreError::WrongExpectedRevision { expected, actual } => {
+                ApiError::new(StatusCode::CONFLICT, "wrong_expected_revision", message)
+                    .with("expected", expected_json(expected))
+                    .with("actual_revision", actual.map_or(Value::Null, Value::from))
+            }
+            StoreError::DuplicateEventId { id } => {
+                ApiError::new(StatusCode::CONFLICT, "duplicate_event_id", message)
+                    .with("id", Value::from(id.to_string()))
+            }
+            StoreError::StreamNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "stream_not_found", message)
+            }
+            StoreError::InvalidRequest(_) => ApiError::invalid(message),
+            StoreError::TooManyEvents { .. } => ApiError::too_large(message),
+            StoreError::Unavailable(_) => {
+                tracing::error!(%message, "store unavailable");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// 404 for unknown routes.
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// 405 for known routes with the wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}

@@ -1,0 +1,169 @@
+//! `GET /subscribe`: catch-up then live, as Server-Sent Events or NDJSON.
+//!
+//! Each subscriber gets a task that reads the log through a [`Subscription`] and hands encoded
+//! chunks to the response body through a channel of two chunks: a slow client stalls only its
+//! own task, which resumes reading the log where it stopped, so nothing buffers without bound
+//! and appends never wait for subscribers.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::error::ApiError;
+use super::extract::Query;
+use super::metrics::SubscriberGuard;
+use super::streams::LogParams;
+use super::{AppState, json};
+use crate::store::RecordedEvent;
+use crate::subscription::Subscription;
+
+/// An idle subscription gets a heartbeat this often (the contract asks for at least every 15 s).
+const HEARTBEAT: Duration = Duration::from_secs(10);
+/// Events read from the log per batch.
+const BATCH: usize = 1000;
+
+#[derive(Clone, Copy)]
+enum Format {
+    Sse,
+    Ndjson,
+}
+
+impl Format {
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::Sse => "text/event-stream",
+            Format::Ndjson => "application/x-ndjson",
+        }
+    }
+
+    fn heartbeat(self) -> Bytes {
+        match self {
+            Format::Sse => Bytes::from_static(b": keep-alive\n\n"),
+            // An empty line: NDJSON readers skip it.
+            Format::Ndjson => Bytes::from_static(b"\n"),
+        }
+    }
+
+    fn encode(self, events: &[RecordedEvent]) -> Bytes {
+        let mut out = Vec::with_capacity(events.len() * 300);
+        for event in events {
+            if let Format::Sse = self {
+                out.extend_from_slice(b"id: ");
+                out.extend_from_slice(event.position.to_string().as_bytes());
+                out.extend_from_slice(b"\ndata: ");
+            }
+            let start = out.len();
+            json::write_event(&mut out, event);
+            // Line breaks in JSON text can only be whitespace between tokens (inside strings
+            // they are escaped): blank them so one event stays one line.
+            for byte in &mut out[start..] {
+                if *byte == b'\n' || *byte == b'\r' {
+                    *byte = b' ';
+                }
+            }
+            out.extend_from_slice(match self {
+                Format::Sse => b"\n\n",
+                Format::Ndjson => b"\n",
+            });
+        }
+        Bytes::from(out)
+    }
+}
+
+/// `GET /subscribe`
+pub(super) async fn subscribe(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<LogParams>,
+) -> Result<Response, ApiError> {
+    let filter = params.filter()?;
+    let last_event_id = match headers.get("last-event-id") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::invalid("Last-Event-ID must be a log position"))?,
+        ),
+    };
+    let format = match headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
+        Some(accept) if accept.contains("application/x-ndjson") => Format::Ndjson,
+        _ => Format::Sse,
+    };
+    let store = state.store.clone();
+    let subscription = match (last_event_id, params.from) {
+        (Some(seen), _) => Subscription::from_position(store, seen + 1, filter),
+        (None, Some(from)) => Subscription::from_position(store, from, filter),
+        (None, None) => Subscription::from_now(store, filter),
+    };
+    let (chunks, body) = mpsc::channel::<Bytes>(2);
+    tokio::spawn(pump(
+        subscription,
+        chunks,
+        format,
+        state.shutdown.clone(),
+        state.metrics.subscriber(),
+    ));
+    let body = Body::from_stream(tokio_stream_from(body).map(Ok::<_, Infallible>));
+    Ok((
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+fn tokio_stream_from(mut receiver: mpsc::Receiver<Bytes>) -> impl futures::Stream<Item = Bytes> {
+    futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+}
+
+/// Reads the subscription and feeds the response body until the client leaves, the store
+/// fails, or the server shuts down.
+async fn pump(
+    mut subscription: Subscription,
+    chunks: mpsc::Sender<Bytes>,
+    format: Format,
+    shutdown: CancellationToken,
+    _counted: SubscriberGuard,
+) {
+    loop {
+        let batch = tokio::select! {
+            batch = subscription.poll_batch(BATCH) => batch,
+            () = shutdown.cancelled() => return,
+        };
+        let events = match batch {
+            Ok(events) => events,
+            Err(error) => {
+                tracing::error!(%error, "subscription ended by a store error");
+                return;
+            }
+        };
+        let chunk = if events.is_empty() {
+            tokio::select! {
+                alive = subscription.wait() => {
+                    if !alive { return; }
+                    continue;
+                }
+                () = tokio::time::sleep(HEARTBEAT) => format.heartbeat(),
+                () = chunks.closed() => return,
+                () = shutdown.cancelled() => return,
+            }
+        } else {
+            format.encode(&events)
+        };
+        tokio::select! {
+            sent = chunks.send(chunk) => if sent.is_err() { return },
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
