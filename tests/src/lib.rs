@@ -1,1 +1,140 @@
+//! Helpers shared by Lantern's integration tests: servers in process (on port 0) and as real
+//! processes.
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use lantern::http::{self, AppState};
+use lantern::store::{Store, StoreOptions};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// Store options for tests: small index chunks so the tail/index hand-over is exercised, and no
+/// fsync where a test does not depend on durability.
+pub fn test_store_options(sync: bool) -> StoreOptions {
+    StoreOptions {
+        sync,
+        chunk_events: 64,
+        max_pending_chunks: 2,
+        ..StoreOptions::default()
+    }
+}
+
+/// A server running inside the test process on a free port.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// The store behind it.
+    pub store: Store,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts a server on a fresh store in a temporary directory.
+    pub async fn start() -> anyhow::Result<TestServer> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path(), test_store_options(false))?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let state = AppState::new(store.clone());
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            http::run(listener, state, shutdown)
+                .await
+                .expect("server runs");
+        });
+        Ok(TestServer {
+            url,
+            store,
+            stop: Some(stop),
+            task: Some(task),
+            _dir: dir,
+        })
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+/// A `lantern serve` process.
+pub struct ServerProcess {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+}
+
+impl ServerProcess {
+    /// Starts the real binary on `data`, on a free port, and waits until it serves.
+    pub fn start(binary: &Path, data: &Path) -> anyhow::Result<ServerProcess> {
+        let mut child = Command::new(binary)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the server binary")?;
+        let stderr = child.stderr.take().context("server stderr")?;
+        let (address_tx, address_rx) = mpsc::channel();
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listen=").nth(1) {
+                    let address = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = address_tx.send(address.to_owned());
+                }
+            }
+        });
+        let address: SocketAddr = match address_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(address) => address.parse()?,
+            Err(_) => {
+                let _ = child.kill();
+                bail!("the server did not report its address");
+            }
+        };
+        Ok(ServerProcess {
+            child,
+            url: format!("http://{address}"),
+        })
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

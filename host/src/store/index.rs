@@ -257,20 +257,6 @@ impl Index {
                 .flatten();
             let table = txn.open_table(STREAMS).map_err(redb::Error::from)?;
             let mut out = Vec::with_capacity(limit.min(1024));
-            let decode = |item: Result<
-                (
-                    redb::AccessGuard<'_, (&str, u64)>,
-                    redb::AccessGuard<'_, (u64, u64)>,
-                ),
-                redb::StorageError,
-            >| {
-                let (key, value) = item.map_err(redb::Error::from)?;
-                let (position, offset) = value.value();
-                Ok::<_, StoreError>(StreamEntry {
-                    revision: key.value().1,
-                    location: Location { position, offset },
-                })
-            };
             if backward {
                 let newest: Vec<&StreamEntry> =
                     tail_entries.filter(|e| e.revision <= from).collect();
@@ -280,7 +266,7 @@ impl Index {
                         .range((stream, 0)..=(stream, from))
                         .map_err(redb::Error::from)?;
                     for item in range.rev().take(limit - out.len()) {
-                        out.push(decode(item)?);
+                        out.push(stream_entry(item)?);
                     }
                 }
             } else {
@@ -288,7 +274,7 @@ impl Index {
                     .range((stream, from)..=(stream, u64::MAX))
                     .map_err(redb::Error::from)?;
                 for item in range.take(limit) {
-                    out.push(decode(item)?);
+                    out.push(stream_entry(item)?);
                 }
                 let remaining = limit - out.len();
                 out.extend(
@@ -419,6 +405,20 @@ impl Index {
             }
         }
     }
+}
+
+type StreamRow<'a> = (
+    redb::AccessGuard<'a, (&'static str, u64)>,
+    redb::AccessGuard<'a, (u64, u64)>,
+);
+
+fn stream_entry(row: Result<StreamRow<'_>, redb::StorageError>) -> Result<StreamEntry, StoreError> {
+    let (key, value) = row.map_err(redb::Error::from)?;
+    let (position, offset) = value.value();
+    Ok(StreamEntry {
+        revision: key.value().1,
+        location: Location { position, offset },
+    })
 }
 
 /// Hands a sealed chunk to the indexer; blocks while too many wait, which bounds the memory the

@@ -178,7 +178,7 @@ impl Filter {
                 .category
                 .as_ref()
                 .is_none_or(|c| c == category_of(&event.stream))
-            && (self.types.is_empty() || self.types.iter().any(|t| *t == event.event_type))
+            && (self.types.is_empty() || self.types.contains(&event.event_type))
     }
 }
 
@@ -541,6 +541,10 @@ fn recover(
         );
         file.set_len(committed.end_offset)?;
         file.sync_all()?;
+    }
+    // Readers stop at the committed end, which the index alone only knew up to its last record.
+    if let Some(chunk) = index.publish(std::iter::empty(), committed) {
+        index::hand_over(chunks, chunk);
     }
     Ok(committed)
 }

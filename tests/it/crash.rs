@@ -1,0 +1,275 @@
+//! Crashes: a real server SIGKILLed under load, and torn log tails cut at every byte.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use lantern::store::{ExpectedRevision, Filter, NewEvent, Store};
+use lantern_tests::{ServerProcess, test_store_options};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use super::{append, get};
+
+fn server_binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_lantern-under-test"))
+}
+
+/// An acknowledged append: its first position and the data of its events.
+type Acknowledged = (u64, Vec<Value>);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_concurrent_appends_loses_nothing_acknowledged() {
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(server_binary(), data.path()).unwrap();
+    let acknowledged: Arc<Mutex<Vec<Acknowledged>>> = Arc::default();
+    let writers: Vec<_> = (0..8)
+        .map(|writer| {
+            let url = server.url.clone();
+            let acknowledged = acknowledged.clone();
+            tokio::spawn(async move {
+                for seq in 0u64.. {
+                    let size = 1 + (seq as usize + writer) % 4;
+                    let events: Vec<Value> = (0..size)
+                        .map(|part| json!({"writer": writer, "seq": seq, "part": part, "of": size}))
+                        .collect();
+                    let body = json!({"events": events.iter().map(|d| json!({"type": "Crash", "data": d})).collect::<Vec<_>>()});
+                    let response = reqwest::Client::new()
+                        .post(format!("{url}/streams/crash-{}", writer % 3))
+                        .json(&body)
+                        .send()
+                        .await;
+                    let Ok(response) = response else { return };
+                    if response.status() != StatusCode::OK {
+                        return;
+                    }
+                    let Ok(answer) = response.json::<Value>().await else { return };
+                    let first = answer["first_position"].as_u64().unwrap();
+                    acknowledged.lock().unwrap().push((first, events));
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.kill().unwrap();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let acknowledged = std::mem::take(&mut *acknowledged.lock().unwrap());
+    assert!(
+        acknowledged.len() > 50,
+        "the load ran: {} appends",
+        acknowledged.len()
+    );
+
+    let server = ServerProcess::start(server_binary(), data.path()).unwrap();
+    let url = server.url.clone();
+    // Every acknowledged event is there, at its position, with its data.
+    for (first, events) in &acknowledged {
+        let (status, page) = get(&url, &format!("/all?from={first}&limit={}", events.len())).await;
+        assert_eq!(status, StatusCode::OK);
+        let found: Vec<&Value> = page["events"].as_array().unwrap().iter().collect();
+        assert_eq!(found.len(), events.len(), "append at {first}");
+        for (i, (event, data)) in found.iter().zip(events).enumerate() {
+            assert_eq!(event["position"], json!(first + i as u64));
+            assert_eq!(&event["data"], data);
+        }
+    }
+    // No partial append is visible: every append is whole and contiguous, positions have no gaps.
+    let mut from = 1;
+    let mut expected_position = 1;
+    let mut appends: BTreeMap<(u64, u64), Vec<u64>> = BTreeMap::new();
+    loop {
+        let (_, page) = get(&url, &format!("/all?from={from}&limit=10000")).await;
+        for event in page["events"].as_array().unwrap() {
+            let position = event["position"].as_u64().unwrap();
+            assert_eq!(position, expected_position);
+            expected_position += 1;
+            let data = &event["data"];
+            let key = (
+                data["writer"].as_u64().unwrap(),
+                data["seq"].as_u64().unwrap(),
+            );
+            appends.entry(key).or_default().push(position);
+            assert_eq!(
+                data["part"].as_u64().unwrap() as usize,
+                appends[&key].len() - 1
+            );
+        }
+        match page["next"].as_u64() {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    assert!(appends.len() >= acknowledged.len());
+    let (_, page) = get(&url, "/all?limit=1").await;
+    let head = page["head"].as_u64().unwrap();
+    assert_eq!(head, expected_position - 1);
+    // The restarted server appends after the recovered head.
+    let (status, answer) = append(
+        &url,
+        "crash-after",
+        json!({"events": [{"type": "After", "data": 1}]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["first_position"], head + 1);
+    let status = server.terminate().unwrap();
+    assert!(status.success(), "SIGTERM shuts down cleanly: {status}");
+}
+
+fn events(prefix: &str, count: usize) -> Vec<NewEvent> {
+    (0..count)
+        .map(|i| NewEvent {
+            id: None,
+            event_type: format!("{prefix}Happened"),
+            data: Bytes::from(format!(
+                "{{\"{prefix}\":{i},\"pad\":\"{}\"}}",
+                "p".repeat(40)
+            )),
+            metadata: (i % 2 == 0).then(|| Bytes::from_static(b"{\"m\":1}")),
+        })
+        .collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// The log after a crash in the middle of writing a 4-event append, cut at every byte: recovery
+/// keeps exactly the earlier append, never part of the torn one, and appends carry on.
+#[tokio::test]
+async fn a_torn_append_is_cut_at_every_byte() {
+    let work = tempfile::tempdir().unwrap();
+    let durable = work.path().join("durable");
+    let store = Store::open(&durable, test_store_options(true)).unwrap();
+    store
+        .append("torn-1", ExpectedRevision::Any, events("a", 3))
+        .await
+        .unwrap();
+    store.close();
+    drop(store);
+    // The state a crash leaves: the index and log as of the first append...
+    let after_first = work.path().join("after-first");
+    copy_dir(&durable, &after_first);
+    let first_len = std::fs::metadata(after_first.join("events.log"))
+        .unwrap()
+        .len();
+    // ...and the bytes of a second append, of which any prefix may have reached the disk.
+    let store = Store::open(&durable, test_store_options(true)).unwrap();
+    store
+        .append("torn-2", ExpectedRevision::Any, events("b", 4))
+        .await
+        .unwrap();
+    store.close();
+    drop(store);
+    let full_log = std::fs::read(durable.join("events.log")).unwrap();
+    assert!(full_log.len() as u64 > first_len + 100);
+
+    for cut in first_len..=full_log.len() as u64 {
+        let dir = work.path().join(format!("cut-{cut}"));
+        copy_dir(&after_first, &dir);
+        std::fs::write(dir.join("events.log"), &full_log[..cut as usize]).unwrap();
+        let store = Store::open(&dir, test_store_options(true)).unwrap();
+        let whole = cut == full_log.len() as u64;
+        let head = if whole { 7 } else { 3 };
+        assert_eq!(
+            store.head(),
+            head,
+            "cut at {cut} (first append ends at {first_len})"
+        );
+        let all = store.read_all(1, 100, &Filter::default()).unwrap();
+        assert_eq!(all.events.len() as u64, head, "cut at {cut}");
+        if !whole {
+            assert_eq!(
+                std::fs::metadata(dir.join("events.log")).unwrap().len(),
+                first_len,
+                "the torn tail is cut off"
+            );
+            // The log carries on where the cut left it.
+            let outcome = store
+                .append("torn-2", ExpectedRevision::NoStream, events("c", 1))
+                .await
+                .unwrap();
+            assert_eq!(outcome.first_position, 4);
+        }
+        store.close();
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// A flipped bit or garbage after the last append is never served; a lost index is rebuilt
+/// from the log.
+#[tokio::test]
+async fn corrupt_tails_are_cut_and_a_lost_index_is_rebuilt() {
+    let work = tempfile::tempdir().unwrap();
+    let base = work.path().join("base");
+    let store = Store::open(&base, test_store_options(true)).unwrap();
+    for round in 0..5 {
+        store
+            .append(
+                &format!("flip-{round}"),
+                ExpectedRevision::Any,
+                events("x", 40),
+            )
+            .await
+            .unwrap();
+    }
+    store.close();
+    drop(store);
+    let log = std::fs::read(base.join("events.log")).unwrap();
+
+    // Garbage appended after the last record.
+    let garbage = work.path().join("garbage");
+    copy_dir(&base, &garbage);
+    let mut bytes = log.clone();
+    bytes.extend_from_slice(&[0xAB; 300]);
+    std::fs::write(garbage.join("events.log"), &bytes).unwrap();
+    let store = Store::open(&garbage, test_store_options(true)).unwrap();
+    assert_eq!(store.head(), 200);
+    store.close();
+    drop(store);
+    assert_eq!(
+        std::fs::metadata(garbage.join("events.log")).unwrap().len(),
+        log.len() as u64
+    );
+
+    // No index at all: everything is rebuilt from the log, reads are complete.
+    let rebuilt = work.path().join("rebuilt");
+    copy_dir(&base, &rebuilt);
+    std::fs::remove_file(rebuilt.join("index.redb")).unwrap();
+    let store = Store::open(&rebuilt, test_store_options(true)).unwrap();
+    assert_eq!(store.head(), 200);
+    let stream = store
+        .read_stream("flip-3", None, lantern::store::Direction::Backward, 1000)
+        .unwrap();
+    assert_eq!(stream.events.len(), 40);
+    assert_eq!(stream.events[0].revision, 39);
+    assert_eq!(stream.events[0].position, 160);
+    store.close();
+    drop(store);
+
+    // A flipped bit inside the last append (no index): the store keeps the appends before it.
+    let flipped = work.path().join("flipped");
+    copy_dir(&rebuilt, &flipped);
+    std::fs::remove_file(flipped.join("index.redb")).unwrap();
+    let mut bytes = log.clone();
+    let at = bytes.len() - 500;
+    bytes[at] ^= 0x04;
+    std::fs::write(flipped.join("events.log"), &bytes).unwrap();
+    let store = Store::open(&flipped, test_store_options(true)).unwrap();
+    assert_eq!(store.head(), 160, "the damaged append is dropped whole");
+    assert!(
+        store
+            .read_stream("flip-4", None, lantern::store::Direction::Forward, 10)
+            .is_err()
+    );
+    store.close();
+}

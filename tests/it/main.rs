@@ -1,0 +1,33 @@
+//! Lantern's integration tests: one binary, a module per topic.
+
+mod append;
+mod crash;
+mod malformed;
+mod read;
+mod subscribe;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// Sends a request and returns the status and the JSON body.
+async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.expect("request reaches the server");
+    let status = response.status();
+    let body = response.json().await.expect("every answer is JSON");
+    (status, body)
+}
+
+/// `POST {url}/streams/{stream}` with a JSON body.
+async fn append(url: &str, stream: &str, body: Value) -> (StatusCode, Value) {
+    send(
+        reqwest::Client::new()
+            .post(format!("{url}/streams/{stream}"))
+            .json(&body),
+    )
+    .await
+}
+
+/// `GET {url}{path}`.
+async fn get(url: &str, path: &str) -> (StatusCode, Value) {
+    send(reqwest::Client::new().get(format!("{url}{path}"))).await
+}

@@ -1,0 +1,154 @@
+//! Reading streams and the global log: directions, paging, filters.
+
+use lantern_tests::TestServer;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use super::{append, get};
+
+async fn seed(url: &str) {
+    // order-1: 5 events, order-2: 3 events, cart-1: 2 events, interleaved.
+    for round in 0..5 {
+        for (stream, count) in [("order-1", 5), ("order-2", 3), ("cart-1", 2)] {
+            if round < count {
+                let event_type = if round % 2 == 0 { "Even" } else { "Odd" };
+                let (status, _) = append(
+                    url,
+                    stream,
+                    json!({"events": [{"type": event_type, "data": {"round": round}}]}),
+                )
+                .await;
+                assert_eq!(status, StatusCode::OK);
+            }
+        }
+    }
+}
+
+fn revisions(page: &Value) -> Vec<u64> {
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["revision"].as_u64().unwrap())
+        .collect()
+}
+
+fn positions(page: &Value) -> Vec<u64> {
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn streams_read_forward_and_backward_in_pages() {
+    let server = TestServer::start().await.unwrap();
+    let url = &server.url;
+    seed(url).await;
+    let (status, page) = get(url, "/streams/order-1?limit=2").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(revisions(&page), [0, 1]);
+    assert_eq!(page["next"], 2);
+    let (_, page) = get(url, "/streams/order-1?from=2&limit=2").await;
+    assert_eq!(revisions(&page), [2, 3]);
+    let (_, page) = get(url, "/streams/order-1?from=4&limit=2").await;
+    assert_eq!(revisions(&page), [4]);
+    assert_eq!(page["next"], Value::Null);
+    let (_, page) = get(url, "/streams/order-1?direction=backward&limit=3").await;
+    assert_eq!(revisions(&page), [4, 3, 2]);
+    assert_eq!(page["next"], 1);
+    let (_, page) = get(url, "/streams/order-1?direction=backward&from=1").await;
+    assert_eq!(revisions(&page), [1, 0]);
+    assert_eq!(page["next"], Value::Null);
+    let (_, page) = get(url, "/streams/order-1?from=9").await;
+    assert_eq!(revisions(&page), Vec::<u64>::new());
+    assert_eq!(page["next"], Value::Null);
+    // Every event carries the contract's fields.
+    let (_, page) = get(url, "/streams/cart-1").await;
+    let event = &page["events"][0];
+    for field in [
+        "position",
+        "stream",
+        "revision",
+        "id",
+        "type",
+        "data",
+        "metadata",
+        "recorded_at",
+    ] {
+        assert!(event.get(field).is_some(), "missing {field}: {event}");
+    }
+    assert_eq!(event["stream"], "cart-1");
+    assert_eq!(event["metadata"], Value::Null);
+    assert!(event["recorded_at"].as_str().unwrap().ends_with('Z'));
+    let (status, body) = get(url, "/streams/nobody-1").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "stream_not_found");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_global_log_reads_in_order_with_filters() {
+    let server = TestServer::start().await.unwrap();
+    let url = &server.url;
+    let (_, empty) = get(url, "/all").await;
+    assert_eq!(empty, json!({"events": [], "next": null, "head": 0}));
+    seed(url).await;
+    let (_, page) = get(url, "/all").await;
+    assert_eq!(positions(&page), (1..=10).collect::<Vec<_>>());
+    assert_eq!(page["head"], 10);
+    assert_eq!(page["next"], Value::Null);
+    let (_, page) = get(url, "/all?from=3&limit=4").await;
+    assert_eq!(positions(&page), [3, 4, 5, 6]);
+    assert_eq!(page["next"], 7);
+    let (_, page) = get(url, "/all?category=order").await;
+    let streams: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["stream"].as_str().unwrap())
+        .collect();
+    assert_eq!(streams.len(), 8);
+    assert!(streams.iter().all(|s| s.starts_with("order-")));
+    let (_, page) = get(url, "/all?stream=order-2&types=Odd").await;
+    assert_eq!(revisions(&page), [1]);
+    let (_, page) = get(url, "/all?types=Odd,Nothing&category=cart").await;
+    assert_eq!(revisions(&page), [1]);
+    assert_eq!(page["events"][0]["stream"], "cart-1");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn data_and_metadata_come_back_exactly_as_sent() {
+    let server = TestServer::start().await.unwrap();
+    let body = r#"{"events": [{"type": "Odd\u00e9", "data": {"b": [1, 2.50, "x\ny"], "a": null},
+        "metadata": {"correlation_id": "k-1"}}, {"type": "Scalar", "data": "just a string"}]}"#;
+    let response = reqwest::Client::new()
+        .post(format!("{}/streams/exact-1", server.url))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = reqwest::get(format!("{}/streams/exact-1", server.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // Byte-exact: key order, number spelling and spacing are kept.
+    assert!(
+        text.contains(r#""data":{"b": [1, 2.50, "x\ny"], "a": null}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#""metadata":{"correlation_id": "k-1"}"#),
+        "{text}"
+    );
+    assert!(text.contains(r#""data":"just a string""#), "{text}");
+    assert!(text.contains(r#""type":"Oddé""#), "{text}");
+    server.stop().await;
+}

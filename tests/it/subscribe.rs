@@ -1,0 +1,232 @@
+//! Subscriptions: catch-up then live, exactly once and in order, in process and over HTTP.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use lantern::store::{ExpectedRevision, Filter, NewEvent, Store};
+use lantern::subscription::Subscription;
+use lantern_tests::{TestServer, test_store_options};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use super::append;
+
+fn new_event(event_type: &str, i: usize) -> NewEvent {
+    NewEvent {
+        id: None,
+        event_type: event_type.into(),
+        data: Bytes::from(format!("{{\"i\":{i}}}")),
+        metadata: None,
+    }
+}
+
+/// Appends `count` single- or multi-event appends over a few streams and two categories.
+async fn write(store: &Store, offset: usize, count: usize) {
+    for i in offset..offset + count {
+        let stream = format!("{}-{}", if i % 3 == 0 { "cart" } else { "order" }, i % 5);
+        let size = 1 + i % 3;
+        let events = (0..size)
+            .map(|k| new_event(if k % 2 == 0 { "Even" } else { "Odd" }, i))
+            .collect();
+        store
+            .append(&stream, ExpectedRevision::Any, events)
+            .await
+            .unwrap();
+    }
+}
+
+fn filters() -> impl Strategy<Value = Filter> {
+    prop_oneof![
+        Just(Filter::default()),
+        Just(Filter {
+            category: Some("cart".into()),
+            ..Filter::default()
+        }),
+        Just(Filter {
+            types: vec!["Odd".into()],
+            ..Filter::default()
+        }),
+        Just(Filter {
+            stream: Some("order-1".into()),
+            types: vec!["Even".into()],
+            ..Filter::default()
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Started at any position while appends run, a subscription delivers every matching event
+    /// exactly once, in order, across the switch from catch-up to live and across index chunks.
+    #[test]
+    fn subscriptions_deliver_every_matching_event_once_in_order(
+        before in 0usize..120,
+        during in 1usize..120,
+        start in 0u64..300,
+        batch in 1usize..40,
+        filter in filters(),
+    ) {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path(), test_store_options(false)).unwrap();
+            write(&store, 0, before).await;
+            let writer = {
+                let store = store.clone();
+                tokio::spawn(async move { write(&store, before, during).await })
+            };
+            let mut subscription = Subscription::from_position(store.clone(), start, filter.clone());
+            let mut seen = Vec::new();
+            loop {
+                let writing = !writer.is_finished();
+                let next = tokio::time::timeout(Duration::from_millis(200), subscription.next_batch(batch)).await;
+                match next {
+                    Ok(events) => seen.extend(events.unwrap()),
+                    // Idle at the head after the writer finished: everything has been delivered.
+                    Err(_) if !writing => break,
+                    Err(_) => {}
+                }
+            }
+            writer.await.unwrap();
+            let expected = store.read_all(start, usize::MAX, &filter).unwrap().events;
+            let seen_positions: Vec<u64> = seen.iter().map(|e| e.position).collect();
+            let expected_positions: Vec<u64> = expected.iter().map(|e| e.position).collect();
+            prop_assert_eq!(seen_positions, expected_positions);
+            prop_assert_eq!(seen, expected);
+            Ok(())
+        })?;
+    }
+}
+
+/// One SSE message: (id, data).
+fn parse_sse(text: &str) -> Vec<(u64, Value)> {
+    text.split("\n\n")
+        .filter_map(|message| {
+            let mut id = None;
+            let mut data = None;
+            for line in message.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = Some(v.parse().unwrap());
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = Some(serde_json::from_str(v).unwrap());
+                }
+            }
+            Some((id?, data?))
+        })
+        .collect()
+}
+
+/// Reads from a streaming response until `want` complete messages (split by `separator`) arrived.
+async fn read_messages(response: reqwest::Response, separator: &str, want: usize) -> String {
+    let mut body = response.bytes_stream();
+    let mut text = String::new();
+    while text.matches(separator).count() < want {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await
+            .expect("the subscription delivers in time")
+            .expect("the stream stays open")
+            .unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    text
+}
+
+#[tokio::test]
+async fn sse_catches_up_then_goes_live_and_resumes_from_last_event_id() {
+    let server = TestServer::start().await.unwrap();
+    let url = server.url.clone();
+    for i in 0..3 {
+        append(
+            &url,
+            "sub-1",
+            json!({"events": [{"type": "T", "data": {"i": i}}]}),
+        )
+        .await;
+    }
+    let client = reqwest::Client::new();
+    let response = client
+        .get(format!("{url}/subscribe?from=2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let live = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            append(&url, "sub-1", json!({"events": [{"type": "T", "data": {"i": 3}}, {"type": "T", "data": "multi\nline"}]})).await
+        })
+    };
+    let text = read_messages(response, "\n\n", 4).await;
+    live.await.unwrap();
+    let messages = parse_sse(&text);
+    let ids: Vec<u64> = messages.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, [2, 3, 4, 5]);
+    assert_eq!(messages[2].1["data"], json!({"i": 3}));
+    assert_eq!(messages[3].1["data"], "multi\nline");
+    for (id, event) in &messages {
+        assert_eq!(event["position"], *id);
+    }
+    // A browser reconnects with Last-Event-ID, which wins over `from`.
+    let response = client
+        .get(format!("{url}/subscribe?from=1"))
+        .header("Last-Event-ID", "4")
+        .send()
+        .await
+        .unwrap();
+    let messages = parse_sse(&read_messages(response, "\n\n", 1).await);
+    assert_eq!(messages[0].0, 5);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn ndjson_without_from_sends_only_new_events_filtered() {
+    let server = TestServer::start().await.unwrap();
+    let url = server.url.clone();
+    append(&url, "old-1", json!({"events": [{"type": "T", "data": 0}]})).await;
+    let response = reqwest::Client::new()
+        .get(format!("{url}/subscribe?category=new"))
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    for (stream, data) in [("old-1", 1), ("new-1", 2), ("other-1", 3), ("new-2", 4)] {
+        append(
+            &url,
+            stream,
+            json!({"events": [{"type": "T", "data": data}]}),
+        )
+        .await;
+    }
+    let text = read_messages(response, "\n", 2).await;
+    let events: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let data: Vec<&Value> = events.iter().map(|e| &e["data"]).collect();
+    assert_eq!(data, [&json!(2), &json!(4)]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn server_shutdown_ends_open_subscriptions() {
+    let server = TestServer::start().await.unwrap();
+    let response = reqwest::Client::new()
+        .get(format!("{}/subscribe", server.url))
+        .send()
+        .await
+        .unwrap();
+    // Graceful shutdown must not wait forever for the open subscription.
+    tokio::time::timeout(Duration::from_secs(10), server.stop())
+        .await
+        .expect("shutdown completes with a subscriber connected");
+    // The body ends (cleanly or cut off) instead of hanging.
+    let _ended = tokio::time::timeout(Duration::from_secs(10), response.bytes())
+        .await
+        .expect("the subscription's body ends");
+}
