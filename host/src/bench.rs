@@ -9,6 +9,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
+use crate::http::AppState;
 use crate::store::{Direction, ExpectedRevision, Filter, NewEvent, Store, StoreOptions};
 
 /// What to measure and how big.
@@ -110,6 +111,22 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
                 "MiB",
             );
         }
+        store.close();
+    }
+    if wanted("http") {
+        let store = Store::open(&base.path().join("http"), StoreOptions::default())?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?.to_string();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn(crate::http::run(
+            listener,
+            AppState::new(store.clone()),
+            shutdown.clone().cancelled_owned(),
+        ));
+        bench_http_batched(&address, &options, &mut report).await?;
+        bench_http_single(&address, &options, &mut report).await?;
+        shutdown.cancel();
+        server.await??;
         store.close();
     }
     report.print_table();
@@ -221,6 +238,170 @@ async fn bench_read_stream(
         "ms",
     );
     Ok(())
+}
+
+/// Batched appends over HTTP: JSON bodies of `batch` events, a few clients at once.
+async fn bench_http_batched(
+    address: &str,
+    options: &BenchOptions,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    const CLIENTS: u64 = 4;
+    let bodies: Vec<Bytes> = (0..16u64)
+        .map(|variant| {
+            let events: Vec<serde_json::Value> = (0..options.batch as u64)
+                .map(|i| {
+                    serde_json::json!({
+                        "type": "OrderPlaced",
+                        "data": serde_json::from_slice::<serde_json::Value>(&payload(variant * 1000 + i)).expect("valid JSON"),
+                    })
+                })
+                .collect();
+            Bytes::from(serde_json::to_vec(&serde_json::json!({ "events": events })).expect("JSON"))
+        })
+        .collect();
+    let appends = options.events.min(1_000_000).div_ceil(options.batch as u64);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..CLIENTS {
+        let bodies = bodies.clone();
+        let address = address.to_owned();
+        let streams = options.streams;
+        tasks.spawn(async move {
+            let mut connection = RawConnection::open(&address).await?;
+            let mut append = worker;
+            while append < appends {
+                let path = format!("/streams/http-{}", append % streams);
+                connection
+                    .post(&path, &bodies[(append % 16) as usize])
+                    .await?;
+                append += CLIENTS;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    report.record(
+        "http_append_batched_durable",
+        (appends * options.batch as u64) as f64 / started.elapsed().as_secs_f64(),
+        "events/s",
+    );
+    Ok(())
+}
+
+/// Single-event durable appends from 64 concurrent HTTP clients.
+async fn bench_http_single(
+    address: &str,
+    options: &BenchOptions,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    const CLIENTS: usize = 64;
+    let until = Instant::now() + Duration::from_secs(options.seconds);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..CLIENTS {
+        let address = address.to_owned();
+        let path = format!("/streams/single-{worker}");
+        tasks.spawn(async move {
+            let mut connection = RawConnection::open(&address).await?;
+            let mut latencies = Vec::new();
+            let mut i = 0u64;
+            while Instant::now() < until {
+                let body = format!(
+                    r#"{{"events":[{{"type":"Ping","data":{}}}]}}"#,
+                    std::str::from_utf8(&payload(i)).expect("UTF-8")
+                );
+                let sent = Instant::now();
+                connection.post(&path, body.as_bytes()).await?;
+                latencies.push(sent.elapsed());
+                i += 1;
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let mut latencies = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        latencies.extend(done??);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    report.record(
+        "http_append_single_64_clients_durable",
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        "appends/s",
+    );
+    report.record(
+        "http_append_single_p50",
+        ms(latencies[latencies.len() / 2]),
+        "ms",
+    );
+    report.record(
+        "http_append_single_p99",
+        ms(latencies[latencies.len() * 99 / 100]),
+        "ms",
+    );
+    Ok(())
+}
+
+/// A keep-alive HTTP/1.1 connection that sends pre-built POSTs and reads just enough of each
+/// answer. The benchmark's load generator: on two cores, a full client such as reqwest spends
+/// more CPU per request than the server does, and the figure would measure the client.
+struct RawConnection {
+    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+    line: String,
+}
+
+impl RawConnection {
+    async fn open(address: &str) -> anyhow::Result<Self> {
+        let stream = tokio::net::TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        Ok(RawConnection {
+            stream: tokio::io::BufReader::new(stream),
+            line: String::new(),
+        })
+    }
+
+    /// Sends one POST and waits for a 200 answer.
+    async fn post(&mut self, path: &str, body: &[u8]) -> anyhow::Result<()> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let stream = self.stream.get_mut();
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body).await?;
+        let mut status = None;
+        let mut content_length = 0;
+        loop {
+            self.line.clear();
+            anyhow::ensure!(
+                self.stream.read_line(&mut self.line).await? > 0,
+                "the server closed the connection"
+            );
+            let line = self.line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if status.is_none() {
+                status = line.split(' ').nth(1).map(str::to_owned);
+            } else if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                content_length = value.trim().parse()?;
+            }
+        }
+        let mut answer = vec![0; content_length];
+        self.stream.read_exact(&mut answer).await?;
+        anyhow::ensure!(
+            status.as_deref() == Some("200"),
+            "append answered {status:?}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        Ok(())
+    }
 }
 
 fn ms(duration: Duration) -> f64 {
