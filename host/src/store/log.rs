@@ -55,6 +55,7 @@ pub(crate) struct Scanner<'a> {
     /// Read position inside `block`.
     cursor: usize,
     end_offset: u64,
+    block_size: usize,
 }
 
 /// What a scan stopped on.
@@ -70,13 +71,26 @@ pub(crate) enum ScanItem {
 }
 
 impl<'a> Scanner<'a> {
+    /// Reads `[from_offset, end_offset)` in blocks of 1 MiB.
     pub(crate) fn new(file: &'a File, from_offset: u64, end_offset: u64) -> Self {
+        Self::with_block(file, from_offset, end_offset, READ_BLOCK)
+    }
+
+    /// Reads `[from_offset, end_offset)` in blocks of about `block_size` bytes: small for a
+    /// short run of records, so a stream read does not fetch a megabyte for a few events.
+    pub(crate) fn with_block(
+        file: &'a File,
+        from_offset: u64,
+        end_offset: u64,
+        block_size: usize,
+    ) -> Self {
         Scanner {
             file,
             block_offset: from_offset,
             block: Bytes::new(),
             cursor: 0,
             end_offset,
+            block_size: block_size.max(4096),
         }
     }
 
@@ -87,7 +101,7 @@ impl<'a> Scanner<'a> {
 
     fn refill(&mut self, at_least: usize) -> Result<(), StoreError> {
         let offset = self.offset();
-        let want = (self.end_offset - offset).min(READ_BLOCK.max(at_least) as u64) as usize;
+        let want = (self.end_offset - offset).min(self.block_size.max(at_least) as u64) as usize;
         let mut buf = BytesMut::zeroed(want);
         let got = read_some(self.file, &mut buf, offset)?;
         buf.truncate(got);

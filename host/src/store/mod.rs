@@ -351,32 +351,62 @@ impl Store {
         validate_stream_name(stream).map_err(StoreError::InvalidRequest)?;
         let backward = direction == Direction::Backward;
         let from = from.unwrap_or(if backward { u64::MAX } else { 0 });
-        // One entry more than asked tells whether there is a next page.
-        let mut entries =
-            self.inner
-                .index
-                .stream_entries(stream, from, backward, limit.saturating_add(1))?;
-        if entries.is_empty() && self.inner.index.stream_head(stream)?.is_none() {
+        // One event more than asked tells whether there is a next page.
+        let wanted = limit.saturating_add(1);
+        let runs = self
+            .inner
+            .index
+            .stream_runs(stream, from, backward, wanted)?;
+        if runs.is_empty() && self.inner.index.stream_head(stream)?.is_none() {
             return Err(StoreError::StreamNotFound(stream.to_owned()));
         }
-        let next = (entries.len() > limit).then(|| entries[limit].revision);
-        entries.truncate(limit);
-        let events = entries
-            .iter()
-            .map(|entry| self.event_at(entry.location))
-            .collect::<Result<_, _>>()?;
+        let mut events = Vec::with_capacity(wanted.min(1024));
+        for run in runs {
+            let mut run_events = self.run_events(run)?;
+            if backward {
+                run_events.retain(|e| e.revision <= from);
+                run_events.reverse();
+            } else {
+                run_events.retain(|e| e.revision >= from);
+            }
+            events.extend(run_events.into_iter().take(wanted - events.len()));
+        }
+        let next = (events.len() > limit).then(|| events[limit].revision);
+        events.truncate(limit);
         Ok(StreamSlice { events, next })
     }
 
-    fn event_at(&self, location: Location) -> Result<RecordedEvent, StoreError> {
-        let event = log::read_at(&self.inner.file, location.offset)?.event;
-        if event.position != location.position {
-            return Err(StoreError::Corrupt(format!(
-                "index points position {} at byte {}, which holds position {}",
-                location.position, location.offset, event.position
-            )));
+    /// The events of one index run, read from their contiguous records.
+    fn run_events(&self, run: index::StreamRun) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mismatch = |found: &RecordedEvent| {
+            StoreError::Corrupt(format!(
+                "the index puts revision {} of {:?} at position {}, the log has {:?}@{} there",
+                run.revision, found.stream, run.location.position, found.stream, found.revision
+            ))
+        };
+        let mut scanner = Scanner::with_block(
+            &self.inner.file,
+            run.location.offset,
+            u64::MAX,
+            (run.count as usize * 512).min(1 << 20),
+        );
+        let mut events = Vec::with_capacity(run.count as usize);
+        for i in 0..run.count {
+            let event = match scanner.next_record()? {
+                Some(ScanItem::Record { decoded, .. }) => decoded.event,
+                _ => {
+                    return Err(StoreError::Corrupt(format!(
+                        "the log ends inside an indexed run at position {}",
+                        run.location.position + i
+                    )));
+                }
+            };
+            if event.position != run.location.position + i || event.revision != run.revision + i {
+                return Err(mismatch(&event));
+            }
+            events.push(event);
         }
-        Ok(event)
+        Ok(events)
     }
 
     /// Reads up to `limit` events matching `filter` from position `from` (inclusive).
