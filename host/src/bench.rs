@@ -61,6 +61,14 @@ impl Report {
         });
     }
 
+    /// Records the median and the 99th percentile of `latencies`, in milliseconds.
+    fn record_percentiles(&mut self, bench: &str, latencies: &mut [Duration]) {
+        latencies.sort();
+        let at = |fraction: f64| ms(latencies[((latencies.len() - 1) as f64 * fraction) as usize]);
+        self.record(&format!("{bench}_p50"), at(0.50), "ms");
+        self.record(&format!("{bench}_p99"), at(0.99), "ms");
+    }
+
     fn print_table(&self) {
         println!();
         println!("{:<44} {:>16}  unit", "benchmark", "value");
@@ -229,17 +237,7 @@ async fn bench_read_stream(
         anyhow::Ok(latencies)
     })
     .await??;
-    latencies.sort();
-    report.record(
-        "store_read_stream_100_p50",
-        ms(latencies[latencies.len() / 2]),
-        "ms",
-    );
-    report.record(
-        "store_read_stream_100_p99",
-        ms(latencies[latencies.len() * 99 / 100]),
-        "ms",
-    );
+    report.record_percentiles("store_read_stream_100", &mut latencies);
     Ok(())
 }
 
@@ -329,22 +327,12 @@ async fn bench_http_single(
         latencies.extend(done??);
     }
     let elapsed = started.elapsed();
-    latencies.sort();
     report.record(
         "http_append_single_64_clients_durable",
         latencies.len() as f64 / elapsed.as_secs_f64(),
         "appends/s",
     );
-    report.record(
-        "http_append_single_p50",
-        ms(latencies[latencies.len() / 2]),
-        "ms",
-    );
-    report.record(
-        "http_append_single_p99",
-        ms(latencies[latencies.len() * 99 / 100]),
-        "ms",
-    );
+    report.record_percentiles("http_append_single", &mut latencies);
     Ok(())
 }
 

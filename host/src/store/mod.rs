@@ -261,14 +261,15 @@ impl Store {
         let committed = recover(&file, &index, indexed, &chunks_tx)?;
         let (head_tx, head_rx) = watch::channel(committed.head_position);
         let (jobs_tx, jobs_rx) = mpsc::channel();
-        let writer = writer::Writer::new(
-            file.clone(),
-            index.clone(),
-            chunks_tx,
+        let writer = writer::Writer {
+            file: file.clone(),
+            index: index.clone(),
+            indexer: chunks_tx,
             committed,
-            head_tx,
-            options.sync,
-        );
+            head: head_tx,
+            sync: options.sync,
+            failed: None,
+        };
         let writer = std::thread::Builder::new()
             .name("lantern-writer".into())
             .spawn(move || writer.run(jobs_rx))?;

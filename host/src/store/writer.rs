@@ -55,36 +55,20 @@ struct Group {
 }
 
 pub(crate) struct Writer {
-    file: Arc<File>,
-    index: Arc<Index>,
-    indexer: SyncSender<Arc<Chunk>>,
-    committed: Committed,
-    head: watch::Sender<u64>,
-    sync: bool,
+    pub file: Arc<File>,
+    pub index: Arc<Index>,
+    /// Where sealed index chunks go.
+    pub indexer: SyncSender<Arc<Chunk>>,
+    /// The durable end of the log, as the writer last published it.
+    pub committed: Committed,
+    pub head: watch::Sender<u64>,
+    /// fsync each group before answering.
+    pub sync: bool,
     /// Set when a write or fsync failed: the file's state is unknown, so no more appends.
-    failed: Option<String>,
+    pub failed: Option<String>,
 }
 
 impl Writer {
-    pub(crate) fn new(
-        file: Arc<File>,
-        index: Arc<Index>,
-        indexer: SyncSender<Arc<Chunk>>,
-        committed: Committed,
-        head: watch::Sender<u64>,
-        sync: bool,
-    ) -> Self {
-        Writer {
-            file,
-            index,
-            indexer,
-            committed,
-            head,
-            sync,
-            failed: None,
-        }
-    }
-
     pub(crate) fn run(mut self, jobs: Receiver<Job>) {
         while let Ok(first) = jobs.recv() {
             let mut group = Group::default();
