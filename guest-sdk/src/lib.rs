@@ -1,4 +1,271 @@
-//! The Lantern guest SDK: write projections in Rust and build them for `wasm32-wasip2`.
+//! Write [Lantern](https://example.invalid/lantern) projections in Rust.
 //!
-//! This crate is a placeholder until the projections work lands (see the projections issue).
+//! A projection folds the event log into a read model: JSON values by string key, which clients
+//! read over HTTP by key, by prefix, or through the projection's own named queries. Build it for
+//! `wasm32-wasip2` and deploy the `.wasm` file; test it natively with [`testing::Harness`].
+//!
+//! ```
+//! use lantern_sdk::{Event, Params, Projection, QueryError, State, Subscription, Value, json};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Deserialize)]
+//! struct OrderPlaced {
+//!     customer: String,
+//!     amount: i64,
+//! }
+//!
+//! #[derive(Default, Serialize, Deserialize)]
+//! struct Totals {
+//!     orders: i64,
+//!     total: i64,
+//! }
+//!
+//! struct OrderTotals;
+//!
+//! impl Projection for OrderTotals {
+//!     fn subscription() -> Subscription {
+//!         Subscription::all().category("order")
+//!     }
+//!
+//!     fn handle(event: &Event<'_>, state: &mut State) -> lantern_sdk::Result<()> {
+//!         if event.event_type() == "OrderPlaced" {
+//!             let placed: OrderPlaced = event.data()?;
+//!             state.update(&format!("customer:{}", placed.customer), |t: &mut Totals| {
+//!                 t.orders += 1;
+//!                 t.total += placed.amount;
+//!             })?;
+//!         }
+//!         Ok(())
+//!     }
+//!
+//!     fn query(name: &str, params: &Params, state: &State) -> Result<Value, QueryError> {
+//!         match name {
+//!             "customer" => {
+//!                 let id = params.require("id")?;
+//!                 let totals: Option<Totals> = state.get(&format!("customer:{id}"))?;
+//!                 Ok(json!(totals.map(|t| t.total)))
+//!             }
+//!             _ => Err(QueryError::NotFound),
+//!         }
+//!     }
+//! }
+//!
+//! lantern_sdk::export!(OrderTotals);
+//!
+//! // The same projection under plain `cargo test`:
+//! let mut harness = lantern_sdk::testing::Harness::<OrderTotals>::new();
+//! harness.append("order-1", "OrderPlaced", json!({"customer": "c-1", "amount": 250})).unwrap();
+//! harness.append("order-2", "OrderPlaced", json!({"customer": "c-1", "amount": 100})).unwrap();
+//! assert_eq!(harness.get("customer:c-1"), Some(json!({"orders": 2, "total": 350})));
+//! assert_eq!(harness.query("customer", &[("id", "c-1")]).unwrap(), json!(350));
+//! ```
+//!
+//! Events arrive in batches; [`State`] reads see the read model as of the start of the batch plus
+//! the batch's own writes, and the writes are handed to the host once per batch, which commits them
+//! with the projection's checkpoint in one transaction. A projection must be a deterministic
+//! function of the events: it has no clock, no randomness, no files and no network.
 #![deny(missing_docs)]
+
+// The generated bindings name this crate by its public path, inside it too.
+#[cfg(target_arch = "wasm32")]
+extern crate self as lantern_sdk;
+
+mod event;
+mod log;
+mod state;
+pub mod testing;
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod __guest;
+
+use std::collections::BTreeMap;
+
+pub use event::Event;
+pub use log::{Level, log};
+pub use serde_json::{Value, json};
+pub use state::State;
+
+/// A projection: which events it wants, how it folds them, and the queries it answers.
+pub trait Projection {
+    /// The events this projection wants. The host skips the others (they still advance the
+    /// projection's checkpoint).
+    fn subscription() -> Subscription;
+
+    /// Folds one event into the read model. An error fails the whole batch: none of its writes
+    /// are kept, and the projection stops with the error as its status.
+    fn handle(event: &Event<'_>, state: &mut State) -> Result<()>;
+
+    /// Answers the named query from a consistent snapshot of the read model. The default has no
+    /// queries.
+    fn query(name: &str, params: &Params, state: &State) -> Result<Value, QueryError> {
+        let _ = (name, params, state);
+        Err(QueryError::NotFound)
+    }
+}
+
+/// Which events a projection wants: events of any listed category or any listed stream (all
+/// events when both lists are empty), and of a listed type (any type when that list is empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subscription {
+    /// Stream categories (the part of a stream name before its first `-`).
+    pub categories: Vec<String>,
+    /// Whole stream names.
+    pub streams: Vec<String>,
+    /// Event types.
+    pub types: Vec<String>,
+}
+
+impl Subscription {
+    /// Every event.
+    pub fn all() -> Self {
+        Subscription::default()
+    }
+
+    /// Adds a category.
+    pub fn category(mut self, category: impl Into<String>) -> Self {
+        self.categories.push(category.into());
+        self
+    }
+
+    /// Adds a stream.
+    pub fn stream(mut self, stream: impl Into<String>) -> Self {
+        self.streams.push(stream.into());
+        self
+    }
+
+    /// Adds an event type.
+    pub fn event_type(mut self, event_type: impl Into<String>) -> Self {
+        self.types.push(event_type.into());
+        self
+    }
+
+    /// Whether an event of `stream` with type `event_type` is wanted.
+    pub fn matches(&self, stream: &str, event_type: &str) -> bool {
+        let category = stream.split_once('-').map_or(stream, |(c, _)| c);
+        let place = (self.categories.is_empty() && self.streams.is_empty())
+            || self.categories.iter().any(|c| c == category)
+            || self.streams.iter().any(|s| s == stream);
+        place && (self.types.is_empty() || self.types.iter().any(|t| t == event_type))
+    }
+}
+
+/// A failure in a projection, with a message for its status and log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error(String);
+
+impl Error {
+    /// An error with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Error(message.into())
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<serde_json::Error> for Error {
+    fn from(error: serde_json::Error) -> Self {
+        Error(format!("JSON: {error}"))
+    }
+}
+
+impl From<String> for Error {
+    fn from(message: String) -> Self {
+        Error(message)
+    }
+}
+
+impl From<&str> for Error {
+    fn from(message: &str) -> Self {
+        Error(message.to_owned())
+    }
+}
+
+/// `Result` with the SDK's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a query did not answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryError {
+    /// There is no query of that name (HTTP 404 `query_not_found`).
+    NotFound,
+    /// The query failed; the message goes to the client (HTTP 400 `query_failed`).
+    Failed(String),
+}
+
+impl From<Error> for QueryError {
+    fn from(error: Error) -> Self {
+        QueryError::Failed(error.0)
+    }
+}
+
+impl From<serde_json::Error> for QueryError {
+    fn from(error: serde_json::Error) -> Self {
+        QueryError::Failed(format!("JSON: {error}"))
+    }
+}
+
+/// The parameters of a query: the query string of the HTTP request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Params(BTreeMap<String, String>);
+
+impl Params {
+    /// Parameters from name/value pairs.
+    pub fn new<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
+        Params(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+
+    /// Parses the JSON object the host sends.
+    pub fn from_json(json: &str) -> Result<Self> {
+        Ok(Params(serde_json::from_str(json)?))
+    }
+
+    /// The raw value of a parameter.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// A parameter that must be there.
+    pub fn require(&self, name: &str) -> Result<&str> {
+        self.get(name)
+            .ok_or_else(|| Error(format!("missing parameter {name:?}")))
+    }
+
+    /// A parameter parsed into `T`, or `default` when absent.
+    pub fn parse_or<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => raw
+                .parse()
+                .map_err(|_| Error(format!("parameter {name:?} has a bad value {raw:?}"))),
+        }
+    }
+}
+
+/// Exports a [`Projection`] as the module's projection. Use it once per crate.
+#[macro_export]
+macro_rules! export {
+    ($projection:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            type __LanternExported = $crate::__guest::Adapter<$projection>;
+    $crate::__guest::__export_projection!(__LanternExported with_types_in $crate::__guest);
+        };
+    };
+}

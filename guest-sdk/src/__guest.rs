@@ -1,0 +1,80 @@
+//! The wasm glue: bindings generated from `wit/lantern.wit` and the adapter that exports a
+//! [`Projection`]. Not public API.
+
+use std::marker::PhantomData;
+
+pub use wit_bindgen;
+
+use crate::state::{Backend, State};
+use crate::{Event, Level, Params, Projection, QueryError as SdkQueryError};
+
+wit_bindgen::generate!({
+    path: "../wit",
+    world: "projection",
+    pub_export_macro: true,
+    export_macro_name: "__export_projection",
+    default_bindings_module: "lantern_sdk::__guest",
+    runtime_path: "lantern_sdk::__guest::wit_bindgen::rt",
+});
+
+use lantern::projection::host;
+use lantern::projection::types;
+
+/// Reads the read model through the host's imports.
+struct HostBackend;
+
+impl Backend for HostBackend {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        host::get(key)
+    }
+
+    fn scan(&self, prefix: &str, after: &str, limit: u32) -> Vec<(String, Vec<u8>)> {
+        host::scan(prefix, after, limit)
+    }
+}
+
+pub(crate) fn log(level: Level, message: &str) {
+    let level = match level {
+        Level::Trace => types::Level::Trace,
+        Level::Debug => types::Level::Debug,
+        Level::Info => types::Level::Info,
+        Level::Warn => types::Level::Warn,
+        Level::Error => types::Level::Error,
+    };
+    host::log(level, message);
+}
+
+/// Implements the generated `Guest` trait for any projection.
+pub struct Adapter<P>(PhantomData<P>);
+
+impl<P: Projection> Guest for Adapter<P> {
+    fn describe() -> types::Subscription {
+        let subscription = P::subscription();
+        types::Subscription {
+            categories: subscription.categories,
+            streams: subscription.streams,
+            types: subscription.types,
+        }
+    }
+
+    fn handle(batch: Vec<u8>) -> Result<Vec<u8>, String> {
+        let events = lantern_wire::decode_batch(&batch).map_err(|e| e.to_string())?;
+        let mut state = State::new(Box::new(HostBackend));
+        for view in events {
+            let event = Event { view };
+            P::handle(&event, &mut state).map_err(|e| e.to_string())?;
+        }
+        Ok(state.into_writes())
+    }
+
+    fn query(name: String, params: String) -> Result<String, types::QueryError> {
+        let params = Params::from_json(&params)
+            .map_err(|e| types::QueryError::Failed(format!("bad parameters: {e}")))?;
+        let state = State::new(Box::new(HostBackend));
+        match P::query(&name, &params, &state) {
+            Ok(value) => Ok(value.to_string()),
+            Err(SdkQueryError::NotFound) => Err(types::QueryError::NotFound),
+            Err(SdkQueryError::Failed(message)) => Err(types::QueryError::Failed(message)),
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The read model as a projection sees it: JSON values by key, writes buffered for the batch.
+
+use std::collections::BTreeMap;
+
+use lantern_wire::{WriteView, WritesEncoder};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{Error, Result};
+
+/// Where committed values come from: the host (in wasm) or the test harness.
+pub(crate) trait Backend {
+    fn get(&self, key: &str) -> Option<Vec<u8>>;
+    fn scan(&self, prefix: &str, after: &str, limit: u32) -> Vec<(String, Vec<u8>)>;
+}
+
+/// The read model: committed values as of the batch start, overlaid with the batch's writes.
+pub struct State {
+    backend: Box<dyn Backend>,
+    /// `None` marks a delete.
+    writes: BTreeMap<String, Option<Vec<u8>>>,
+}
+
+const SCAN_PAGE: u32 = 1000;
+
+impl State {
+    pub(crate) fn new(backend: Box<dyn Backend>) -> Self {
+        State {
+            backend,
+            writes: BTreeMap::new(),
+        }
+    }
+
+    /// The raw bytes under `key`.
+    pub fn get_raw(&self, key: &str) -> Option<Vec<u8>> {
+        match self.writes.get(key) {
+            Some(written) => written.clone(),
+            None => self.backend.get(key),
+        }
+    }
+
+    /// The value under `key`, decoded from JSON.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        match self.writes.get(key) {
+            Some(Some(bytes)) => decode(key, bytes).map(Some),
+            Some(None) => Ok(None),
+            None => self
+                .backend
+                .get(key)
+                .map(|bytes| decode(key, &bytes))
+                .transpose(),
+        }
+    }
+
+    /// Stores `value` (as JSON) under `key`.
+    pub fn put<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec(value)?;
+        self.writes.insert(key.to_owned(), Some(bytes));
+        Ok(())
+    }
+
+    /// Stores raw bytes under `key` (clients get them as `application/octet-stream` unless they
+    /// are JSON).
+    pub fn put_raw(&mut self, key: &str, bytes: Vec<u8>) {
+        self.writes.insert(key.to_owned(), Some(bytes));
+    }
+
+    /// Removes `key`.
+    pub fn delete(&mut self, key: &str) {
+        self.writes.insert(key.to_owned(), None);
+    }
+
+    /// Reads the value under `key` (or `T::default()`), lets `change` modify it, and stores it.
+    pub fn update<T, F>(&mut self, key: &str, change: F) -> Result<()>
+    where
+        T: DeserializeOwned + Serialize + Default,
+        F: FnOnce(&mut T),
+    {
+        let mut value = self.get(key)?.unwrap_or_default();
+        change(&mut value);
+        self.put(key, &value)
+    }
+
+    /// Every key starting with `prefix`, in key order, with its value decoded from JSON.
+    pub fn scan<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>> {
+        let mut merged: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+        let mut after = String::new();
+        loop {
+            let page = self.backend.scan(prefix, &after, SCAN_PAGE);
+            let full = page.len() == SCAN_PAGE as usize;
+            if let Some((last, _)) = page.last() {
+                after = last.clone();
+            }
+            merged.extend(page.into_iter().map(|(k, v)| (k, Some(v))));
+            if !full {
+                break;
+            }
+        }
+        for (key, written) in self.writes.range(prefix.to_owned()..) {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            merged.insert(key.clone(), written.clone());
+        }
+        merged
+            .into_iter()
+            .filter_map(|(key, value)| value.map(|v| (key, v)))
+            .map(|(key, bytes)| decode(&key, &bytes).map(|v| (key, v)))
+            .collect()
+    }
+
+    /// The batch's writes in the wire encoding, for the host.
+    pub(crate) fn into_writes(self) -> Vec<u8> {
+        let mut encoder = WritesEncoder::default();
+        for (key, value) in &self.writes {
+            encoder.push(match value {
+                Some(bytes) => WriteView::Put(key, bytes),
+                None => WriteView::Delete(key),
+            });
+        }
+        encoder.finish()
+    }
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::new(format!("value of {key:?}: {e}")))
+}

@@ -1,0 +1,172 @@
+//! Run a projection under plain `cargo test`, without wasm: feed it events, then look at its
+//! state and ask its queries. The same code paths as in the server: events go through the wire
+//! encoding, writes are buffered per batch and applied only when the whole batch succeeds.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::rc::Rc;
+
+use lantern_wire::{BatchEncoder, EventView, WriteView};
+use serde_json::Value;
+
+use crate::state::{Backend, State};
+use crate::{Event, Params, Projection, QueryError, Result};
+
+type Map = Rc<RefCell<BTreeMap<String, Vec<u8>>>>;
+
+struct MapBackend(Map);
+
+impl Backend for MapBackend {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.0.borrow().get(key).cloned()
+    }
+
+    fn scan(&self, prefix: &str, after: &str, limit: u32) -> Vec<(String, Vec<u8>)> {
+        self.0
+            .borrow()
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(k, _)| k.as_str() > after)
+            .take(limit as usize)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// An event to feed the harness.
+#[derive(Debug, Clone)]
+pub struct TestEvent {
+    /// The stream.
+    pub stream: String,
+    /// The event type.
+    pub event_type: String,
+    /// The data.
+    pub data: Value,
+    /// The metadata.
+    pub metadata: Option<Value>,
+}
+
+impl TestEvent {
+    /// An event without metadata.
+    pub fn new(stream: &str, event_type: &str, data: Value) -> Self {
+        TestEvent {
+            stream: stream.into(),
+            event_type: event_type.into(),
+            data,
+            metadata: None,
+        }
+    }
+}
+
+/// A projection with an in-memory read model and a log of its own.
+pub struct Harness<P> {
+    state: Map,
+    position: u64,
+    revisions: BTreeMap<String, u64>,
+    _projection: PhantomData<P>,
+}
+
+impl<P: Projection> Default for Harness<P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<P: Projection> Harness<P> {
+    /// An empty read model at position 0.
+    pub fn new() -> Self {
+        Harness {
+            state: Map::default(),
+            position: 0,
+            revisions: BTreeMap::new(),
+            _projection: PhantomData,
+        }
+    }
+
+    /// Appends one event and folds it as a batch of one.
+    pub fn append(&mut self, stream: &str, event_type: &str, data: Value) -> Result<()> {
+        self.batch(vec![TestEvent::new(stream, event_type, data)])
+    }
+
+    /// Appends events and folds them as one batch, as the host does: only subscribed events
+    /// reach the projection, and if one fails, none of the batch's writes are kept.
+    pub fn batch(&mut self, events: Vec<TestEvent>) -> Result<()> {
+        let subscription = P::subscription();
+        let payloads: Vec<(u64, u64, &TestEvent, Vec<u8>, Option<Vec<u8>>)> = events
+            .iter()
+            .map(|event| {
+                self.position += 1;
+                let revision = self.revisions.entry(event.stream.clone()).or_insert(0);
+                let this = *revision;
+                *revision += 1;
+                let data = serde_json::to_vec(&event.data).expect("JSON values serialize");
+                let metadata = event
+                    .metadata
+                    .as_ref()
+                    .map(|m| serde_json::to_vec(m).expect("JSON values serialize"));
+                (self.position, this, event, data, metadata)
+            })
+            .collect();
+        let mut encoder = BatchEncoder::new();
+        for (position, revision, event, data, metadata) in &payloads {
+            if subscription.matches(&event.stream, &event.event_type) {
+                encoder.push(&EventView {
+                    position: *position,
+                    revision: *revision,
+                    stream: &event.stream,
+                    event_type: &event.event_type,
+                    data,
+                    metadata: metadata.as_deref(),
+                });
+            }
+        }
+        let encoded = encoder.finish();
+        let views =
+            lantern_wire::decode_batch(&encoded).expect("the harness encodes valid batches");
+        let mut state = State::new(Box::new(MapBackend(self.state.clone())));
+        for view in views {
+            P::handle(&Event { view }, &mut state)?;
+        }
+        let writes = state.into_writes();
+        let mut map = self.state.borrow_mut();
+        for write in lantern_wire::decode_writes(&writes).expect("the SDK encodes valid writes") {
+            match write {
+                WriteView::Put(key, value) => {
+                    map.insert(key.to_owned(), value.to_vec());
+                }
+                WriteView::Delete(key) => {
+                    map.remove(key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The JSON value under `key`, if any.
+    pub fn get(&self, key: &str) -> Option<Value> {
+        let map = self.state.borrow();
+        map.get(key)
+            .map(|bytes| serde_json::from_slice(bytes).expect("the value under the key is JSON"))
+    }
+
+    /// Every key and JSON value of the read model, in key order.
+    pub fn entries(&self) -> Vec<(String, Value)> {
+        self.state
+            .borrow()
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::from_slice(v).unwrap_or(Value::Null)))
+            .collect()
+    }
+
+    /// Asks a query, with parameters as name/value pairs.
+    pub fn query(&self, name: &str, params: &[(&str, &str)]) -> Result<Value, QueryError> {
+        let state = State::new(Box::new(MapBackend(self.state.clone())));
+        P::query(name, &Params::new(params.iter().copied()), &state)
+    }
+
+    /// The position of the last event appended.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+}
