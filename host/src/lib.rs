@@ -12,6 +12,9 @@
 pub mod bench;
 pub mod cli;
 pub mod http;
+pub mod projection;
+pub mod readmodel;
 pub mod server;
 pub mod store;
+pub mod wasm;
 pub mod subscription;

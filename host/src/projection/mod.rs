@@ -1,0 +1,643 @@
+//! Deployed projections: deploy, status, delete, rebuild, and reads of their read models.
+//!
+//! Each projection has a *current* generation that serves queries and, while a new version or a
+//! rebuild builds, a *rebuild* generation beside it with its own read model file. When the rebuild
+//! reaches the head, the current generation is halted, the rebuild catches up to at least its
+//! checkpoint, and the registry and the serving pointer switch in one step: a query answers from
+//! exactly one generation, and positions never go back.
+
+mod registry;
+mod runner;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+
+use crate::readmodel::{Page, ReadModel};
+use crate::store::Store;
+use crate::wasm::{ModuleError, QueryError, Runtime, SubscriptionSpec, WasmLimits};
+
+use registry::{Entry, GenerationEntry, Layout, Registry};
+pub use runner::{Fault, Phase, RunState};
+use runner::Generation;
+
+/// Errors of the projection layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProjectionError {
+    /// No projection of that name.
+    #[error("no projection named {0:?}")]
+    NotFound(String),
+    /// The name breaks the rules.
+    #[error("{0}")]
+    InvalidName(String),
+    /// The module was refused.
+    #[error("{0}")]
+    InvalidModule(String),
+    /// The module is too large.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The key is not in the read model.
+    #[error("no value under key {0:?}")]
+    KeyNotFound(String),
+    /// The module has no query of that name.
+    #[error("the projection has no query named {0:?}")]
+    QueryNotFound(String),
+    /// The module's query handler failed.
+    #[error("{0}")]
+    QueryFailed(String),
+    /// The read model did not reach the asked position in time.
+    #[error("the read model is at position {position}, not yet at {wanted}")]
+    NotCaughtUp {
+        /// Where it is.
+        position: u64,
+        /// Where the client wanted it.
+        wanted: u64,
+    },
+    /// Anything else: storage, I/O.
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn internal(error: impl std::fmt::Display) -> ProjectionError {
+    ProjectionError::Internal(error.to_string())
+}
+
+/// What a deploy did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deployed {
+    /// A new projection, catching up from position 1.
+    Created,
+    /// A new version, rebuilding beside the current one.
+    Rebuilding,
+    /// The same module as the current version: nothing changed.
+    Unchanged,
+}
+
+/// A rebuild in progress, or the last one that failed.
+#[derive(Debug, Clone)]
+pub struct RebuildStatus {
+    /// The version being built.
+    pub version: u64,
+    /// Its checkpoint.
+    pub position: u64,
+    /// Where it is.
+    pub state: RunState,
+}
+
+/// Everything the status endpoint shows.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// The name.
+    pub name: String,
+    /// The serving version.
+    pub version: u64,
+    /// SHA-256 of its module.
+    pub module_sha256: String,
+    /// The serving generation's checkpoint.
+    pub position: u64,
+    /// The store's head.
+    pub head: u64,
+    /// The serving generation's state.
+    pub state: RunState,
+    /// What the module subscribes to.
+    pub subscription: SubscriptionSpec,
+    /// A rebuild beside it, if any.
+    pub rebuild: Option<RebuildStatus>,
+}
+
+/// A read-your-writes condition: answer only once the checkpoint is at least `position`.
+#[derive(Debug, Clone, Copy)]
+pub struct MinPosition {
+    /// The position to wait for.
+    pub position: u64,
+    /// How long to wait.
+    pub wait: Duration,
+}
+
+struct Slot {
+    current: Arc<Generation>,
+    rebuild: Option<Arc<Generation>>,
+    /// The last rebuild that faulted and was abandoned, shown until the next deploy or rebuild.
+    failed_rebuild: Option<RebuildStatus>,
+}
+
+/// The deployed projections of one server.
+#[derive(Clone)]
+pub struct Projections {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    runtime: Arc<Runtime>,
+    layout: Layout,
+    /// Serializes changes (deploy, rebuild, swap, delete) and guards the persisted registry.
+    registry: tokio::sync::Mutex<Registry>,
+    /// What serves queries; swapped under this lock.
+    slots: RwLock<HashMap<String, Slot>>,
+}
+
+/// Checks a projection name: `[a-z0-9][a-z0-9_-]{0,63}`.
+pub fn validate_name(name: &str) -> Result<(), ProjectionError> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if valid {
+        Ok(())
+    } else {
+        Err(ProjectionError::InvalidName(format!(
+            "projection name {name:?} must match [a-z0-9][a-z0-9_-]{{0,63}}"
+        )))
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl Projections {
+    /// Loads the registry under `dir` and starts every projection from its checkpoint.
+    pub async fn open(
+        store: Store,
+        dir: &Path,
+        limits: WasmLimits,
+    ) -> anyhow::Result<Projections> {
+        let layout = Layout {
+            root: dir.to_owned(),
+        };
+        std::fs::create_dir_all(&layout.root)?;
+        let runtime = Runtime::new(&layout.wasm_cache(), limits)?;
+        let registry = Registry::load(&layout.registry())?;
+        let projections = Projections {
+            inner: Arc::new(Inner {
+                store,
+                runtime,
+                layout,
+                registry: tokio::sync::Mutex::new(Registry::default()),
+                slots: RwLock::new(HashMap::new()),
+            }),
+        };
+        for (name, entry) in &registry.projections {
+            let current = projections.load_generation(name, &entry.current).await?;
+            current.set_serving();
+            current.start(projections.inner.store.clone(), None, None);
+            let rebuild = match &entry.rebuild {
+                Some(rebuild) => Some(projections.load_generation(name, rebuild).await?),
+                None => None,
+            };
+            projections.inner.slots.write().expect("slots lock").insert(
+                name.clone(),
+                Slot {
+                    current,
+                    rebuild: None,
+                    failed_rebuild: None,
+                },
+            );
+            if let Some(rebuild) = rebuild {
+                projections.start_rebuild(name, rebuild);
+            }
+        }
+        *projections.inner.registry.lock().await = registry;
+        Ok(projections)
+    }
+
+    async fn load_generation(
+        &self,
+        name: &str,
+        entry: &GenerationEntry,
+    ) -> anyhow::Result<Arc<Generation>> {
+        let layout = self.inner.layout.clone();
+        let runtime = self.inner.runtime.clone();
+        let (name_owned, entry_owned) = (name.to_owned(), entry.clone());
+        let (module, read_model) = tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(layout.module(&entry_owned.module_sha256))?;
+            let module = runtime
+                .load(&name_owned, &bytes)
+                .map_err(|e| anyhow::anyhow!("module of {name_owned}: {e}"))?;
+            let path = layout.read_model(&name_owned, entry_owned.generation);
+            std::fs::create_dir_all(path.parent().expect("read models have a folder"))?;
+            let read_model = ReadModel::open(&path)?;
+            anyhow::Ok((module, read_model))
+        })
+        .await??;
+        Ok(Generation::new(
+            name,
+            entry.clone(),
+            Arc::new(module),
+            read_model,
+        ))
+    }
+
+    /// Deploys `bytes` as projection `name`.
+    pub async fn deploy(&self, name: &str, bytes: Vec<u8>) -> Result<Deployed, ProjectionError> {
+        validate_name(name)?;
+        let sha = sha256_hex(&bytes);
+        let mut registry = self.inner.registry.lock().await;
+        if let Some(entry) = registry.projections.get(name)
+            && entry.current.module_sha256 == sha
+            && entry.rebuild.is_none()
+        {
+            return Ok(Deployed::Unchanged);
+        }
+        // Compile and validate before anything changes.
+        let runtime = self.inner.runtime.clone();
+        let layout = self.inner.layout.clone();
+        let (name_owned, sha_owned) = (name.to_owned(), sha.clone());
+        tokio::task::spawn_blocking(move || {
+            let module = runtime.load(&name_owned, &bytes).map_err(|e| match e {
+                ModuleError::TooLarge { .. } => ProjectionError::TooLarge(e.to_string()),
+                _ => ProjectionError::InvalidModule(e.to_string()),
+            })?;
+            registry::write_once(&layout.module(&sha_owned), &bytes).map_err(internal)?;
+            Ok::<_, ProjectionError>(module)
+        })
+        .await
+        .map_err(internal)??;
+        match registry.projections.get(name).cloned() {
+            None => {
+                let entry = Entry {
+                    current: GenerationEntry {
+                        version: 1,
+                        module_sha256: sha,
+                        generation: 1,
+                    },
+                    rebuild: None,
+                    next_generation: 2,
+                };
+                let generation = self
+                    .load_generation(name, &entry.current)
+                    .await
+                    .map_err(internal)?;
+                registry.projections.insert(name.to_owned(), entry);
+                registry.save(&self.inner.layout.registry()).map_err(internal)?;
+                generation.set_serving();
+                generation.start(self.inner.store.clone(), None, None);
+                self.inner.slots.write().expect("slots lock").insert(
+                    name.to_owned(),
+                    Slot {
+                        current: generation,
+                        rebuild: None,
+                        failed_rebuild: None,
+                    },
+                );
+                tracing::info!(projection = name, "deployed version 1");
+                Ok(Deployed::Created)
+            }
+            Some(entry) => {
+                let version = entry
+                    .current
+                    .version
+                    .max(entry.rebuild.as_ref().map_or(0, |r| r.version))
+                    + 1;
+                self.begin_rebuild(&mut registry, name, entry, version, sha)
+                    .await?;
+                Ok(Deployed::Rebuilding)
+            }
+        }
+    }
+
+    /// Rebuilds the current version into a fresh read model.
+    pub async fn rebuild(&self, name: &str) -> Result<(), ProjectionError> {
+        let mut registry = self.inner.registry.lock().await;
+        let entry = registry
+            .projections
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ProjectionError::NotFound(name.to_owned()))?;
+        let (version, sha) = (entry.current.version, entry.current.module_sha256.clone());
+        self.begin_rebuild(&mut registry, name, entry, version, sha)
+            .await
+    }
+
+    /// Starts a new generation beside the current one, superseding a rebuild already running.
+    async fn begin_rebuild(
+        &self,
+        registry: &mut Registry,
+        name: &str,
+        mut entry: Entry,
+        version: u64,
+        sha: String,
+    ) -> Result<(), ProjectionError> {
+        let superseded = {
+            let mut slots = self.inner.slots.write().expect("slots lock");
+            let slot = slots.get_mut(name).expect("registered projections have slots");
+            slot.failed_rebuild = None;
+            slot.rebuild.take()
+        };
+        if let Some(old) = superseded {
+            old.halt().await;
+            self.remove_files(name, old.entry.generation);
+        }
+        let rebuild = GenerationEntry {
+            version,
+            module_sha256: sha,
+            generation: entry.next_generation,
+        };
+        entry.next_generation += 1;
+        entry.rebuild = Some(rebuild.clone());
+        let generation = self
+            .load_generation(name, &rebuild)
+            .await
+            .map_err(internal)?;
+        registry.projections.insert(name.to_owned(), entry);
+        registry.save(&self.inner.layout.registry()).map_err(internal)?;
+        tracing::info!(projection = name, version, "rebuilding beside the current version");
+        self.start_rebuild(name, generation);
+        Ok(())
+    }
+
+    fn start_rebuild(&self, name: &str, generation: Arc<Generation>) {
+        let (caught_up_tx, caught_up) = oneshot::channel();
+        let (faulted_tx, faulted) = oneshot::channel();
+        generation.start(self.inner.store.clone(), Some(caught_up_tx), Some(faulted_tx));
+        if let Some(slot) = self.inner.slots.write().expect("slots lock").get_mut(name) {
+            slot.rebuild = Some(generation.clone());
+        }
+        let projections = self.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            tokio::select! {
+                reached = caught_up => if reached.is_ok() {
+                    projections.promote(&name, &generation).await;
+                },
+                fault = faulted => if let Ok(fault) = fault {
+                    projections.abandon(&name, &generation, fault).await;
+                },
+            }
+        });
+    }
+
+    /// Swaps a caught-up rebuild in as the current generation.
+    async fn promote(&self, name: &str, rebuild: &Arc<Generation>) {
+        let mut registry = self.inner.registry.lock().await;
+        let Some(old) = self.slot_generations(name, rebuild) else {
+            return; // superseded or deleted meanwhile
+        };
+        // Freeze the old generation, let the new one reach at least its checkpoint: no query
+        // ever sees the position go back.
+        old.halt().await;
+        let target = old.read_model.checkpoint();
+        let mut checkpoint = rebuild.read_model.watch_checkpoint();
+        let reached = tokio::time::timeout(
+            Duration::from_secs(60),
+            checkpoint.wait_for(|position| *position >= target),
+        )
+        .await;
+        if !matches!(reached, Ok(Ok(_))) {
+            tracing::error!(projection = name, "rebuild did not reach the current checkpoint; keeping the current version");
+            old.restart(self.inner.store.clone());
+            return;
+        }
+        if let Some(entry) = registry.projections.get_mut(name) {
+            entry.current = rebuild.entry.clone();
+            entry.rebuild = None;
+        }
+        if let Err(error) = registry.save(&self.inner.layout.registry()) {
+            tracing::error!(%error, projection = name, "saving the registry failed; keeping the current version");
+            old.restart(self.inner.store.clone());
+            return;
+        }
+        if let Some(slot) = self.inner.slots.write().expect("slots lock").get_mut(name) {
+            slot.current = rebuild.clone();
+            slot.rebuild = None;
+        }
+        rebuild.set_serving();
+        self.remove_files(name, old.entry.generation);
+        tracing::info!(projection = name, version = rebuild.entry.version, "new version serves");
+    }
+
+    /// The current generation, if `rebuild` is still this projection's rebuild.
+    fn slot_generations(&self, name: &str, rebuild: &Arc<Generation>) -> Option<Arc<Generation>> {
+        let slots = self.inner.slots.read().expect("slots lock");
+        let slot = slots.get(name)?;
+        let same = slot.rebuild.as_ref().is_some_and(|r| Arc::ptr_eq(r, rebuild));
+        same.then(|| slot.current.clone())
+    }
+
+    async fn abandon(&self, name: &str, rebuild: &Arc<Generation>, fault: Fault) {
+        let mut registry = self.inner.registry.lock().await;
+        if self.slot_generations(name, rebuild).is_none() {
+            return;
+        }
+        if let Some(entry) = registry.projections.get_mut(name) {
+            entry.rebuild = None;
+        }
+        if let Err(error) = registry.save(&self.inner.layout.registry()) {
+            tracing::error!(%error, "saving the registry failed");
+        }
+        let position = rebuild.read_model.checkpoint();
+        if let Some(slot) = self.inner.slots.write().expect("slots lock").get_mut(name) {
+            slot.rebuild = None;
+            slot.failed_rebuild = Some(RebuildStatus {
+                version: rebuild.entry.version,
+                position,
+                state: RunState {
+                    phase: Phase::Faulted,
+                    fault: Some(fault),
+                    events_per_second: 0.0,
+                },
+            });
+        }
+        rebuild.halt().await;
+        self.remove_files(name, rebuild.entry.generation);
+        tracing::warn!(projection = name, version = rebuild.entry.version, "rebuild abandoned; the current version keeps serving");
+    }
+
+    fn remove_files(&self, name: &str, generation: u64) {
+        let path = self.inner.layout.read_model(name, generation);
+        if let Err(error) = std::fs::remove_file(&path)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(%error, path = %path.display(), "could not delete an old read model");
+        }
+    }
+
+    /// Deletes a projection: its runners stop, its read models are removed.
+    pub async fn delete(&self, name: &str) -> Result<(), ProjectionError> {
+        let mut registry = self.inner.registry.lock().await;
+        if registry.projections.remove(name).is_none() {
+            return Err(ProjectionError::NotFound(name.to_owned()));
+        }
+        registry.save(&self.inner.layout.registry()).map_err(internal)?;
+        let slot = self.inner.slots.write().expect("slots lock").remove(name);
+        if let Some(slot) = slot {
+            slot.current.halt().await;
+            if let Some(rebuild) = slot.rebuild {
+                rebuild.halt().await;
+            }
+        }
+        let _ = std::fs::remove_dir_all(self.inner.layout.read_models(name));
+        tracing::info!(projection = name, "deleted");
+        Ok(())
+    }
+
+    /// The status of one projection.
+    pub fn status(&self, name: &str) -> Result<Status, ProjectionError> {
+        let slots = self.inner.slots.read().expect("slots lock");
+        let slot = slots
+            .get(name)
+            .ok_or_else(|| ProjectionError::NotFound(name.to_owned()))?;
+        Ok(self.slot_status(name, slot))
+    }
+
+    /// Every projection's status, by name.
+    pub fn list(&self) -> Vec<Status> {
+        let slots = self.inner.slots.read().expect("slots lock");
+        let mut statuses: Vec<Status> = slots
+            .iter()
+            .map(|(name, slot)| self.slot_status(name, slot))
+            .collect();
+        statuses.sort_by(|a, b| a.name.cmp(&b.name));
+        statuses
+    }
+
+    fn slot_status(&self, name: &str, slot: &Slot) -> Status {
+        let current = &slot.current;
+        let rebuild = match &slot.rebuild {
+            Some(rebuild) => Some(RebuildStatus {
+                version: rebuild.entry.version,
+                position: rebuild.read_model.checkpoint(),
+                state: rebuild.run_state(),
+            }),
+            None => slot.failed_rebuild.clone(),
+        };
+        Status {
+            name: name.to_owned(),
+            version: current.entry.version,
+            module_sha256: current.entry.module_sha256.clone(),
+            position: current.read_model.checkpoint(),
+            head: self.inner.store.head(),
+            state: current.run_state(),
+            subscription: current.module.subscription().clone(),
+            rebuild,
+        }
+    }
+
+    fn current(&self, name: &str) -> Result<Arc<Generation>, ProjectionError> {
+        let slots = self.inner.slots.read().expect("slots lock");
+        slots
+            .get(name)
+            .map(|s| s.current.clone())
+            .ok_or_else(|| ProjectionError::NotFound(name.to_owned()))
+    }
+
+    /// The generation serving `name`, once its checkpoint satisfies `min`.
+    async fn serving(
+        &self,
+        name: &str,
+        min: Option<MinPosition>,
+    ) -> Result<Arc<Generation>, ProjectionError> {
+        let generation = self.current(name)?;
+        if let Some(min) = min {
+            let mut checkpoint = generation.read_model.watch_checkpoint();
+            let reached = tokio::time::timeout(
+                min.wait,
+                checkpoint.wait_for(|position| *position >= min.position),
+            )
+            .await;
+            if !matches!(reached, Ok(Ok(_))) {
+                // A swap may have happened meanwhile: the new generation may be there already.
+                let now = self.current(name)?;
+                let position = now.read_model.checkpoint();
+                if position < min.position {
+                    return Err(ProjectionError::NotCaughtUp {
+                        position,
+                        wanted: min.position,
+                    });
+                }
+                return Ok(now);
+            }
+        }
+        Ok(generation)
+    }
+
+    /// The value under `key`, with the checkpoint it reflects.
+    pub async fn get(
+        &self,
+        name: &str,
+        key: &str,
+        min: Option<MinPosition>,
+    ) -> Result<(Vec<u8>, u64), ProjectionError> {
+        let generation = self.serving(name, min).await?;
+        let key = key.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let snapshot = generation.read_model.snapshot().map_err(internal)?;
+            match snapshot.value(&key).map_err(internal)? {
+                Some(value) => Ok((value, snapshot.position())),
+                None => Err(ProjectionError::KeyNotFound(key)),
+            }
+        })
+        .await
+        .map_err(internal)?
+    }
+
+    /// A page of keys starting with `prefix`, after `after`.
+    pub async fn page(
+        &self,
+        name: &str,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+        min: Option<MinPosition>,
+    ) -> Result<Page, ProjectionError> {
+        let generation = self.serving(name, min).await?;
+        let (prefix, after) = (prefix.to_owned(), after.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let snapshot = generation.read_model.snapshot().map_err(internal)?;
+            snapshot.page(&prefix, &after, limit).map_err(internal)
+        })
+        .await
+        .map_err(internal)?
+    }
+
+    /// Runs the module's query handler; returns its JSON and the checkpoint it reflects.
+    pub async fn query(
+        &self,
+        name: &str,
+        query: &str,
+        params_json: String,
+        min: Option<MinPosition>,
+    ) -> Result<(String, u64), ProjectionError> {
+        let generation = self.serving(name, min).await?;
+        let query = query.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let (answer, position) = generation
+                .query(&query, &params_json)
+                .map_err(ProjectionError::QueryFailed)?;
+            match answer {
+                Ok(json) => Ok((json, position)),
+                Err(QueryError::NotFound) => Err(ProjectionError::QueryNotFound(query)),
+                Err(QueryError::Failed(message)) => Err(ProjectionError::QueryFailed(message)),
+            }
+        })
+        .await
+        .map_err(internal)?
+    }
+
+    /// Stops every runner after its current batch and makes the read models durable.
+    pub async fn shutdown(&self) {
+        let generations: Vec<Arc<Generation>> = {
+            let slots = self.inner.slots.read().expect("slots lock");
+            slots
+                .values()
+                .flat_map(|s| std::iter::once(s.current.clone()).chain(s.rebuild.clone()))
+                .collect()
+        };
+        for generation in generations {
+            generation.halt().await;
+            let read_model = generation.read_model.clone();
+            let _ = tokio::task::spawn_blocking(move || read_model.flush()).await;
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The registry of deployed projections, persisted as one JSON file replaced atomically
+//! (write, fsync, rename), so a restart resumes every projection where it was.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// One generation of a projection: a module version and its read model file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct GenerationEntry {
+    pub version: u64,
+    pub module_sha256: String,
+    pub generation: u64,
+}
+
+/// A deployed projection: the generation serving queries, and the one rebuilding beside it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Entry {
+    pub current: GenerationEntry,
+    pub rebuild: Option<GenerationEntry>,
+    /// Generation numbers are never reused, so a new read model file is always new.
+    pub next_generation: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Registry {
+    pub projections: BTreeMap<String, Entry>,
+}
+
+/// Where a projection's files live under the projections directory.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    pub root: PathBuf,
+}
+
+impl Layout {
+    pub fn registry(&self) -> PathBuf {
+        self.root.join("registry.json")
+    }
+
+    pub fn module(&self, sha256: &str) -> PathBuf {
+        self.root.join("modules").join(format!("{sha256}.wasm"))
+    }
+
+    pub fn read_model(&self, name: &str, generation: u64) -> PathBuf {
+        self.root
+            .join("read-models")
+            .join(name)
+            .join(format!("gen-{generation}.redb"))
+    }
+
+    pub fn read_models(&self, name: &str) -> PathBuf {
+        self.root.join("read-models").join(name)
+    }
+
+    pub fn wasm_cache(&self) -> PathBuf {
+        self.root.join("wasm-cache")
+    }
+}
+
+impl Registry {
+    pub fn load(path: &Path) -> std::io::Result<Registry> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::other),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Registry::default()),
+            Err(error) => Err(error),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let temporary = path.with_extension("json.tmp");
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `path` durably unless the file is already there (modules are named by hash).
+pub(crate) fn write_once(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
+}

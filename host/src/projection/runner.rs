@@ -1,0 +1,314 @@
+//! One projection generation at work: a task that reads the log from the generation's checkpoint
+//! in batches, calls the guest once per batch, and commits the writes with the new checkpoint in
+//! one read-model transaction; then follows live commits.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use lantern_wire::{BatchEncoder, EventView};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::registry::GenerationEntry;
+use crate::readmodel::ReadModel;
+use crate::store::{Filter, Store};
+use crate::subscription::Subscription;
+use crate::wasm::{self, GuestFailure};
+
+/// Events examined per batch.
+const BATCH: usize = 4096;
+/// First wait after a fault before a current generation tries again; doubles up to the cap.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Where a generation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading history.
+    CatchingUp,
+    /// At the head, following live commits.
+    Running,
+    /// Stopped by a fault (a current generation retries with backoff).
+    Faulted,
+}
+
+/// Why a generation stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    /// What went wrong.
+    pub message: String,
+    /// The first position of the batch that failed.
+    pub position: u64,
+    /// When.
+    pub at: SystemTime,
+}
+
+/// What the status endpoint shows of a generation.
+#[derive(Debug, Clone)]
+pub struct RunState {
+    /// Where it is.
+    pub phase: Phase,
+    /// The last fault, until a batch succeeds again.
+    pub fault: Option<Fault>,
+    /// Log events processed per second, recently.
+    pub events_per_second: f64,
+}
+
+/// A module version with its own read model and runner task.
+pub(crate) struct Generation {
+    pub name: String,
+    pub entry: GenerationEntry,
+    pub module: Arc<wasm::Module>,
+    pub read_model: Arc<ReadModel>,
+    pub state: Mutex<RunState>,
+    stop: Mutex<CancellationToken>,
+    /// Serving generations retry faults with backoff; a rebuild stops at its first fault.
+    serving: AtomicBool,
+    /// The instance that answers queries, made on first use and dropped after a trap.
+    query_instance: Mutex<Option<wasm::Instance>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Generation {
+    pub fn new(
+        name: &str,
+        entry: GenerationEntry,
+        module: Arc<wasm::Module>,
+        read_model: ReadModel,
+    ) -> Arc<Self> {
+        Arc::new(Generation {
+            name: name.to_owned(),
+            entry,
+            module,
+            read_model: Arc::new(read_model),
+            state: Mutex::new(RunState {
+                phase: Phase::CatchingUp,
+                fault: None,
+                events_per_second: 0.0,
+            }),
+            stop: Mutex::new(CancellationToken::new()),
+            serving: AtomicBool::new(false),
+            query_instance: Mutex::new(None),
+            task: Mutex::new(None),
+        })
+    }
+
+    pub fn run_state(&self) -> RunState {
+        self.state.lock().expect("state lock").clone()
+    }
+
+    /// From now on faults retry with backoff instead of ending the runner.
+    pub fn set_serving(&self) {
+        self.serving.store(true, Ordering::SeqCst);
+    }
+
+    fn stop_token(&self) -> CancellationToken {
+        self.stop.lock().expect("stop lock").clone()
+    }
+
+    /// Starts the runner. A fault of a serving generation retries with backoff; a fault of any
+    /// other ends the task and is sent on `faulted`. `caught_up` fires the first time the
+    /// generation reaches the head.
+    pub fn start(
+        self: &Arc<Self>,
+        store: Store,
+        caught_up: Option<oneshot::Sender<()>>,
+        faulted: Option<oneshot::Sender<Fault>>,
+    ) {
+        let generation = self.clone();
+        let stop = self.stop_token();
+        let task = tokio::spawn(async move {
+            if let Err(fault) = generation.run(store, stop, caught_up).await
+                && let Some(faulted) = faulted
+            {
+                let _ = faulted.send(fault);
+            }
+        });
+        *self.task.lock().expect("task lock") = Some(task);
+    }
+
+    /// Starts a halted runner again (a swap that did not happen).
+    pub fn restart(self: &Arc<Self>, store: Store) {
+        *self.stop.lock().expect("stop lock") = CancellationToken::new();
+        self.start(store, None, None);
+    }
+
+    /// Stops the runner and waits until its last batch is committed.
+    pub async fn halt(&self) {
+        self.stop_token().cancel();
+        let task = self.task.lock().expect("task lock").take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    fn set_fault(&self, fault: &Fault) {
+        let mut state = self.state.lock().expect("state lock");
+        state.phase = Phase::Faulted;
+        state.fault = Some(fault.clone());
+        state.events_per_second = 0.0;
+        tracing::error!(
+            projection = %self.name,
+            version = self.entry.version,
+            position = fault.position,
+            "projection faulted: {}",
+            fault.message
+        );
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        store: Store,
+        stop: CancellationToken,
+        mut caught_up: Option<oneshot::Sender<()>>,
+    ) -> Result<(), Fault> {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let fault = match self.follow(&store, &stop, &mut caught_up).await {
+                Ok(()) => return Ok(()),
+                Err(fault) => fault,
+            };
+            self.set_fault(&fault);
+            if !self.serving.load(Ordering::SeqCst) {
+                return Err(fault);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = stop.cancelled() => return Ok(()),
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Catches up and follows the log until stopped (`Ok`) or a fault.
+    async fn follow(
+        self: &Arc<Self>,
+        store: &Store,
+        stop: &CancellationToken,
+        caught_up: &mut Option<oneshot::Sender<()>>,
+    ) -> Result<(), Fault> {
+        let fault = |message: String, position: u64| Fault {
+            message,
+            position,
+            at: SystemTime::now(),
+        };
+        let checkpoint = self.read_model.checkpoint();
+        let mut instance = Some(
+            self.module
+                .instantiate()
+                .map_err(|e| fault(e.to_string(), checkpoint + 1))?,
+        );
+        let mut subscription =
+            Subscription::from_position(store.clone(), checkpoint + 1, Filter::default());
+        let mut window = (Instant::now(), 0u64);
+        loop {
+            let from = subscription.next_position();
+            let events = tokio::select! {
+                events = subscription.poll_batch(BATCH) => events,
+                () = stop.cancelled() => return Ok(()),
+            };
+            let events = match events {
+                Ok(events) => events,
+                // The store is closing: stop quietly.
+                Err(crate::store::StoreError::Unavailable(_)) => return Ok(()),
+                Err(error) => return Err(fault(format!("reading the log: {error}"), from)),
+            };
+            let next_checkpoint = subscription.next_position() - 1;
+            if events.is_empty() {
+                self.at_head(caught_up);
+                tokio::select! {
+                    _ = subscription.wait() => {}
+                    () = stop.cancelled() => return Ok(()),
+                }
+                continue;
+            }
+            let subscription_spec = self.module.subscription();
+            let mut batch = BatchEncoder::new();
+            for event in &events {
+                if subscription_spec.matches(&event.stream, &event.event_type) {
+                    batch.push(&EventView {
+                        position: event.position,
+                        revision: event.revision,
+                        stream: &event.stream,
+                        event_type: &event.event_type,
+                        data: &event.data,
+                        metadata: event.metadata.as_deref(),
+                    });
+                }
+            }
+            let read_model = self.read_model.clone();
+            let guest = instance.take().expect("an instance between batches");
+            let batch = (!batch.is_empty()).then(|| batch.finish());
+            let (guest, result) = tokio::task::spawn_blocking(move || {
+                let mut guest = guest;
+                let writes = match batch {
+                    None => Ok(lantern_wire::WritesEncoder::default().finish()),
+                    Some(batch) => match read_model.snapshot() {
+                        Ok(snapshot) => guest.handle(&batch, Box::new(snapshot)),
+                        Err(error) => Err(GuestFailure::Trap(error.to_string())),
+                    },
+                };
+                let applied = writes.and_then(|writes| {
+                    read_model
+                        .apply(&writes, next_checkpoint)
+                        .map_err(|e| GuestFailure::Error(e.to_string()))
+                });
+                (guest, applied)
+            })
+            .await
+            .map_err(|e| fault(format!("runner task failed: {e}"), from))?;
+            result.map_err(|failure| fault(failure.to_string(), from))?;
+            instance = Some(guest);
+            window.1 += next_checkpoint + 1 - from;
+            self.progress(&mut window);
+        }
+    }
+
+    fn at_head(&self, caught_up: &mut Option<oneshot::Sender<()>>) {
+        {
+            let mut state = self.state.lock().expect("state lock");
+            state.phase = Phase::Running;
+            state.fault = None;
+        }
+        if let Some(caught_up) = caught_up.take() {
+            let _ = caught_up.send(());
+        }
+    }
+
+    fn progress(&self, window: &mut (Instant, u64)) {
+        let elapsed = window.0.elapsed();
+        let mut state = self.state.lock().expect("state lock");
+        state.fault = None;
+        if state.phase == Phase::Faulted {
+            state.phase = Phase::CatchingUp;
+        }
+        if elapsed >= Duration::from_millis(500) {
+            state.events_per_second = window.1 as f64 / elapsed.as_secs_f64();
+            *window = (Instant::now(), 0);
+        }
+    }
+
+    /// Runs a query handler of the module against one snapshot. Blocking.
+    pub fn query(
+        &self,
+        name: &str,
+        params_json: &str,
+    ) -> Result<(Result<String, wasm::QueryError>, u64), String> {
+        let snapshot = self.read_model.snapshot().map_err(|e| e.to_string())?;
+        let position = snapshot.position();
+        let mut slot = self.query_instance.lock().expect("query instance lock");
+        if slot.is_none() {
+            *slot = Some(self.module.instantiate().map_err(|e| e.to_string())?);
+        }
+        let instance = slot.as_mut().expect("just made");
+        match instance.query(name, params_json, Box::new(snapshot)) {
+            Ok(answer) => Ok((answer, position)),
+            Err(failure) => {
+                // A trapped instance is not used again.
+                *slot = None;
+                Err(failure.to_string())
+            }
+        }
+    }
+}

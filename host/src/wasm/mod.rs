@@ -1,0 +1,358 @@
+//! Running projection components with wasmtime: one [`Engine`], compiled code cached on disk,
+//! an `InstancePre` per module, and a `Store` per instance with a memory cap and an epoch
+//! deadline on every call.
+//!
+//! This layer never touches redb: events go in as bytes, writes come out as bytes, and reads of
+//! the read model go through the [`ReadView`] the caller hands in. A guest error is a value; a trap
+//! (deadline, memory, panic) is a [`GuestFailure::Trap`]; neither takes the host down.
+
+mod bindings;
+mod host;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::SeedableRng;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Cache, CacheConfig, Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use bindings::{Projection, ProjectionPre};
+
+pub use bindings::lantern::projection::types::QueryError;
+
+/// How often the engine's epoch advances: the granularity of call deadlines.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Sandbox limits.
+#[derive(Debug, Clone)]
+pub struct WasmLimits {
+    /// Largest linear memory of one instance.
+    pub memory_bytes: usize,
+    /// Longest a single call into the guest may run.
+    pub call_timeout: Duration,
+    /// Largest module accepted.
+    pub max_module_bytes: usize,
+    /// Largest encoded write set one batch may return.
+    pub max_write_bytes: usize,
+}
+
+impl Default for WasmLimits {
+    fn default() -> Self {
+        WasmLimits {
+            memory_bytes: 64 << 20,
+            call_timeout: Duration::from_secs(5),
+            max_module_bytes: 32 << 20,
+            max_write_bytes: 32 << 20,
+        }
+    }
+}
+
+/// Why a module was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModuleError {
+    /// Not a component of the `lantern:projection` world, or it does not compile.
+    #[error("{0}")]
+    Invalid(String),
+    /// Over the size limit.
+    #[error("the module has {size} bytes, more than the limit of {limit}")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// How a call into the guest failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GuestFailure {
+    /// The guest returned an error value.
+    #[error("{0}")]
+    Error(String),
+    /// The guest trapped: a panic, the deadline, the memory cap, or a malformed answer. The
+    /// instance must not be used again.
+    #[error("trap: {0}")]
+    Trap(String),
+}
+
+/// The read model as the guest sees it during one call.
+pub trait ReadView: Send {
+    /// The value under `key`.
+    fn get(&self, key: &str) -> Option<Vec<u8>>;
+    /// Up to `limit` entries with keys starting with `prefix` and greater than `after`.
+    fn scan(&self, prefix: &str, after: &str, limit: usize) -> Vec<(String, Vec<u8>)>;
+    /// Why a read during the call failed, if one did: the call's result is then discarded.
+    fn failure(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Which events a module wants, as it declared them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SubscriptionSpec {
+    /// Categories.
+    pub categories: Vec<String>,
+    /// Streams.
+    pub streams: Vec<String>,
+    /// Event types.
+    pub types: Vec<String>,
+}
+
+impl SubscriptionSpec {
+    /// Events of a listed category or stream (any, when both are empty) and a listed type (any,
+    /// when none is listed).
+    pub fn matches(&self, stream: &str, event_type: &str) -> bool {
+        let place = (self.categories.is_empty() && self.streams.is_empty())
+            || self
+                .categories
+                .iter()
+                .any(|c| c == crate::store::category_of(stream))
+            || self.streams.iter().any(|s| s == stream);
+        place && (self.types.is_empty() || self.types.iter().any(|t| t == event_type))
+    }
+}
+
+/// Per-instance host state.
+pub struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    view: Option<Box<dyn ReadView>>,
+    name: Arc<str>,
+    log_budget: host::LogBudget,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Always the same instant: projections have no clock.
+struct FrozenClock;
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// The engine, the linker, and the limits every instance gets.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    limits: WasmLimits,
+}
+
+impl Runtime {
+    /// An engine whose compiled code is cached in `cache_dir`, and a thread that advances its
+    /// epoch for call deadlines.
+    pub fn new(cache_dir: &Path, limits: WasmLimits) -> anyhow::Result<Arc<Runtime>> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let mut cache = CacheConfig::new();
+        cache.with_directory(cache_dir);
+        config.cache(Some(Cache::new(cache).map_err(to_anyhow)?));
+        let engine = Engine::new(&config).map_err(to_anyhow)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(to_anyhow)?;
+        Projection::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(to_anyhow)?;
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("lantern-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            limits,
+        }))
+    }
+
+    /// The sandbox limits.
+    pub fn limits(&self) -> &WasmLimits {
+        &self.limits
+    }
+
+    /// Compiles (or loads from the cache) and validates a module, and asks it for its
+    /// subscription. Blocking: call it off the async threads.
+    pub fn load(self: &Arc<Self>, name: &str, bytes: &[u8]) -> Result<Module, ModuleError> {
+        if bytes.len() > self.limits.max_module_bytes {
+            return Err(ModuleError::TooLarge {
+                size: bytes.len(),
+                limit: self.limits.max_module_bytes,
+            });
+        }
+        let invalid = |what: &str, e: wasmtime::Error| ModuleError::Invalid(format!("{what}: {e:#}"));
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| invalid("not a valid WebAssembly component", e))?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| invalid("the component needs imports Lantern does not provide", e))?;
+        let pre = ProjectionPre::new(instance_pre)
+            .map_err(|e| invalid("the component does not export the lantern:projection world", e))?;
+        let mut module = Module {
+            runtime: self.clone(),
+            pre,
+            name: Arc::from(name),
+            subscription: SubscriptionSpec::default(),
+        };
+        let mut instance = module
+            .instantiate()
+            .map_err(|e| ModuleError::Invalid(format!("the component fails to start: {e}")))?;
+        let described = instance
+            .call(None, |bindings, store| bindings.call_describe(store))
+            .map_err(|e| ModuleError::Invalid(format!("describe() failed: {e}")))?;
+        module.subscription = SubscriptionSpec {
+            categories: described.categories,
+            streams: described.streams,
+            types: described.types,
+        };
+        Ok(module)
+    }
+}
+
+fn to_anyhow(error: wasmtime::Error) -> anyhow::Error {
+    // `wasmtime::Error` (v48) is not a `std::error::Error`; keep its whole chain as text.
+    anyhow::anyhow!("{error:#}")
+}
+
+/// A compiled, validated module, ready to instantiate cheaply.
+pub struct Module {
+    runtime: Arc<Runtime>,
+    pre: ProjectionPre<GuestState>,
+    name: Arc<str>,
+    subscription: SubscriptionSpec,
+}
+
+impl Module {
+    /// What the module subscribes to.
+    pub fn subscription(&self) -> &SubscriptionSpec {
+        &self.subscription
+    }
+
+    /// A fresh instance in its own sandboxed store.
+    pub fn instantiate(&self) -> Result<Instance, GuestFailure> {
+        let limits = &self.runtime.limits;
+        let wasi = WasiCtx::builder()
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .secure_random(rand::rngs::StdRng::seed_from_u64(0))
+            .insecure_random(rand::rngs::StdRng::seed_from_u64(1))
+            .insecure_random_seed(0)
+            .build();
+        let state = GuestState {
+            wasi,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory_bytes)
+                .trap_on_grow_failure(true)
+                .build(),
+            view: None,
+            name: self.name.clone(),
+            log_budget: host::LogBudget::default(),
+        };
+        let mut store = Store::new(&self.runtime.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.deadline_ticks());
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| GuestFailure::Trap(format!("instantiation failed: {e:#}")))?;
+        Ok(Instance {
+            store,
+            bindings,
+            deadline_ticks: self.deadline_ticks(),
+            max_write_bytes: limits.max_write_bytes,
+        })
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        let tick = EPOCH_TICK.as_millis().max(1) as u64;
+        (self.runtime.limits.call_timeout.as_millis() as u64 / tick).max(1)
+    }
+}
+
+/// One instance of a module. After a [`GuestFailure::Trap`] it must be dropped.
+pub struct Instance {
+    store: Store<GuestState>,
+    bindings: Projection,
+    deadline_ticks: u64,
+    max_write_bytes: usize,
+}
+
+impl Instance {
+    fn call<T>(
+        &mut self,
+        view: Option<Box<dyn ReadView>>,
+        call: impl FnOnce(&Projection, &mut Store<GuestState>) -> wasmtime::Result<T>,
+    ) -> Result<T, GuestFailure> {
+        self.store.data_mut().view = view;
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        let result = call(&self.bindings, &mut self.store);
+        let view = self.store.data_mut().view.take();
+        if let Some(failure) = view.and_then(|v| v.failure()) {
+            return Err(GuestFailure::Trap(format!("reading the read model failed: {failure}")));
+        }
+        result.map_err(|error| {
+            let message = match error.downcast_ref::<wasmtime::Trap>() {
+                Some(wasmtime::Trap::Interrupt) => "the call ran past its deadline".to_owned(),
+                _ => format!("{error:#}"),
+            };
+            GuestFailure::Trap(message)
+        })
+    }
+
+    /// Folds one encoded batch; returns the encoded writes.
+    pub fn handle(&mut self, batch: &[u8], view: Box<dyn ReadView>) -> Result<Vec<u8>, GuestFailure> {
+        let writes = self
+            .call(Some(view), |bindings, store| bindings.call_handle(store, batch))?
+            .map_err(GuestFailure::Error)?;
+        if writes.len() > self.max_write_bytes {
+            return Err(GuestFailure::Error(format!(
+                "the batch's write set has {} bytes, more than the limit of {}",
+                writes.len(),
+                self.max_write_bytes
+            )));
+        }
+        Ok(writes)
+    }
+
+    /// Runs the module's query handler.
+    pub fn query(
+        &mut self,
+        name: &str,
+        params_json: &str,
+        view: Box<dyn ReadView>,
+    ) -> Result<Result<String, QueryError>, GuestFailure> {
+        self.call(Some(view), |bindings, store| {
+            bindings.call_query(store, name, params_json)
+        })
+    }
+}
