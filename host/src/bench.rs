@@ -126,9 +126,15 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?.to_string();
         let shutdown = tokio_util::sync::CancellationToken::new();
+        let projections = crate::projection::Projections::open(
+            store.clone(),
+            &base.path().join("http-projections"),
+            crate::wasm::WasmLimits::default(),
+        )
+        .await?;
         let server = tokio::spawn(crate::http::run(
             listener,
-            AppState::new(store.clone()),
+            AppState::new(store.clone(), projections),
             shutdown.clone().cancelled_owned(),
         ));
         bench_http_batched(&address, &options, &mut report).await?;

@@ -16,5 +16,5 @@ pub mod projection;
 pub mod readmodel;
 pub mod server;
 pub mod store;
-pub mod wasm;
 pub mod subscription;
+pub mod wasm;

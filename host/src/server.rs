@@ -6,7 +6,9 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::http::{self, AppState};
+use crate::projection::Projections;
 use crate::store::{Store, StoreOptions};
+use crate::wasm::WasmLimits;
 
 /// How to run the server.
 #[derive(Debug, Clone, clap::Args)]
@@ -20,6 +22,10 @@ pub struct ServeOptions {
     /// Answer appends before their fsync. Faster, but a machine crash can lose answered appends.
     #[arg(long)]
     pub relaxed_durability: bool,
+    /// Deploy every `*.wasm` file in this folder at start-up, named by its file stem (a module
+    /// already deployed with the same bytes is left alone).
+    #[arg(long, value_name = "DIR")]
+    pub deploy: Option<PathBuf>,
 }
 
 /// Runs the server until Ctrl-C or SIGTERM.
@@ -32,6 +38,16 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let store = tokio::task::spawn_blocking(move || Store::open(&data, store_options))
         .await?
         .with_context(|| format!("opening the store in {}", options.data.display()))?;
+    let projections = Projections::open(
+        store.clone(),
+        &options.data.join("projections"),
+        WasmLimits::default(),
+    )
+    .await
+    .context("loading the deployed projections")?;
+    if let Some(dir) = &options.deploy {
+        deploy_folder(&projections, dir).await?;
+    }
     let listener = TcpListener::bind(&options.listen)
         .await
         .with_context(|| format!("listening on {}", options.listen))?;
@@ -42,10 +58,44 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         durable = !options.relaxed_durability,
         "lantern is serving"
     );
-    http::run(listener, AppState::new(store.clone()), shutdown_signal()).await?;
-    tracing::info!("shutting down: indexing the tail and closing the log");
+    http::run(
+        listener,
+        AppState::new(store.clone(), projections.clone()),
+        shutdown_signal(),
+    )
+    .await?;
+    tracing::info!("shutting down: committing the projections' last batches");
+    projections.shutdown().await;
+    tracing::info!("indexing the log's tail and closing it");
     tokio::task::spawn_blocking(move || store.close()).await?;
     tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Deploys every `*.wasm` in `dir` under its file stem.
+async fn deploy_folder(projections: &Projections, dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|e| e == "wasm"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        match projections.deploy(&name, bytes).await {
+            Ok(outcome) => {
+                tracing::info!(projection = %name, ?outcome, "deployed from {}", path.display())
+            }
+            Err(error) => {
+                tracing::error!(projection = %name, %error, "could not deploy {}", path.display())
+            }
+        }
+    }
     Ok(())
 }
 

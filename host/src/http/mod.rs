@@ -7,6 +7,7 @@ mod error;
 mod extract;
 mod json;
 mod metrics;
+mod projections;
 mod streams;
 mod subscribe;
 
@@ -15,10 +16,11 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::projection::Projections;
 use crate::store::Store;
 
 pub use error::ApiError;
@@ -31,6 +33,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Largest `limit` a read honours; larger values are capped.
     pub max_read_limit: usize,
+    /// Largest projection module accepted by `PUT /projections/{name}`.
+    pub max_module_bytes: usize,
 }
 
 impl Default for Limits {
@@ -38,6 +42,7 @@ impl Default for Limits {
         Limits {
             max_body_bytes: 16 << 20,
             max_read_limit: 10_000,
+            max_module_bytes: 32 << 20,
         }
     }
 }
@@ -47,6 +52,8 @@ impl Default for Limits {
 pub struct AppState {
     /// The event store.
     pub store: Store,
+    /// The deployed projections.
+    pub projections: Projections,
     /// Counters and histograms behind `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Request limits.
@@ -57,9 +64,10 @@ pub struct AppState {
 
 impl AppState {
     /// State with default limits and fresh metrics.
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, projections: Projections) -> Self {
         AppState {
             store,
+            projections,
             metrics: Arc::new(Metrics::default()),
             limits: Limits::default(),
             shutdown: CancellationToken::new(),
@@ -70,6 +78,8 @@ impl AppState {
 /// The router of the whole API.
 pub fn app(state: AppState) -> Router {
     let max_body = state.limits.max_body_bytes;
+    // One byte over the limit, so a module of exactly the limit is read and refused by size.
+    let max_module = state.limits.max_module_bytes + 1;
     Router::new()
         .route(
             "/streams/{stream}",
@@ -78,6 +88,21 @@ pub fn app(state: AppState) -> Router {
         .route("/all", get(streams::read_all))
         .route("/subscribe", get(subscribe::subscribe))
         .route("/health", get(streams::health))
+        .route("/projections", get(projections::list))
+        .route(
+            "/projections/{name}",
+            put(projections::deploy)
+                .layer(DefaultBodyLimit::max(max_module))
+                .get(projections::status)
+                .delete(projections::delete),
+        )
+        .route("/projections/{name}/rebuild", post(projections::rebuild))
+        .route("/projections/{name}/state", get(projections::page))
+        .route(
+            "/projections/{name}/state/{*key}",
+            get(projections::get_key),
+        )
+        .route("/projections/{name}/query/{query}", get(projections::query))
         .route("/metrics", get(metrics::metrics))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

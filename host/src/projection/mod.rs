@@ -22,8 +22,8 @@ use crate::store::Store;
 use crate::wasm::{ModuleError, QueryError, Runtime, SubscriptionSpec, WasmLimits};
 
 use registry::{Entry, GenerationEntry, Layout, Registry};
-pub use runner::{Fault, Phase, RunState};
 use runner::Generation;
+pub use runner::{Fault, Phase, RunState};
 
 /// Errors of the projection layer.
 #[derive(Debug, thiserror::Error)]
@@ -168,11 +168,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 impl Projections {
     /// Loads the registry under `dir` and starts every projection from its checkpoint.
-    pub async fn open(
-        store: Store,
-        dir: &Path,
-        limits: WasmLimits,
-    ) -> anyhow::Result<Projections> {
+    pub async fn open(store: Store, dir: &Path, limits: WasmLimits) -> anyhow::Result<Projections> {
         let layout = Layout {
             root: dir.to_owned(),
         };
@@ -280,7 +276,9 @@ impl Projections {
                     .await
                     .map_err(internal)?;
                 registry.projections.insert(name.to_owned(), entry);
-                registry.save(&self.inner.layout.registry()).map_err(internal)?;
+                registry
+                    .save(&self.inner.layout.registry())
+                    .map_err(internal)?;
                 generation.set_serving();
                 generation.start(self.inner.store.clone(), None, None);
                 self.inner.slots.write().expect("slots lock").insert(
@@ -331,7 +329,9 @@ impl Projections {
     ) -> Result<(), ProjectionError> {
         let superseded = {
             let mut slots = self.inner.slots.write().expect("slots lock");
-            let slot = slots.get_mut(name).expect("registered projections have slots");
+            let slot = slots
+                .get_mut(name)
+                .expect("registered projections have slots");
             slot.failed_rebuild = None;
             slot.rebuild.take()
         };
@@ -351,8 +351,14 @@ impl Projections {
             .await
             .map_err(internal)?;
         registry.projections.insert(name.to_owned(), entry);
-        registry.save(&self.inner.layout.registry()).map_err(internal)?;
-        tracing::info!(projection = name, version, "rebuilding beside the current version");
+        registry
+            .save(&self.inner.layout.registry())
+            .map_err(internal)?;
+        tracing::info!(
+            projection = name,
+            version,
+            "rebuilding beside the current version"
+        );
         self.start_rebuild(name, generation);
         Ok(())
     }
@@ -360,7 +366,11 @@ impl Projections {
     fn start_rebuild(&self, name: &str, generation: Arc<Generation>) {
         let (caught_up_tx, caught_up) = oneshot::channel();
         let (faulted_tx, faulted) = oneshot::channel();
-        generation.start(self.inner.store.clone(), Some(caught_up_tx), Some(faulted_tx));
+        generation.start(
+            self.inner.store.clone(),
+            Some(caught_up_tx),
+            Some(faulted_tx),
+        );
         if let Some(slot) = self.inner.slots.write().expect("slots lock").get_mut(name) {
             slot.rebuild = Some(generation.clone());
         }
@@ -395,7 +405,10 @@ impl Projections {
         )
         .await;
         if !matches!(reached, Ok(Ok(_))) {
-            tracing::error!(projection = name, "rebuild did not reach the current checkpoint; keeping the current version");
+            tracing::error!(
+                projection = name,
+                "rebuild did not reach the current checkpoint; keeping the current version"
+            );
             old.restart(self.inner.store.clone());
             return;
         }
@@ -414,14 +427,21 @@ impl Projections {
         }
         rebuild.set_serving();
         self.remove_files(name, old.entry.generation);
-        tracing::info!(projection = name, version = rebuild.entry.version, "new version serves");
+        tracing::info!(
+            projection = name,
+            version = rebuild.entry.version,
+            "new version serves"
+        );
     }
 
     /// The current generation, if `rebuild` is still this projection's rebuild.
     fn slot_generations(&self, name: &str, rebuild: &Arc<Generation>) -> Option<Arc<Generation>> {
         let slots = self.inner.slots.read().expect("slots lock");
         let slot = slots.get(name)?;
-        let same = slot.rebuild.as_ref().is_some_and(|r| Arc::ptr_eq(r, rebuild));
+        let same = slot
+            .rebuild
+            .as_ref()
+            .is_some_and(|r| Arc::ptr_eq(r, rebuild));
         same.then(|| slot.current.clone())
     }
 
@@ -451,7 +471,11 @@ impl Projections {
         }
         rebuild.halt().await;
         self.remove_files(name, rebuild.entry.generation);
-        tracing::warn!(projection = name, version = rebuild.entry.version, "rebuild abandoned; the current version keeps serving");
+        tracing::warn!(
+            projection = name,
+            version = rebuild.entry.version,
+            "rebuild abandoned; the current version keeps serving"
+        );
     }
 
     fn remove_files(&self, name: &str, generation: u64) {
@@ -469,7 +493,9 @@ impl Projections {
         if registry.projections.remove(name).is_none() {
             return Err(ProjectionError::NotFound(name.to_owned()));
         }
-        registry.save(&self.inner.layout.registry()).map_err(internal)?;
+        registry
+            .save(&self.inner.layout.registry())
+            .map_err(internal)?;
         let slot = self.inner.slots.write().expect("slots lock").remove(name);
         if let Some(slot) = slot {
             slot.current.halt().await;

@@ -169,7 +169,7 @@ impl Runtime {
         let mut config = Config::new();
         config.epoch_interruption(true);
         let mut cache = CacheConfig::new();
-        cache.with_directory(cache_dir);
+        cache.with_directory(std::path::absolute(cache_dir)?);
         config.cache(Some(Cache::new(cache).map_err(to_anyhow)?));
         let engine = Engine::new(&config).map_err(to_anyhow)?;
         let mut linker = Linker::new(&engine);
@@ -207,15 +207,26 @@ impl Runtime {
                 limit: self.limits.max_module_bytes,
             });
         }
-        let invalid = |what: &str, e: wasmtime::Error| ModuleError::Invalid(format!("{what}: {e:#}"));
+        let invalid = |what: &str, e: wasmtime::Error| {
+            // One line: some validator messages carry pretty-printed byte arrays.
+            let reason = format!("{e:#}")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            ModuleError::Invalid(format!("{what}: {reason}"))
+        };
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| invalid("not a valid WebAssembly component", e))?;
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| invalid("the component needs imports Lantern does not provide", e))?;
-        let pre = ProjectionPre::new(instance_pre)
-            .map_err(|e| invalid("the component does not export the lantern:projection world", e))?;
+        let pre = ProjectionPre::new(instance_pre).map_err(|e| {
+            invalid(
+                "the component does not export the lantern:projection world",
+                e,
+            )
+        })?;
         let mut module = Module {
             runtime: self.clone(),
             pre,
@@ -318,7 +329,9 @@ impl Instance {
         let result = call(&self.bindings, &mut self.store);
         let view = self.store.data_mut().view.take();
         if let Some(failure) = view.and_then(|v| v.failure()) {
-            return Err(GuestFailure::Trap(format!("reading the read model failed: {failure}")));
+            return Err(GuestFailure::Trap(format!(
+                "reading the read model failed: {failure}"
+            )));
         }
         result.map_err(|error| {
             let message = match error.downcast_ref::<wasmtime::Trap>() {
@@ -330,9 +343,15 @@ impl Instance {
     }
 
     /// Folds one encoded batch; returns the encoded writes.
-    pub fn handle(&mut self, batch: &[u8], view: Box<dyn ReadView>) -> Result<Vec<u8>, GuestFailure> {
+    pub fn handle(
+        &mut self,
+        batch: &[u8],
+        view: Box<dyn ReadView>,
+    ) -> Result<Vec<u8>, GuestFailure> {
         let writes = self
-            .call(Some(view), |bindings, store| bindings.call_handle(store, batch))?
+            .call(Some(view), |bindings, store| {
+                bindings.call_handle(store, batch)
+            })?
             .map_err(GuestFailure::Error)?;
         if writes.len() > self.max_write_bytes {
             return Err(GuestFailure::Error(format!(
