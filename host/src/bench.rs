@@ -129,7 +129,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         let projections = crate::projection::Projections::open(
             store.clone(),
             &base.path().join("http-projections"),
-            crate::wasm::WasmLimits::default(),
+            crate::wasm::WasmConfig::default(),
         )
         .await?;
         let server = tokio::spawn(crate::http::run(

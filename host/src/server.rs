@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use crate::http::{self, AppState};
 use crate::projection::Projections;
 use crate::store::{Store, StoreOptions};
-use crate::wasm::WasmLimits;
+use crate::wasm::WasmConfig;
 
 /// How to run the server.
 #[derive(Debug, Clone, clap::Args)]
@@ -41,7 +41,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let projections = Projections::open(
         store.clone(),
         &options.data.join("projections"),
-        WasmLimits::default(),
+        WasmConfig::default(),
     )
     .await
     .context("loading the deployed projections")?;

@@ -3,6 +3,7 @@
 mod append;
 mod crash;
 mod malformed;
+mod projections;
 mod read;
 mod subscribe;
 

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use lantern::http::{self, AppState};
+use lantern::projection::Projections;
 use lantern::store::{Store, StoreOptions};
+use lantern::wasm::WasmConfig;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -25,12 +27,29 @@ pub fn test_store_options(sync: bool) -> StoreOptions {
     }
 }
 
+/// The bytes of a guest module built by this package's build script: `order_totals`, `carts`,
+/// `hostile`, `not_a_projection`.
+pub fn guest(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("LANTERN_GUESTS")).join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// `config` with the compile cache every test shares, so each guest compiles once per run.
+pub fn shared_compile_cache(config: WasmConfig) -> WasmConfig {
+    WasmConfig {
+        compile_cache: Some(Path::new(env!("LANTERN_GUESTS")).join("compile-cache")),
+        ..config
+    }
+}
+
 /// A server running inside the test process on a free port.
 pub struct TestServer {
     /// `http://127.0.0.1:PORT`
     pub url: String,
     /// The store behind it.
     pub store: Store,
+    /// Its projections.
+    pub projections: Projections,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -39,12 +58,19 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server on a fresh store in a temporary directory.
     pub async fn start() -> anyhow::Result<TestServer> {
+        Self::start_with(shared_compile_cache(WasmConfig::default())).await
+    }
+
+    /// Starts a server whose projections run under `limits`.
+    pub async fn start_with(limits: WasmConfig) -> anyhow::Result<TestServer> {
         let dir = tempfile::tempdir()?;
-        let store = Store::open(dir.path(), test_store_options(false))?;
+        let store = Store::open(&dir.path().join("store"), test_store_options(false))?;
+        let projections =
+            Projections::open(store.clone(), &dir.path().join("projections"), limits).await?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = oneshot::channel::<()>();
-        let state = AppState::new(store.clone());
+        let state = AppState::new(store.clone(), projections.clone());
         let task = tokio::spawn(async move {
             let shutdown = async {
                 let _ = stopped.await;
@@ -56,6 +82,7 @@ impl TestServer {
         Ok(TestServer {
             url,
             store,
+            projections,
             stop: Some(stop),
             task: Some(task),
             _dir: dir,
@@ -70,6 +97,7 @@ impl TestServer {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+        self.projections.shutdown().await;
     }
 }
 

@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 
 use crate::readmodel::{Page, ReadModel};
 use crate::store::Store;
-use crate::wasm::{ModuleError, QueryError, Runtime, SubscriptionSpec, WasmLimits};
+use crate::wasm::{ModuleError, QueryError, Runtime, SubscriptionSpec, WasmConfig};
 
 use registry::{Entry, GenerationEntry, Layout, Registry};
 use runner::Generation;
@@ -168,7 +168,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 impl Projections {
     /// Loads the registry under `dir` and starts every projection from its checkpoint.
-    pub async fn open(store: Store, dir: &Path, limits: WasmLimits) -> anyhow::Result<Projections> {
+    pub async fn open(store: Store, dir: &Path, limits: WasmConfig) -> anyhow::Result<Projections> {
         let layout = Layout {
             root: dir.to_owned(),
         };

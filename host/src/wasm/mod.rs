@@ -25,9 +25,11 @@ pub use bindings::lantern::projection::types::QueryError;
 /// How often the engine's epoch advances: the granularity of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Sandbox limits.
+/// Sandbox limits, and where compiled code is cached.
 #[derive(Debug, Clone)]
-pub struct WasmLimits {
+pub struct WasmConfig {
+    /// Where compiled code is cached; `None`: the `wasm-cache` folder beside the registry.
+    pub compile_cache: Option<std::path::PathBuf>,
     /// Largest linear memory of one instance.
     pub memory_bytes: usize,
     /// Longest a single call into the guest may run.
@@ -38,9 +40,10 @@ pub struct WasmLimits {
     pub max_write_bytes: usize,
 }
 
-impl Default for WasmLimits {
+impl Default for WasmConfig {
     fn default() -> Self {
-        WasmLimits {
+        WasmConfig {
+            compile_cache: None,
             memory_bytes: 64 << 20,
             call_timeout: Duration::from_secs(5),
             max_module_bytes: 32 << 20,
@@ -159,13 +162,14 @@ impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<GuestState>,
-    limits: WasmLimits,
+    limits: WasmConfig,
 }
 
 impl Runtime {
-    /// An engine whose compiled code is cached in `cache_dir`, and a thread that advances its
-    /// epoch for call deadlines.
-    pub fn new(cache_dir: &Path, limits: WasmLimits) -> anyhow::Result<Arc<Runtime>> {
+    /// An engine whose compiled code is cached in `limits.compile_cache` (or `default_cache`), and
+    /// a thread that advances its epoch for call deadlines.
+    pub fn new(default_cache: &Path, limits: WasmConfig) -> anyhow::Result<Arc<Runtime>> {
+        let cache_dir = limits.compile_cache.as_deref().unwrap_or(default_cache);
         let mut config = Config::new();
         config.epoch_interruption(true);
         let mut cache = CacheConfig::new();
@@ -194,7 +198,7 @@ impl Runtime {
     }
 
     /// The sandbox limits.
-    pub fn limits(&self) -> &WasmLimits {
+    pub fn limits(&self) -> &WasmConfig {
         &self.limits
     }
 

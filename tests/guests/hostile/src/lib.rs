@@ -1,0 +1,43 @@
+//! Misbehaves on the event type's command: `Trap` panics, `Loop` never returns, `Grow` eats
+//! memory, `Flood` writes a huge write set, `Fail` returns an error. Anything else counts the
+//! event under `count`, so tests can see it working between faults.
+
+use lantern_sdk::{Event, Projection, State, Subscription};
+
+struct Hostile;
+
+impl Projection for Hostile {
+    fn subscription() -> Subscription {
+        Subscription::all().category("hostile")
+    }
+
+    fn handle(event: &Event<'_>, state: &mut State) -> lantern_sdk::Result<()> {
+        match event.event_type() {
+            "Trap" => panic!("told to trap at position {}", event.position()),
+            "Loop" => {
+                let mut spins = 0u64;
+                loop {
+                    spins = std::hint::black_box(spins.wrapping_add(1));
+                }
+            }
+            "Grow" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "Flood" => {
+                let big = "x".repeat(1 << 20);
+                for i in 0..40 {
+                    state.put(&format!("flood-{i}"), &big)?;
+                }
+                Ok(())
+            }
+            "Fail" => Err(lantern_sdk::Error::new("told to fail")),
+            _ => state.update("count", |n: &mut u64| *n += 1),
+        }
+    }
+}
+
+lantern_sdk::export!(Hostile);
