@@ -93,31 +93,42 @@ impl<P: Projection> Harness<P> {
     /// reach the projection, and if one fails, none of the batch's writes are kept.
     pub fn batch(&mut self, events: Vec<TestEvent>) -> Result<()> {
         let subscription = P::subscription();
-        let payloads: Vec<(u64, u64, &TestEvent, Vec<u8>, Option<Vec<u8>>)> = events
+        struct Placed<'a> {
+            position: u64,
+            revision: u64,
+            event: &'a TestEvent,
+            data: Vec<u8>,
+            metadata: Option<Vec<u8>>,
+        }
+        let placed: Vec<Placed<'_>> = events
             .iter()
             .map(|event| {
                 self.position += 1;
-                let revision = self.revisions.entry(event.stream.clone()).or_insert(0);
-                let this = *revision;
-                *revision += 1;
-                let data = serde_json::to_vec(&event.data).expect("JSON values serialize");
-                let metadata = event
-                    .metadata
-                    .as_ref()
-                    .map(|m| serde_json::to_vec(m).expect("JSON values serialize"));
-                (self.position, this, event, data, metadata)
+                let next_revision = self.revisions.entry(event.stream.clone()).or_insert(0);
+                let revision = *next_revision;
+                *next_revision += 1;
+                Placed {
+                    position: self.position,
+                    revision,
+                    event,
+                    data: serde_json::to_vec(&event.data).expect("JSON values serialize"),
+                    metadata: event
+                        .metadata
+                        .as_ref()
+                        .map(|m| serde_json::to_vec(m).expect("JSON values serialize")),
+                }
             })
             .collect();
         let mut encoder = BatchEncoder::new();
-        for (position, revision, event, data, metadata) in &payloads {
-            if subscription.matches(&event.stream, &event.event_type) {
+        for placed in &placed {
+            if subscription.matches(&placed.event.stream, &placed.event.event_type) {
                 encoder.push(&EventView {
-                    position: *position,
-                    revision: *revision,
-                    stream: &event.stream,
-                    event_type: &event.event_type,
-                    data,
-                    metadata: metadata.as_deref(),
+                    position: placed.position,
+                    revision: placed.revision,
+                    stream: &placed.event.stream,
+                    event_type: &placed.event.event_type,
+                    data: &placed.data,
+                    metadata: placed.metadata.as_deref(),
                 });
             }
         }

@@ -5,6 +5,7 @@ mod crash;
 mod malformed;
 mod projections;
 mod read;
+mod sandbox;
 mod subscribe;
 
 use reqwest::StatusCode;

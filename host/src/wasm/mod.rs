@@ -8,6 +8,7 @@
 
 mod bindings;
 mod host;
+mod stderr;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -126,6 +127,7 @@ pub struct GuestState {
     view: Option<Box<dyn ReadView>>,
     name: Arc<str>,
     log_budget: host::LogBudget,
+    output: stderr::Tail,
 }
 
 impl WasiView for GuestState {
@@ -274,7 +276,10 @@ impl Module {
     /// A fresh instance in its own sandboxed store.
     pub fn instantiate(&self) -> Result<Instance, GuestFailure> {
         let limits = &self.runtime.limits;
+        let output = stderr::Tail::default();
         let wasi = WasiCtx::builder()
+            .stdout(output.clone())
+            .stderr(output.clone())
             .wall_clock(FrozenClock)
             .monotonic_clock(FrozenClock)
             .secure_random(rand::rngs::StdRng::seed_from_u64(0))
@@ -291,6 +296,7 @@ impl Module {
             view: None,
             name: self.name.clone(),
             log_budget: host::LogBudget::default(),
+            output,
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -338,9 +344,15 @@ impl Instance {
             )));
         }
         result.map_err(|error| {
-            let message = match error.downcast_ref::<wasmtime::Trap>() {
+            let cause = match error.downcast_ref::<wasmtime::Trap>() {
                 Some(wasmtime::Trap::Interrupt) => "the call ran past its deadline".to_owned(),
-                _ => format!("{error:#}"),
+                Some(wasmtime::Trap::UnreachableCodeReached) => "the guest aborted".to_owned(),
+                _ => error.root_cause().to_string(),
+            };
+            // A Rust guest prints its panic message before it aborts.
+            let message = match self.store.data().output.last_line() {
+                Some(printed) => format!("{cause}: {printed}"),
+                None => cause,
             };
             GuestFailure::Trap(message)
         })

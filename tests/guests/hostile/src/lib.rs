@@ -4,7 +4,8 @@
 
 use lantern_sdk::{Event, Projection, State, Subscription};
 
-struct Hostile;
+/// The projection.
+pub struct Hostile;
 
 impl Projection for Hostile {
     fn subscription() -> Subscription {
@@ -29,7 +30,7 @@ impl Projection for Hostile {
             }
             "Flood" => {
                 let big = "x".repeat(1 << 20);
-                for i in 0..40 {
+                for i in 0..12 {
                     state.put(&format!("flood-{i}"), &big)?;
                 }
                 Ok(())

@@ -1,0 +1,88 @@
+//! Hostile modules: each failure faults that projection alone; the log, the server and the other
+//! projections carry on, and nothing of the failed batch is written.
+
+use std::time::Duration;
+
+use lantern::wasm::WasmConfig;
+use lantern_tests::{TestServer, guest, shared_compile_cache};
+use reqwest::StatusCode;
+use serde_json::json;
+
+use super::projections::{deploy, wait_status};
+use super::{append, get};
+
+#[tokio::test]
+async fn every_kind_of_misbehaviour_faults_alone() {
+    // (event type, words the fault message must contain)
+    let modes = [
+        ("Trap", "told to trap"),
+        ("Loop", "deadline"),
+        ("Grow", "memory"),
+        ("Flood", "write set"),
+        ("Fail", "told to fail"),
+    ];
+    for (mode, expected) in modes {
+        let config = shared_compile_cache(WasmConfig {
+            call_timeout: Duration::from_millis(500),
+            max_write_bytes: 8 << 20,
+            ..WasmConfig::default()
+        });
+        let server = TestServer::start_with(config).await.unwrap();
+        let url = &server.url;
+        assert_eq!(
+            deploy(url, "hostile", guest("hostile")).await.0,
+            StatusCode::CREATED
+        );
+        assert_eq!(
+            deploy(url, "order-totals", guest("order_totals")).await.0,
+            StatusCode::CREATED
+        );
+        append(
+            url,
+            "hostile-1",
+            json!({"events": [{"type": "Count", "data": 1}, {"type": "Count", "data": 2}]}),
+        )
+        .await;
+        let (_, bad) = append(
+            url,
+            "hostile-1",
+            json!({"events": [{"type": mode, "data": {}}, {"type": "Count", "data": 3}]}),
+        )
+        .await;
+        let bad_position = bad["first_position"].as_u64().unwrap();
+        let status = wait_status(url, "hostile", |s| s["status"] == "faulted").await;
+        let message = status["error"]["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{mode}: {message}");
+        assert_eq!(
+            status["error"]["position"], bad_position,
+            "{mode}: {status}"
+        );
+        assert!(
+            status["position"].as_u64().unwrap() < bad_position,
+            "{mode}: the failed batch is not checkpointed"
+        );
+        // Nothing of the failed batch was written: the count stops at the events before it.
+        let (code, count) = get(url, "/projections/hostile/state/count").await;
+        assert_eq!(code, StatusCode::OK, "{mode}");
+        assert_eq!(count, json!(2), "{mode}");
+        // The rest carries on: appends, the other projection, its queries.
+        let (code, placed) = append(
+            url,
+            "order-1",
+            json!({"events": [{"type": "OrderPlaced", "data": {"customer": "c-1", "amount": 5}}]}),
+        )
+        .await;
+        assert_eq!(code, StatusCode::OK, "{mode}");
+        let position = &placed["last_position"];
+        let (code, totals) = get(
+            url,
+            &format!("/projections/order-totals/state/customer:c-1?min_position={position}"),
+        )
+        .await;
+        assert_eq!(code, StatusCode::OK, "{mode}: {totals}");
+        assert_eq!(totals, json!({"orders": 1, "total": 5}));
+        let (_, health) = get(url, "/health").await;
+        assert_eq!(health["status"], "ok");
+        server.stop().await;
+    }
+}
