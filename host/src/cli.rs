@@ -98,6 +98,57 @@ enum Command {
         #[arg(long)]
         types: Option<String>,
     },
+    /// Deploy a projection module: a new projection catches up from the start; a new version of
+    /// one rebuilds beside the current version and replaces it when caught up.
+    Deploy {
+        /// The projection's name.
+        name: String,
+        /// The `.wasm` file.
+        file: std::path::PathBuf,
+        /// Return at once instead of showing progress until the new version serves.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Rebuild a projection's read model from the start, beside the current one.
+    Rebuild {
+        /// The projection's name.
+        name: String,
+        /// Return at once instead of showing progress until the rebuild serves.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List the deployed projections.
+    Projections,
+    /// Show one projection's status.
+    Status {
+        /// The projection's name.
+        name: String,
+    },
+    /// Delete a projection and its read model.
+    Delete {
+        /// The projection's name.
+        name: String,
+    },
+    /// Read a projection's read model: a key, a prefix, or one of the module's queries.
+    Query {
+        /// The projection's name.
+        name: String,
+        /// The key to read.
+        #[arg(conflicts_with_all = ["prefix", "query"], required_unless_present_any = ["prefix", "query"])]
+        key: Option<String>,
+        /// List the keys starting with this prefix.
+        #[arg(long, conflicts_with = "query")]
+        prefix: Option<String>,
+        /// Run the module's query handler of this name.
+        #[arg(long)]
+        query: Option<String>,
+        /// A query parameter, `name=value` (repeatable).
+        #[arg(long = "param", value_name = "NAME=VALUE", requires = "query")]
+        params: Vec<String>,
+        /// Wait until the read model reflects this log position (read your writes).
+        #[arg(long)]
+        min_position: Option<u64>,
+    },
     /// Run the benchmark program and print its figures.
     Bench(BenchOptions),
 }
@@ -169,6 +220,147 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             stream,
             types,
         } => client.tail(from, category, stream, types).await,
+        Command::Deploy {
+            name,
+            file,
+            no_wait,
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let request = client
+                .http
+                .put(format!("{}/projections/{}", client.url, encode_path(&name)))
+                .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+                .body(bytes);
+            let answer: Value = client.send(request).await?.json().await?;
+            client.follow_deploy(&name, answer, no_wait).await
+        }
+        Command::Rebuild { name, no_wait } => {
+            let request = client.http.post(format!(
+                "{}/projections/{}/rebuild",
+                client.url,
+                encode_path(&name)
+            ));
+            let answer: Value = client.send(request).await?.json().await?;
+            client.follow_deploy(&name, answer, no_wait).await
+        }
+        Command::Projections => {
+            let list = client.get_json("/projections", &[]).await?;
+            let projections = list["projections"].as_array().cloned().unwrap_or_default();
+            if client.json {
+                println!("{list}");
+            } else if projections.is_empty() {
+                println!("no projections deployed");
+            } else {
+                for status in &projections {
+                    println!("{}", status_line(status));
+                }
+            }
+            Ok(())
+        }
+        Command::Status { name } => {
+            let status = client
+                .get_json(&format!("/projections/{}", encode_path(&name)), &[])
+                .await?;
+            if client.json {
+                println!("{status}");
+            } else {
+                print_status(&status);
+            }
+            Ok(())
+        }
+        Command::Delete { name } => {
+            let request =
+                client
+                    .http
+                    .delete(format!("{}/projections/{}", client.url, encode_path(&name)));
+            client.send(request).await?;
+            if !client.json {
+                println!("deleted {name}");
+            }
+            Ok(())
+        }
+        Command::Query {
+            name,
+            key,
+            prefix,
+            query,
+            params,
+            min_position,
+        } => {
+            let mut pairs: Vec<(String, String)> = Vec::new();
+            for param in params {
+                let (k, v) = param
+                    .split_once('=')
+                    .with_context(|| format!("--param {param:?} is not NAME=VALUE"))?;
+                pairs.push((k.to_owned(), v.to_owned()));
+            }
+            if let Some(position) = min_position {
+                pairs.push(("min_position".into(), position.to_string()));
+            }
+            let base = format!("/projections/{}", encode_path(&name));
+            let path = match (key, prefix, query) {
+                (Some(key), _, _) => format!("{base}/state/{}", encode_path(&key)),
+                (None, Some(prefix), _) => {
+                    pairs.push(("prefix".into(), prefix));
+                    pairs.push(("limit".into(), "10000".into()));
+                    format!("{base}/state")
+                }
+                (None, None, Some(query)) => format!("{base}/query/{}", encode_path(&query)),
+                (None, None, None) => bail!("give a KEY, --prefix or --query"),
+            };
+            let query: Vec<(&str, String)> =
+                pairs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+            let answer = client.get_json(&path, &query).await?;
+            if client.json {
+                println!("{answer}");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// One line per projection: name, version, status, position/head.
+fn status_line(status: &Value) -> String {
+    let mut line = format!(
+        "{:<24} v{:<3} {:<12} {}/{}",
+        status["name"].as_str().unwrap_or_default(),
+        status["version"],
+        status["status"].as_str().unwrap_or_default(),
+        status["position"],
+        status["head"],
+    );
+    if let Some(rebuild) = status["rebuild"].as_object() {
+        line.push_str(&format!(
+            "  rebuilding v{} {}/{} ({})",
+            rebuild["version"],
+            rebuild["position"],
+            rebuild["head"],
+            rebuild["status"].as_str().unwrap_or_default()
+        ));
+    }
+    if let Some(message) = status["error"]["message"].as_str() {
+        line.push_str(&format!(
+            "  error at {}: {message}",
+            status["error"]["position"]
+        ));
+    }
+    line
+}
+
+fn print_status(status: &Value) {
+    println!("{}", status_line(status));
+    println!(
+        "  module      {}",
+        status["module_sha256"].as_str().unwrap_or_default()
+    );
+    println!("  lag         {}", status["lag"]);
+    println!("  events/s    {}", status["events_per_second"]);
+    println!("  subscribes  {}", status["subscription"]);
+    if let Some(message) = status["rebuild"]["error"]["message"].as_str() {
+        println!("  rebuild failed: {message}");
     }
 }
 
@@ -376,6 +568,85 @@ impl Client {
             }
         }
         bail!("the server ended the subscription")
+    }
+
+    /// After a deploy or rebuild request: a progress bar until the new version serves (or fails),
+    /// then a summary. With `no_wait`, just the server's answer.
+    async fn follow_deploy(&self, name: &str, answer: Value, no_wait: bool) -> anyhow::Result<()> {
+        let version = answer["version"].as_u64().unwrap_or_default();
+        let phase = answer["status"].as_str().unwrap_or_default().to_owned();
+        if self.json && no_wait {
+            println!("{answer}");
+            return Ok(());
+        }
+        if !self.json {
+            println!("{name}: version {version} {}", phase.replace('_', " "));
+        }
+        if no_wait || (phase != "catching_up" && phase != "rebuilding") {
+            return Ok(());
+        }
+        let path = format!("/projections/{}", encode_path(name));
+        let bar = if self.json {
+            indicatif::ProgressBar::hidden()
+        } else {
+            indicatif::ProgressBar::new(0)
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{bar:40}] {pos}/{len} events  {per_sec}  eta {eta}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        let started = std::time::Instant::now();
+        let result = loop {
+            let status = self.get_json(&path, &[]).await?;
+            let building = if phase == "rebuilding" {
+                &status["rebuild"]
+            } else {
+                &status
+            };
+            if phase == "rebuilding"
+                && status["version"].as_u64() == Some(version)
+                && status["rebuild"].is_null()
+            {
+                break Ok(status);
+            }
+            if building["status"] == "faulted" {
+                break Err(anyhow!(
+                    "version {version} faulted at position {}: {}",
+                    building["error"]["position"],
+                    building["error"]["message"]
+                        .as_str()
+                        .unwrap_or("unknown error")
+                ));
+            }
+            if phase == "rebuilding" && building.is_null() {
+                break Err(anyhow!(
+                    "the rebuild of version {version} was replaced or abandoned"
+                ));
+            }
+            let position = building["position"].as_u64().unwrap_or_default();
+            bar.set_length(building["head"].as_u64().unwrap_or_default());
+            bar.set_position(position);
+            if phase == "catching_up" && status["status"] == "running" {
+                break Ok(status);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        };
+        bar.finish_and_clear();
+        let status = result?;
+        let processed = status["position"].as_u64().unwrap_or_default();
+        let elapsed = started.elapsed().as_secs_f64();
+        if self.json {
+            println!("{status}");
+        } else {
+            println!(
+                "{name}: version {version} serves at position {processed}: {processed} events in {elapsed:.1} s ({:.0} events/s)",
+                processed as f64 / elapsed.max(0.001)
+            );
+        }
+        Ok(())
     }
 
     /// Prints events one per line; returns how many.

@@ -360,7 +360,10 @@ async fn sigkill_while_a_projection_catches_up_keeps_its_read_model_exact() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (_, before) = get(&url, "/projections/order-totals").await;
-    eprintln!("killed at projection position {} of head {}", before["position"], before["head"]);
+    eprintln!(
+        "killed at projection position {} of head {}",
+        before["position"], before["head"]
+    );
     server.kill().unwrap();
     for writer in writers {
         writer.await.unwrap();
@@ -382,15 +385,28 @@ async fn sigkill_while_a_projection_catches_up_keeps_its_read_model_exact() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (_, status) = get(&url, "/projections/order-totals").await;
-    assert_eq!(status["position"], head, "caught up after the restart: {status}");
-    assert_eq!(status["status"], "running", "{status} (before the kill: {before})");
+    assert_eq!(
+        status["position"], head,
+        "caught up after the restart: {status}"
+    );
+    assert_eq!(
+        status["status"], "running",
+        "{status} (before the kill: {before})"
+    );
     let expected = fold_order_totals(&url).await;
     let mut actual = BTreeMap::new();
     let mut after = String::new();
     loop {
-        let (_, page) = get(&url, &format!("/projections/order-totals/state?prefix=customer:&after={after}&limit=1000")).await;
+        let (_, page) = get(
+            &url,
+            &format!("/projections/order-totals/state?prefix=customer:&after={after}&limit=1000"),
+        )
+        .await;
         for item in page["items"].as_array().unwrap() {
-            actual.insert(item["key"].as_str().unwrap().to_owned(), item["value"].clone());
+            actual.insert(
+                item["key"].as_str().unwrap().to_owned(),
+                item["value"].clone(),
+            );
         }
         match page["next"].as_str() {
             Some(next) => after = next.to_owned(),
