@@ -64,7 +64,7 @@ impl<P: Projection> Guest for Adapter<P> {
             let event = Event { view };
             P::handle(&event, &mut state).map_err(|e| e.to_string())?;
         }
-        Ok(state.into_writes())
+        state.into_writes().map_err(|e| e.to_string())
     }
 
     fn query(name: String, params: String) -> Result<String, types::QueryError> {

@@ -1,5 +1,6 @@
 //! The read model as a projection sees it: JSON values by key, writes buffered for the batch.
 
+use std::any::Any;
 use std::collections::BTreeMap;
 
 use lantern_wire::{WriteView, WritesEncoder};
@@ -14,11 +15,44 @@ pub(crate) trait Backend {
     fn scan(&self, prefix: &str, after: &str, limit: u32) -> Vec<(String, Vec<u8>)>;
 }
 
+/// A value written in this batch. `update` keeps values decoded, so a key updated by many events
+/// of a batch is decoded once and encoded once.
+enum Written {
+    Deleted,
+    Bytes(Vec<u8>),
+    Typed(Box<dyn Cached>),
+}
+
+/// A decoded value that can still be encoded.
+trait Cached {
+    fn to_json(&self) -> serde_json::Result<Vec<u8>>;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+impl<T: Serialize + Any> Cached for T {
+    fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(self)
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+impl Written {
+    fn bytes(&self) -> Result<Option<Vec<u8>>> {
+        Ok(match self {
+            Written::Deleted => None,
+            Written::Bytes(bytes) => Some(bytes.clone()),
+            Written::Typed(value) => Some(value.to_json()?),
+        })
+    }
+}
+
 /// The read model: committed values as of the batch start, overlaid with the batch's writes.
 pub struct State {
     backend: Box<dyn Backend>,
-    /// `None` marks a delete.
-    writes: BTreeMap<String, Option<Vec<u8>>>,
+    writes: BTreeMap<String, Written>,
 }
 
 const SCAN_PAGE: u32 = 1000;
@@ -32,18 +66,19 @@ impl State {
     }
 
     /// The raw bytes under `key`.
-    pub fn get_raw(&self, key: &str) -> Option<Vec<u8>> {
+    pub fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>> {
         match self.writes.get(key) {
-            Some(written) => written.clone(),
-            None => self.backend.get(key),
+            Some(written) => written.bytes(),
+            None => Ok(self.backend.get(key)),
         }
     }
 
     /// The value under `key`, decoded from JSON.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         match self.writes.get(key) {
-            Some(Some(bytes)) => decode(key, bytes).map(Some),
-            Some(None) => Ok(None),
+            Some(Written::Bytes(bytes)) => decode(key, bytes).map(Some),
+            Some(Written::Deleted) => Ok(None),
+            Some(typed) => typed.bytes()?.map(|b| decode(key, &b)).transpose(),
             None => self
                 .backend
                 .get(key)
@@ -55,35 +90,46 @@ impl State {
     /// Stores `value` (as JSON) under `key`.
     pub fn put<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<()> {
         let bytes = serde_json::to_vec(value)?;
-        self.writes.insert(key.to_owned(), Some(bytes));
+        self.writes.insert(key.to_owned(), Written::Bytes(bytes));
         Ok(())
     }
 
     /// Stores raw bytes under `key` (clients get them as `application/octet-stream` unless they
     /// are JSON).
     pub fn put_raw(&mut self, key: &str, bytes: Vec<u8>) {
-        self.writes.insert(key.to_owned(), Some(bytes));
+        self.writes.insert(key.to_owned(), Written::Bytes(bytes));
     }
 
     /// Removes `key`.
     pub fn delete(&mut self, key: &str) {
-        self.writes.insert(key.to_owned(), None);
+        self.writes.insert(key.to_owned(), Written::Deleted);
     }
 
     /// Reads the value under `key` (or `T::default()`), lets `change` modify it, and stores it.
+    /// Within a batch the value stays decoded: many updates of one key cost one decode and one
+    /// encode.
     pub fn update<T, F>(&mut self, key: &str, change: F) -> Result<()>
     where
-        T: DeserializeOwned + Serialize + Default,
+        T: DeserializeOwned + Serialize + Default + 'static,
         F: FnOnce(&mut T),
     {
-        let mut value = self.get(key)?.unwrap_or_default();
+        if let Some(Written::Typed(cached)) = self.writes.get_mut(key)
+            && let Some(value) = cached.as_any_mut().downcast_mut::<T>()
+        {
+            change(value);
+            return Ok(());
+        }
+        let mut value: T = self.get(key)?.unwrap_or_default();
         change(&mut value);
-        self.put(key, &value)
+        self.writes
+            .insert(key.to_owned(), Written::Typed(Box::new(value)));
+        Ok(())
     }
 
     /// Every key starting with `prefix`, in key order, with its value decoded from JSON.
     pub fn scan<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>> {
         let mut merged: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+        // (Committed pages first, then this batch's writes over them.)
         let mut after = String::new();
         loop {
             let page = self.backend.scan(prefix, &after, SCAN_PAGE);
@@ -100,7 +146,7 @@ impl State {
             if !key.starts_with(prefix) {
                 break;
             }
-            merged.insert(key.clone(), written.clone());
+            merged.insert(key.clone(), written.bytes()?);
         }
         merged
             .into_iter()
@@ -110,15 +156,16 @@ impl State {
     }
 
     /// The batch's writes in the wire encoding, for the host.
-    pub(crate) fn into_writes(self) -> Vec<u8> {
+    pub(crate) fn into_writes(self) -> Result<Vec<u8>> {
         let mut encoder = WritesEncoder::default();
-        for (key, value) in &self.writes {
-            encoder.push(match value {
-                Some(bytes) => WriteView::Put(key, bytes),
-                None => WriteView::Delete(key),
-            });
+        for (key, written) in &self.writes {
+            match written {
+                Written::Deleted => encoder.push(WriteView::Delete(key)),
+                Written::Bytes(bytes) => encoder.push(WriteView::Put(key, bytes)),
+                Written::Typed(value) => encoder.push(WriteView::Put(key, &value.to_json()?)),
+            }
         }
-        encoder.finish()
+        Ok(encoder.finish())
     }
 }
 

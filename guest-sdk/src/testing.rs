@@ -139,7 +139,7 @@ impl<P: Projection> Harness<P> {
         for view in views {
             P::handle(&Event { view }, &mut state)?;
         }
-        let writes = state.into_writes();
+        let writes = state.into_writes()?;
         let mut map = self.state.borrow_mut();
         for write in lantern_wire::decode_writes(&writes).expect("the SDK encodes valid writes") {
             match write {

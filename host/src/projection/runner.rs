@@ -17,7 +17,7 @@ use crate::subscription::Subscription;
 use crate::wasm::{self, GuestFailure};
 
 /// Events examined per batch.
-const BATCH: usize = 4096;
+const BATCH: usize = 32_768;
 /// First wait after a fault before a current generation tries again; doubles up to the cap.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);

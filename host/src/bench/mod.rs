@@ -36,7 +36,16 @@ pub struct BenchOptions {
     /// Run only the benchmarks whose names contain one of these words.
     #[arg(long = "only", value_delimiter = ',')]
     pub only: Vec<String>,
+    /// The `order-totals` module for the projection benchmarks (build it with
+    /// `cargo build --release --target wasm32-wasip2 -p order-totals`).
+    #[arg(long, default_value = "target/wasm32-wasip2/release/order_totals.wasm")]
+    pub module: PathBuf,
+    /// Events in the projection catch-up benchmark.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub projection_events: u64,
 }
+
+mod projection;
 
 struct Figure {
     bench: String,
@@ -44,12 +53,12 @@ struct Figure {
     unit: &'static str,
 }
 
-struct Report {
+pub(crate) struct Report {
     figures: Vec<Figure>,
 }
 
 impl Report {
-    fn record(&mut self, bench: &str, value: f64, unit: &'static str) {
+    pub(crate) fn record(&mut self, bench: &str, value: f64, unit: &'static str) {
         println!(
             "{}",
             serde_json::json!({"bench": bench, "value": (value * 100.0).round() / 100.0, "unit": unit})
@@ -62,7 +71,7 @@ impl Report {
     }
 
     /// Records the median and the 99th percentile of `latencies`, in milliseconds.
-    fn record_percentiles(&mut self, bench: &str, latencies: &mut [Duration]) {
+    pub(crate) fn record_percentiles(&mut self, bench: &str, latencies: &mut [Duration]) {
         latencies.sort();
         let at = |fraction: f64| ms(latencies[((latencies.len() - 1) as f64 * fraction) as usize]);
         self.record(&format!("{bench}_p50"), at(0.50), "ms");
@@ -142,6 +151,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         shutdown.cancel();
         server.await??;
         store.close();
+    }
+    if wanted("projection") {
+        projection::run(base.path(), &options, &mut report).await?;
     }
     report.print_table();
     Ok(())
@@ -345,13 +357,13 @@ async fn bench_http_single(
 /// A keep-alive HTTP/1.1 connection that sends pre-built POSTs and reads just enough of each
 /// answer. The benchmark's load generator: on two cores, a full client such as reqwest spends
 /// more CPU per request than the server does, and the figure would measure the client.
-struct RawConnection {
+pub(crate) struct RawConnection {
     stream: tokio::io::BufReader<tokio::net::TcpStream>,
     line: String,
 }
 
 impl RawConnection {
-    async fn open(address: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn open(address: &str) -> anyhow::Result<Self> {
         let stream = tokio::net::TcpStream::connect(address).await?;
         stream.set_nodelay(true)?;
         Ok(RawConnection {
@@ -362,9 +374,19 @@ impl RawConnection {
 
     /// Sends one POST and waits for a 200 answer.
     async fn post(&mut self, path: &str, body: &[u8]) -> anyhow::Result<()> {
+        self.request("POST", path, body).await
+    }
+
+    /// Sends one request and waits for a 200 answer.
+    pub(crate) async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> anyhow::Result<()> {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
         let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
         let stream = self.stream.get_mut();
@@ -394,7 +416,7 @@ impl RawConnection {
         self.stream.read_exact(&mut answer).await?;
         anyhow::ensure!(
             status.as_deref() == Some("200"),
-            "append answered {status:?}: {}",
+            "{method} {path} answered {status:?}: {}",
             String::from_utf8_lossy(&answer)
         );
         Ok(())
