@@ -307,7 +307,7 @@ fn order_batch(seed: u64, count: u64) -> Value {
     let events: Vec<Value> = (0..count)
         .map(|i| {
             let n = seed * 1000 + i;
-            let event_type = if n % 7 == 0 { "OrderCancelled" } else { "OrderPlaced" };
+            let event_type = if n.is_multiple_of(7) { "OrderCancelled" } else { "OrderPlaced" };
             json!({"type": event_type, "data": {"customer": format!("c-{}", n % 97), "amount": n % 1000}})
         })
         .collect();
