@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Builds Lantern (release) and runs the server on the embedded default:
-# data in ./lantern-data, listening on 127.0.0.1:7070. Extra arguments go to `lantern serve`.
+# Builds Lantern and the example projections, and runs the server on the embedded default:
+# data in ./lantern-data, listening on 127.0.0.1:7070, with the examples deployed from
+# ./lantern-modules (a watched folder: drop a .wasm file there to deploy it).
+# Extra arguments go to `lantern serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v cargo >/dev/null; then
   echo "error: cargo not found; install Rust from https://rustup.rs" >&2
   exit 1
 fi
+rustup target add wasm32-wasip2
 cargo build --release -p lantern
-exec ./target/release/lantern serve "$@"
+cargo build --release --target wasm32-wasip2 -p order-totals -p carts
+mkdir -p lantern-modules
+cp target/wasm32-wasip2/release/order_totals.wasm lantern-modules/order-totals.wasm
+cp target/wasm32-wasip2/release/carts.wasm lantern-modules/carts.wasm
+exec ./target/release/lantern serve --watch lantern-modules "$@"

@@ -18,3 +18,4 @@ pub mod server;
 pub mod store;
 pub mod subscription;
 pub mod wasm;
+pub mod watcher;

@@ -22,10 +22,10 @@ pub struct ServeOptions {
     /// Answer appends before their fsync. Faster, but a machine crash can lose answered appends.
     #[arg(long)]
     pub relaxed_durability: bool,
-    /// Deploy every `*.wasm` file in this folder at start-up, named by its file stem (a module
-    /// already deployed with the same bytes is left alone).
+    /// Deploy every `*.wasm` file in this folder under its file stem, at start-up and whenever
+    /// a file is added or changed (a live rebuild). Removing a file deletes nothing.
     #[arg(long, value_name = "DIR")]
-    pub deploy: Option<PathBuf>,
+    pub watch: Option<PathBuf>,
 }
 
 /// Runs the server until Ctrl-C or SIGTERM.
@@ -45,9 +45,21 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     )
     .await
     .context("loading the deployed projections")?;
-    if let Some(dir) = &options.deploy {
-        deploy_folder(&projections, dir).await?;
-    }
+    let stop_watching = tokio_util::sync::CancellationToken::new();
+    let watcher = match &options.watch {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the modules folder {}", dir.display()))?;
+            let watching =
+                crate::watcher::watch(projections.clone(), dir.clone(), stop_watching.clone());
+            Some(tokio::spawn(async move {
+                if let Err(error) = watching.await {
+                    tracing::error!(%error, "the modules folder watcher stopped");
+                }
+            }))
+        }
+        None => None,
+    };
     let listener = TcpListener::bind(&options.listen)
         .await
         .with_context(|| format!("listening on {}", options.listen))?;
@@ -64,38 +76,15 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         shutdown_signal(),
     )
     .await?;
+    stop_watching.cancel();
+    if let Some(watcher) = watcher {
+        watcher.await?;
+    }
     tracing::info!("shutting down: committing the projections' last batches");
     projections.shutdown().await;
     tracing::info!("indexing the log's tail and closing it");
     tokio::task::spawn_blocking(move || store.close()).await?;
     tracing::info!("stopped cleanly");
-    Ok(())
-}
-
-/// Deploys every `*.wasm` in `dir` under its file stem.
-async fn deploy_folder(projections: &Projections, dir: &std::path::Path) -> anyhow::Result<()> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|e| e == "wasm"))
-        .collect();
-    paths.sort();
-    for path in paths {
-        let name = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_owned();
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        match projections.deploy(&name, bytes).await {
-            Ok(outcome) => {
-                tracing::info!(projection = %name, ?outcome, "deployed from {}", path.display())
-            }
-            Err(error) => {
-                tracing::error!(projection = %name, %error, "could not deploy {}", path.display())
-            }
-        }
-    }
     Ok(())
 }
 
