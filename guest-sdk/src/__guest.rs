@@ -57,14 +57,24 @@ impl<P: Projection> Guest for Adapter<P> {
         }
     }
 
-    fn handle(batch: Vec<u8>) -> Result<Vec<u8>, String> {
-        let events = lantern_wire::decode_batch(&batch).map_err(|e| e.to_string())?;
+    fn handle(batch: Vec<u8>) -> Result<Vec<u8>, types::HandleError> {
+        let events = lantern_wire::decode_batch(&batch).map_err(|e| types::HandleError {
+            position: 0,
+            message: e.to_string(),
+        })?;
+        let last = events.last().map_or(0, |e| e.position);
         let mut state = State::new(Box::new(HostBackend));
         for view in events {
             let event = Event { view };
-            P::handle(&event, &mut state).map_err(|e| e.to_string())?;
+            P::handle(&event, &mut state).map_err(|e| types::HandleError {
+                position: event.position(),
+                message: e.to_string(),
+            })?;
         }
-        state.into_writes().map_err(|e| e.to_string())
+        state.into_writes().map_err(|e| types::HandleError {
+            position: last,
+            message: e.to_string(),
+        })
     }
 
     fn query(name: String, params: String) -> Result<String, types::QueryError> {

@@ -5,6 +5,7 @@ mod crash;
 mod malformed;
 mod projections;
 mod read;
+mod rebuild;
 mod sandbox;
 mod subscribe;
 

@@ -18,12 +18,15 @@ pub(crate) async fn deploy(url: &str, name: &str, module: Vec<u8>) -> (StatusCod
     .await
 }
 
-/// Waits until the projection's status satisfies `done`, or panics after 60 s.
+/// Waits until the projection exists and its status satisfies `done`, or panics after 60 s.
 pub(crate) async fn wait_status(url: &str, name: &str, done: impl Fn(&Value) -> bool) -> Value {
     for _ in 0..600 {
         let (status, body) = get(url, &format!("/projections/{name}")).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        if done(&body) {
+        assert!(
+            status == StatusCode::OK || status == StatusCode::NOT_FOUND,
+            "{body}"
+        );
+        if status == StatusCode::OK && done(&body) {
             return body;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -166,3 +166,29 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The same module with a custom section appended: the same behaviour, other bytes (a "new
+/// version" for deploy tests).
+pub fn variant(module: &[u8], tag: &str) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"lantern-test-variant";
+    let mut payload = Vec::new();
+    leb128(name.len(), &mut payload);
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    let mut out = module.to_vec();
+    out.push(0); // custom section
+    leb128(payload.len(), &mut out);
+    out.extend_from_slice(&payload);
+    out
+}

@@ -225,8 +225,10 @@ impl Generation {
             }
             let subscription_spec = self.module.subscription();
             let mut batch = BatchEncoder::new();
+            let mut first_delivered = None;
             for event in &events {
                 if subscription_spec.matches(&event.stream, &event.event_type) {
+                    first_delivered.get_or_insert(event.position);
                     batch.push(&EventView {
                         position: event.position,
                         revision: event.revision,
@@ -258,7 +260,11 @@ impl Generation {
             })
             .await
             .map_err(|e| fault(format!("runner task failed: {e}"), from))?;
-            result.map_err(|failure| fault(failure.to_string(), from))?;
+            result.map_err(|failure| match failure {
+                GuestFailure::Event { position, message } => fault(message, position),
+                // A trap does not say which event: blame the batch's first delivered event.
+                other => fault(other.to_string(), first_delivered.unwrap_or(from)),
+            })?;
             instance = Some(guest);
             window.1 += next_checkpoint + 1 - from;
             self.progress(&mut window);

@@ -76,6 +76,14 @@ pub enum GuestFailure {
     /// The guest returned an error value.
     #[error("{0}")]
     Error(String),
+    /// The guest failed on the event at `position`.
+    #[error("{message}")]
+    Event {
+        /// The event's position.
+        position: u64,
+        /// The guest's message.
+        message: String,
+    },
     /// The guest trapped: a panic, the deadline, the memory cap, or a malformed answer. The
     /// instance must not be used again.
     #[error("trap: {0}")]
@@ -368,7 +376,10 @@ impl Instance {
             .call(Some(view), |bindings, store| {
                 bindings.call_handle(store, batch)
             })?
-            .map_err(GuestFailure::Error)?;
+            .map_err(|error| GuestFailure::Event {
+                position: error.position,
+                message: error.message,
+            })?;
         if writes.len() > self.max_write_bytes {
             return Err(GuestFailure::Error(format!(
                 "the batch's write set has {} bytes, more than the limit of {}",
