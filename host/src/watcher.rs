@@ -110,7 +110,7 @@ pub async fn watch(
                     if changed.elapsed() < QUIET {
                         continue;
                     }
-                    let now = std::fs::metadata(&*path).ok().map(|m| m.len());
+                    let now = std::fs::metadata(path.as_path()).ok().map(|m| m.len());
                     if now.is_none() {
                         ready.push((path.clone(), false)); // gone again: forget it
                     } else if *size == now {
