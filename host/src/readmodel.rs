@@ -13,10 +13,11 @@ const STATE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("state");
 /// `"checkpoint"`: the last log position the state reflects.
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
-/// How long a commit may stay non-durable. A crash loses at most this much progress, never
-/// consistency: redb reverts to its last durable commit, whose checkpoint matches its state, and
-/// the projection replays the log from there.
+/// How long, and for how many commits, progress may stay non-durable. A crash loses at most
+/// this much progress, never consistency: redb reverts to its last durable commit, whose
+/// checkpoint matches its state, and the projection replays the log from there.
 const DURABLE_EVERY: Duration = Duration::from_secs(1);
+const DURABLE_EVERY_COMMITS: u32 = 4;
 
 /// Errors of the read model.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +49,8 @@ pub struct Page {
 pub struct ReadModel {
     db: Database,
     checkpoint: watch::Sender<u64>,
-    last_durable: std::sync::Mutex<Instant>,
+    /// When the last durable commit was made, and how many non-durable ones followed it.
+    durability: std::sync::Mutex<(Instant, u32)>,
 }
 
 impl ReadModel {
@@ -70,7 +72,7 @@ impl ReadModel {
         Ok(ReadModel {
             db,
             checkpoint: watch::Sender::new(checkpoint),
-            last_durable: std::sync::Mutex::new(Instant::now()),
+            durability: std::sync::Mutex::new((Instant::now(), 0)),
         })
     }
 
@@ -88,8 +90,9 @@ impl ReadModel {
     pub fn apply(&self, writes: &[u8], checkpoint: u64) -> Result<(), ReadModelError> {
         let writes = lantern_wire::decode_writes(writes)?;
         let mut txn = self.db.begin_write().map_err(storage)?;
-        let mut last_durable = self.last_durable.lock().expect("durable lock");
-        let durable = last_durable.elapsed() >= DURABLE_EVERY;
+        let mut durability = self.durability.lock().expect("durability lock");
+        let durable =
+            durability.0.elapsed() >= DURABLE_EVERY || durability.1 + 1 >= DURABLE_EVERY_COMMITS;
         if !durable {
             txn.set_durability(Durability::None).map_err(storage)?;
         }
@@ -109,18 +112,28 @@ impl ReadModel {
             meta.insert("checkpoint", checkpoint).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
-        if durable {
-            *last_durable = Instant::now();
-        }
+        *durability = if durable {
+            (Instant::now(), 0)
+        } else {
+            (durability.0, durability.1 + 1)
+        };
         self.checkpoint.send_replace(checkpoint);
         Ok(())
     }
 
-    /// Makes everything committed so far durable (at shutdown): an empty commit with the
-    /// default, immediate durability persists the non-durable ones before it.
+    /// Whether commits since the last durable one would be lost by a crash.
+    pub fn is_dirty(&self) -> bool {
+        self.durability.lock().expect("durability lock").1 > 0
+    }
+
+    /// Makes everything committed so far durable (when idle, and at shutdown): an empty commit
+    /// with the default, immediate durability persists the non-durable ones before it.
     pub fn flush(&self) -> Result<(), ReadModelError> {
+        let mut durability = self.durability.lock().expect("durability lock");
         let txn = self.db.begin_write().map_err(storage)?;
-        txn.commit().map_err(storage)
+        txn.commit().map_err(storage)?;
+        *durability = (Instant::now(), 0);
+        Ok(())
     }
 
     /// A consistent snapshot: its state and the checkpoint it reflects.

@@ -416,3 +416,104 @@ async fn sigkill_while_a_projection_catches_up_keeps_its_read_model_exact() {
     assert_eq!(actual.len(), 97);
     assert_eq!(actual, expected);
 }
+
+/// Reads every `customer:` key of `order-totals`.
+async fn read_model(url: &str) -> BTreeMap<String, Value> {
+    let mut actual = BTreeMap::new();
+    let mut after = String::new();
+    loop {
+        let (_, page) = get(
+            url,
+            &format!("/projections/order-totals/state?prefix=customer:&after={after}&limit=1000"),
+        )
+        .await;
+        for item in page["items"].as_array().unwrap() {
+            actual.insert(
+                item["key"].as_str().unwrap().to_owned(),
+                item["value"].clone(),
+            );
+        }
+        match page["next"].as_str() {
+            Some(next) => after = next.to_owned(),
+            None => return actual,
+        }
+    }
+}
+
+/// SIGKILL during a rebuild: after the restart the current version serves at once, the rebuild
+/// resumes from its own checkpoint, and the new version takes over with an exact read model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_rebuild_resumes_it() {
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(server_binary(), data.path()).unwrap();
+    let url = server.url.clone();
+    // Enough history that the rebuild runs for a while (a read model's commits are made durable
+    // every fourth batch of 32k events, or once a second).
+    for seed in 0..600 {
+        append(&url, &format!("order-{seed}"), order_batch(seed, 1000)).await;
+    }
+    let module = lantern_tests::guest("order_totals");
+    let put = |body: Vec<u8>| {
+        let url = url.clone();
+        async move {
+            reqwest::Client::new()
+                .put(format!("{url}/projections/order-totals"))
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(put(module.clone()).await, StatusCode::CREATED);
+    let status = wait_for(&url, |s| s["status"] == "running").await;
+    let served_before = status["position"].as_u64().unwrap();
+    assert_eq!(
+        put(lantern_tests::variant(&module, "v2")).await,
+        StatusCode::ACCEPTED
+    );
+    // Past the first durable commit of the rebuild (its fourth batch), and partway through.
+    let before = wait_for(&url, |s| {
+        s["rebuild"].is_null() || s["rebuild"]["position"].as_u64().unwrap_or(0) > 150_000
+    })
+    .await;
+    eprintln!(
+        "killed with the rebuild at {} of {}",
+        before["rebuild"]["position"], before["head"]
+    );
+    assert!(
+        before["rebuild"].is_object(),
+        "still rebuilding when killed: {before}"
+    );
+    server.kill().unwrap();
+
+    let server = ServerProcess::start(server_binary(), data.path()).unwrap();
+    let url = server.url.clone();
+    let (_, after) = get(&url, "/projections/order-totals").await;
+    // The current version serves at once, from where it was.
+    assert_eq!(after["version"], 1, "{after}");
+    assert!(after["position"].as_u64().unwrap() >= served_before);
+    let (code, _) = get(&url, "/projections/order-totals/state/customer:c-1").await;
+    assert_eq!(code, StatusCode::OK);
+    // The rebuild resumed from its checkpoint, not from the start.
+    assert_eq!(after["rebuild"]["version"], 2, "{after}");
+    assert!(
+        after["rebuild"]["position"].as_u64().unwrap() >= 131_072,
+        "{after}"
+    );
+    let done = wait_for(&url, |s| s["version"] == 2 && s["rebuild"].is_null()).await;
+    assert_eq!(done["status"], "running");
+    assert_eq!(read_model(&url).await, fold_order_totals(&url).await);
+}
+
+/// Polls the status of `order-totals` until `done`.
+async fn wait_for(url: &str, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..3000 {
+        let (_, status) = get(url, "/projections/order-totals").await;
+        if done(&status) {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("order-totals never reached the expected status");
+}

@@ -21,6 +21,8 @@ const BATCH: usize = 32_768;
 /// First wait after a fault before a current generation tries again; doubles up to the cap.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How long a generation is idle at the head before its read model is made durable.
+const IDLE_FLUSH: Duration = Duration::from_millis(100);
 
 /// Where a generation is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +219,20 @@ impl Generation {
             let next_checkpoint = subscription.next_position() - 1;
             if events.is_empty() {
                 self.at_head(caught_up);
+                if self.read_model.is_dirty() {
+                    // Idle for a moment: make the read model durable, so a crash now does not
+                    // take it back (it would stay consistent, but behind).
+                    tokio::select! {
+                        _ = subscription.wait() => continue,
+                        () = tokio::time::sleep(IDLE_FLUSH) => {}
+                        () = stop.cancelled() => return Ok(()),
+                    }
+                    let read_model = self.read_model.clone();
+                    tokio::task::spawn_blocking(move || read_model.flush())
+                        .await
+                        .map_err(|e| fault(format!("runner task failed: {e}"), from))?
+                        .map_err(|e| fault(e.to_string(), from))?;
+                }
                 tokio::select! {
                     _ = subscription.wait() => {}
                     () = stop.cancelled() => return Ok(()),
