@@ -155,6 +155,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     if wanted("projection") {
         projection::run(base.path(), &options, &mut report).await?;
     }
+    if wanted("rebuild") {
+        projection::run_rebuild(base.path(), &options, &mut report).await?;
+    }
     report.print_table();
     Ok(())
 }

@@ -218,3 +218,178 @@ pub(super) async fn run(
     store.close();
     Ok(())
 }
+
+/// Live rebuilds: throughput against catch-up, point-query latency and append throughput while a
+/// rebuild runs, and the time from saving a module into a watched folder to it serving.
+pub(super) async fn run_rebuild(
+    base: &Path,
+    options: &super::BenchOptions,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let module = std::fs::read(&options.module)
+        .with_context(|| format!("reading {}", options.module.display()))?;
+    let store = Store::open(&base.join("rebuild-store"), StoreOptions::default())?;
+    let events = options.projection_events;
+    for chunk in 0..events.div_ceil(1000) {
+        let batch = (chunk * 1000..((chunk + 1) * 1000).min(events))
+            .map(order_event)
+            .collect();
+        store
+            .append(&format!("order-{chunk}"), ExpectedRevision::Any, batch)
+            .await?;
+    }
+    let projections = Projections::open(
+        store.clone(),
+        &base.join("rebuild-projections"),
+        WasmConfig::default(),
+    )
+    .await?;
+    projections.deploy("warm-up", module.clone()).await?;
+    projections.delete("warm-up").await?;
+    // Let the store's indexer finish the fresh history, so the runs below meet the same machine.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Best of two runs each: a catch-up of a new projection, and a rebuild beside the serving
+    // generation (the same work).
+    let mut catch_up_rate: f64 = 0.0;
+    for name in ["order-totals", "catch-up-again"] {
+        let started = Instant::now();
+        projections.deploy(name, module.clone()).await?;
+        wait_caught_up(&projections, name, store.head()).await?;
+        catch_up_rate = catch_up_rate.max(store.head() as f64 / started.elapsed().as_secs_f64());
+    }
+    projections.delete("catch-up-again").await?;
+    let mut rebuild_rate: f64 = 0.0;
+    for _ in 0..2 {
+        let started = Instant::now();
+        projections.rebuild("order-totals").await?;
+        wait_caught_up(&projections, "order-totals", store.head()).await?;
+        rebuild_rate = rebuild_rate.max(store.head() as f64 / started.elapsed().as_secs_f64());
+    }
+    report.record("catch_up_throughput", catch_up_rate, "events/s");
+    report.record("rebuild_throughput", rebuild_rate, "events/s");
+    report.record("rebuild_vs_catch_up", rebuild_rate / catch_up_rate, "ratio");
+
+    // Appends of 100 events from 4 writers, for a fixed time: their rate without a rebuild...
+    async fn appends_for(store: &Store, duration: Duration) -> anyhow::Result<f64> {
+        let until = Instant::now() + duration;
+        let mut writers = tokio::task::JoinSet::new();
+        for writer in 0..4u64 {
+            let store = store.clone();
+            writers.spawn(async move {
+                let mut written = 0u64;
+                while Instant::now() < until {
+                    let batch = (0..100)
+                        .map(|i| order_event(writer * 1_000_000 + written + i))
+                        .collect();
+                    store
+                        .append(&format!("busy-{writer}"), ExpectedRevision::Any, batch)
+                        .await?;
+                    written += 100;
+                }
+                anyhow::Ok(written)
+            });
+        }
+        let mut total = 0;
+        while let Some(done) = writers.join_next().await {
+            total += done??;
+        }
+        Ok(total as f64 / duration.as_secs_f64())
+    }
+    let quiet_rate = appends_for(&store, Duration::from_secs(2)).await?;
+
+    // ...and while a rebuild runs, with point queries throughout.
+    let head = store.head();
+    projections.rebuild("order-totals").await?;
+    let busy = {
+        let store = store.clone();
+        tokio::spawn(async move { appends_for(&store, Duration::from_secs(2)).await })
+    };
+    let mut latencies = Vec::new();
+    let mut i = 0u64;
+    loop {
+        let asked = Instant::now();
+        projections
+            .get(
+                "order-totals",
+                &format!("customer:c-{}", i % CUSTOMERS),
+                None,
+            )
+            .await?;
+        latencies.push(asked.elapsed());
+        i += 1;
+        let status = projections.status("order-totals")?;
+        if status.rebuild.is_none() && status.position >= head {
+            break;
+        }
+        if let Some(fault) = status.rebuild.and_then(|r| r.state.fault) {
+            anyhow::bail!("the rebuild faulted: {}", fault.message);
+        }
+    }
+    let busy_rate = busy.await??;
+    report.record_percentiles("rebuild_point_query", &mut latencies);
+    report.record("rebuild_appends_quiet", quiet_rate, "events/s");
+    report.record("rebuild_appends_during", busy_rate, "events/s");
+    report.record("rebuild_appends_kept", busy_rate / quiet_rate, "ratio");
+    projections.shutdown().await;
+    drop(projections);
+
+    // From saving a module into the watched folder to the new version serving, on 100k events.
+    let watch_store = Store::open(&base.join("watch-store"), StoreOptions::default())?;
+    for chunk in 0..100 {
+        let batch = (chunk * 1000..(chunk + 1) * 1000)
+            .map(order_event)
+            .collect();
+        watch_store
+            .append(&format!("order-{chunk}"), ExpectedRevision::Any, batch)
+            .await?;
+    }
+    let projections = Projections::open(
+        watch_store.clone(),
+        &base.join("watch-projections"),
+        WasmConfig::default(),
+    )
+    .await?;
+    let folder = base.join("watched");
+    std::fs::create_dir_all(&folder)?;
+    std::fs::write(folder.join("order-totals.wasm"), &module)?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let watcher = tokio::spawn(crate::watcher::watch(
+        projections.clone(),
+        folder.clone(),
+        stop.clone(),
+    ));
+    loop {
+        if projections.status("order-totals").is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    wait_caught_up(&projections, "order-totals", watch_store.head()).await?;
+    // A new build: the same code with another custom section, as a rebuilt module would differ.
+    let mut changed = module.clone();
+    changed.extend_from_slice(&[0, 6, 5, b'b', b'e', b'n', b'c', b'h']);
+    let saved = Instant::now();
+    std::fs::write(folder.join(".order-totals.tmp"), &changed)?;
+    std::fs::rename(
+        folder.join(".order-totals.tmp"),
+        folder.join("order-totals.wasm"),
+    )?;
+    loop {
+        let status = projections.status("order-totals")?;
+        if status.version == 2 && status.rebuild.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    report.record(
+        "watch_save_to_serving_100k",
+        saved.elapsed().as_secs_f64() * 1000.0,
+        "ms",
+    );
+    stop.cancel();
+    watcher.await??;
+    projections.shutdown().await;
+    store.close();
+    watch_store.close();
+    Ok(())
+}

@@ -21,6 +21,8 @@ const BATCH: usize = 32_768;
 /// First wait after a fault before a current generation tries again; doubles up to the cap.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Events appended during one rebuild batch that make the rebuild yield to appends.
+const BUSY_APPENDS: u64 = 1000;
 /// How long a generation is idle at the head before its read model is made durable.
 const IDLE_FLUSH: Duration = Duration::from_millis(100);
 
@@ -255,6 +257,8 @@ impl Generation {
                     });
                 }
             }
+            let batch_started = Instant::now();
+            let head_before = store.head();
             let read_model = self.read_model.clone();
             let guest = instance.take().expect("an instance between batches");
             let batch = (!batch.is_empty()).then(|| batch.finish());
@@ -284,6 +288,15 @@ impl Generation {
             instance = Some(guest);
             window.1 += next_checkpoint + 1 - from;
             self.progress(&mut window);
+            // A rebuild is background work: while appends are busy, it takes at most half of
+            // its core, leaving the rest to them. Alone, it runs at full speed.
+            let busy = store.head().saturating_sub(head_before) >= BUSY_APPENDS;
+            if busy && !self.serving.load(Ordering::SeqCst) {
+                tokio::select! {
+                    () = tokio::time::sleep(batch_started.elapsed()) => {}
+                    () = stop.cancelled() => return Ok(()),
+                }
+            }
         }
     }
 
