@@ -158,6 +158,14 @@ async fn a_new_deploy_supersedes_a_running_rebuild() {
     assert_eq!(status["status"], "running");
     let (_, value) = get(url, "/projections/order-totals/state/customer:c-7").await;
     assert_eq!(value, json!({"orders": 600, "total": 600}));
+    // Only the serving generation's file is left: the old one and the superseded rebuild's are
+    // deleted.
+    let files: Vec<_> =
+        std::fs::read_dir(server.dir().join("projections/read-models/order-totals"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+    assert_eq!(files, ["gen-3.redb"]);
     server.stop().await;
 }
 

@@ -89,6 +89,11 @@ impl TestServer {
         })
     }
 
+    /// The folder holding the store and the projections.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     /// Stops the server gracefully and waits for it.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {

@@ -293,6 +293,10 @@ impl Module {
             .secure_random(rand::rngs::StdRng::seed_from_u64(0))
             .insecure_random(rand::rngs::StdRng::seed_from_u64(1))
             .insecure_random_seed(0)
+            // No preopened folders, no environment, no arguments, and no network at all.
+            .allow_ip_name_lookup(false)
+            .allow_tcp(false)
+            .allow_udp(false)
             .build();
         let state = GuestState {
             wasi,
