@@ -152,10 +152,17 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         server.await??;
         store.close();
     }
-    if wanted("projection") {
+    let module_built = options.module.exists();
+    if !module_built && (wanted("projection") || wanted("rebuild")) {
+        eprintln!(
+            "skipping the projection benchmarks: {} is missing (cargo build --release --target wasm32-wasip2 -p order-totals)",
+            options.module.display()
+        );
+    }
+    if module_built && wanted("projection") {
         projection::run(base.path(), &options, &mut report).await?;
     }
-    if wanted("rebuild") {
+    if module_built && wanted("rebuild") {
         projection::run_rebuild(base.path(), &options, &mut report).await?;
     }
     report.print_table();
