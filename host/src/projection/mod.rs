@@ -240,11 +240,18 @@ impl Projections {
         validate_name(name)?;
         let sha = sha256_hex(&bytes);
         let mut registry = self.inner.registry.lock().await;
-        if let Some(entry) = registry.projections.get(name)
-            && entry.current.module_sha256 == sha
-            && entry.rebuild.is_none()
-        {
-            return Ok(Deployed::Unchanged);
+        if let Some(entry) = registry.projections.get(name) {
+            if entry.current.module_sha256 == sha && entry.rebuild.is_none() {
+                return Ok(Deployed::Unchanged);
+            }
+            // The version already rebuilding: let it go on.
+            if entry
+                .rebuild
+                .as_ref()
+                .is_some_and(|r| r.module_sha256 == sha)
+            {
+                return Ok(Deployed::Rebuilding);
+            }
         }
         // Compile and validate before anything changes.
         let runtime = self.inner.runtime.clone();
