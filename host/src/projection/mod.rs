@@ -185,11 +185,25 @@ impl Projections {
             }),
         };
         for (name, entry) in &registry.projections {
-            let current = projections.load_generation(name, &entry.current).await?;
+            // One projection that cannot load (a missing or damaged module file) does not keep
+            // the server, or the others, from starting.
+            let current = match projections.load_generation(name, &entry.current).await {
+                Ok(current) => current,
+                Err(error) => {
+                    tracing::error!(projection = %name, %error, "cannot load this projection; it stays registered but does not run (delete it and deploy again)");
+                    continue;
+                }
+            };
             current.set_serving();
             current.start(projections.inner.store.clone(), None, None);
             let rebuild = match &entry.rebuild {
-                Some(rebuild) => Some(projections.load_generation(name, rebuild).await?),
+                Some(rebuild) => match projections.load_generation(name, rebuild).await {
+                    Ok(rebuild) => Some(rebuild),
+                    Err(error) => {
+                        tracing::error!(projection = %name, %error, "cannot load the rebuild; the current version serves");
+                        None
+                    }
+                },
                 None => None,
             };
             projections.inner.slots.write().expect("slots lock").insert(
