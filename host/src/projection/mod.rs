@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 
 use crate::readmodel::{Page, ReadModel};
 use crate::store::Store;
-use crate::wasm::{ModuleError, QueryError, Runtime, SubscriptionSpec, WasmConfig};
+use crate::wasm::{self, ModuleError, QueryError, Runtime, SubscriptionSpec, WasmConfig};
 
 use registry::{Entry, GenerationEntry, Layout, Registry};
 use runner::Generation;
@@ -187,7 +187,10 @@ impl Projections {
         for (name, entry) in &registry.projections {
             // One projection that cannot load (a missing or damaged module file) does not keep
             // the server, or the others, from starting.
-            let current = match projections.load_generation(name, &entry.current).await {
+            let current = match projections
+                .load_generation(name, &entry.current, None)
+                .await
+            {
                 Ok(current) => current,
                 Err(error) => {
                     tracing::error!(projection = %name, %error, "cannot load this projection; it stays registered but does not run (delete it and deploy again)");
@@ -197,7 +200,7 @@ impl Projections {
             current.set_serving();
             current.start(projections.inner.store.clone(), None, None);
             let rebuild = match &entry.rebuild {
-                Some(rebuild) => match projections.load_generation(name, rebuild).await {
+                Some(rebuild) => match projections.load_generation(name, rebuild, None).await {
                     Ok(rebuild) => Some(rebuild),
                     Err(error) => {
                         tracing::error!(projection = %name, %error, "cannot load the rebuild; the current version serves");
@@ -222,31 +225,35 @@ impl Projections {
         Ok(projections)
     }
 
+    /// Opens a generation's read model, with its module: `loaded` when the caller has just
+    /// compiled it, else loaded from the modules folder.
     async fn load_generation(
         &self,
         name: &str,
         entry: &GenerationEntry,
+        loaded: Option<Arc<wasm::Module>>,
     ) -> anyhow::Result<Arc<Generation>> {
         let layout = self.inner.layout.clone();
         let runtime = self.inner.runtime.clone();
         let (name_owned, entry_owned) = (name.to_owned(), entry.clone());
         let (module, read_model) = tokio::task::spawn_blocking(move || {
-            let bytes = std::fs::read(layout.module(&entry_owned.module_sha256))?;
-            let module = runtime
-                .load(&name_owned, &bytes)
-                .map_err(|e| anyhow::anyhow!("module of {name_owned}: {e}"))?;
+            let module = match loaded {
+                Some(module) => module,
+                None => {
+                    let bytes = std::fs::read(layout.module(&entry_owned.module_sha256))?;
+                    let module = runtime
+                        .load(&name_owned, &bytes)
+                        .map_err(|e| anyhow::anyhow!("module of {name_owned}: {e}"))?;
+                    Arc::new(module)
+                }
+            };
             let path = layout.read_model(&name_owned, entry_owned.generation);
             std::fs::create_dir_all(path.parent().expect("read models have a folder"))?;
             let read_model = ReadModel::open(&path)?;
             anyhow::Ok((module, read_model))
         })
         .await??;
-        Ok(Generation::new(
-            name,
-            entry.clone(),
-            Arc::new(module),
-            read_model,
-        ))
+        Ok(Generation::new(name, entry.clone(), module, read_model))
     }
 
     /// Deploys `bytes` as projection `name`.
@@ -271,13 +278,13 @@ impl Projections {
         let runtime = self.inner.runtime.clone();
         let layout = self.inner.layout.clone();
         let (name_owned, sha_owned) = (name.to_owned(), sha.clone());
-        tokio::task::spawn_blocking(move || {
+        let module = tokio::task::spawn_blocking(move || {
             let module = runtime.load(&name_owned, &bytes).map_err(|e| match e {
                 ModuleError::TooLarge { .. } => ProjectionError::TooLarge(e.to_string()),
                 _ => ProjectionError::InvalidModule(e.to_string()),
             })?;
             registry::write_once(&layout.module(&sha_owned), &bytes).map_err(internal)?;
-            Ok::<_, ProjectionError>(module)
+            Ok::<_, ProjectionError>(Arc::new(module))
         })
         .await
         .map_err(internal)??;
@@ -293,7 +300,7 @@ impl Projections {
                     next_generation: 2,
                 };
                 let generation = self
-                    .load_generation(name, &entry.current)
+                    .load_generation(name, &entry.current, Some(module))
                     .await
                     .map_err(internal)?;
                 registry.projections.insert(name.to_owned(), entry);
@@ -319,7 +326,7 @@ impl Projections {
                     .version
                     .max(entry.rebuild.as_ref().map_or(0, |r| r.version))
                     + 1;
-                self.begin_rebuild(&mut registry, name, entry, version, sha)
+                self.begin_rebuild(&mut registry, name, entry, version, sha, Some(module))
                     .await?;
                 Ok(Deployed::Rebuilding)
             }
@@ -335,7 +342,9 @@ impl Projections {
             .cloned()
             .ok_or_else(|| ProjectionError::NotFound(name.to_owned()))?;
         let (version, sha) = (entry.current.version, entry.current.module_sha256.clone());
-        self.begin_rebuild(&mut registry, name, entry, version, sha)
+        // The serving generation's module: no need to load it again.
+        let module = self.current(name).ok().map(|g| g.module.clone());
+        self.begin_rebuild(&mut registry, name, entry, version, sha, module)
             .await
     }
 
@@ -347,6 +356,7 @@ impl Projections {
         mut entry: Entry,
         version: u64,
         sha: String,
+        module: Option<Arc<wasm::Module>>,
     ) -> Result<(), ProjectionError> {
         let superseded = {
             let mut slots = self.inner.slots.write().expect("slots lock");
@@ -368,7 +378,7 @@ impl Projections {
         entry.next_generation += 1;
         entry.rebuild = Some(rebuild.clone());
         let generation = self
-            .load_generation(name, &rebuild)
+            .load_generation(name, &rebuild, module)
             .await
             .map_err(internal)?;
         registry.projections.insert(name.to_owned(), entry);
