@@ -31,6 +31,19 @@ fn order_event(i: u64) -> NewEvent {
     }
 }
 
+/// Appends `events` order events in appends of 1000, a stream per append.
+async fn seed_orders(store: &Store, events: u64) -> anyhow::Result<()> {
+    for chunk in 0..events.div_ceil(1000) {
+        let batch = (chunk * 1000..((chunk + 1) * 1000).min(events))
+            .map(order_event)
+            .collect();
+        store
+            .append(&format!("order-{chunk}"), ExpectedRevision::Any, batch)
+            .await?;
+    }
+    Ok(())
+}
+
 async fn wait_caught_up(projections: &Projections, name: &str, head: u64) -> anyhow::Result<()> {
     loop {
         let status = projections.status(name)?;
@@ -57,14 +70,7 @@ pub(super) async fn run(
     })?;
     let store = Store::open(&base.join("projection-store"), StoreOptions::default())?;
     let events = options.projection_events;
-    for chunk in 0..events.div_ceil(1000) {
-        let batch = (chunk * 1000..((chunk + 1) * 1000).min(events))
-            .map(order_event)
-            .collect();
-        store
-            .append(&format!("order-{chunk}"), ExpectedRevision::Any, batch)
-            .await?;
-    }
+    seed_orders(&store, events).await?;
     let head = store.head();
 
     // The same fold, natively: read the log, decode each event, update a map.
@@ -229,15 +235,7 @@ pub(super) async fn run_rebuild(
     let module = std::fs::read(&options.module)
         .with_context(|| format!("reading {}", options.module.display()))?;
     let store = Store::open(&base.join("rebuild-store"), StoreOptions::default())?;
-    let events = options.projection_events;
-    for chunk in 0..events.div_ceil(1000) {
-        let batch = (chunk * 1000..((chunk + 1) * 1000).min(events))
-            .map(order_event)
-            .collect();
-        store
-            .append(&format!("order-{chunk}"), ExpectedRevision::Any, batch)
-            .await?;
-    }
+    seed_orders(&store, options.projection_events).await?;
     let projections = Projections::open(
         store.clone(),
         &base.join("rebuild-projections"),
@@ -335,14 +333,7 @@ pub(super) async fn run_rebuild(
 
     // From saving a module into the watched folder to the new version serving, on 100k events.
     let watch_store = Store::open(&base.join("watch-store"), StoreOptions::default())?;
-    for chunk in 0..100 {
-        let batch = (chunk * 1000..(chunk + 1) * 1000)
-            .map(order_event)
-            .collect();
-        watch_store
-            .append(&format!("order-{chunk}"), ExpectedRevision::Any, batch)
-            .await?;
-    }
+    seed_orders(&watch_store, 100_000).await?;
     let projections = Projections::open(
         watch_store.clone(),
         &base.join("watch-projections"),
