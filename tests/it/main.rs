@@ -1,6 +1,7 @@
 //! Lantern's integration tests: one binary, a module per topic.
 
 mod append;
+mod cli;
 mod crash;
 mod malformed;
 mod projections;

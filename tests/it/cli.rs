@@ -1,0 +1,140 @@
+//! The `lantern` command line against a running server: readable output, `--json`, and plain
+//! errors with a non-zero exit.
+
+use std::path::Path;
+
+use lantern_tests::{TestServer, guest};
+use serde_json::Value;
+
+/// Runs the real CLI; returns (success, stdout, stderr).
+async fn lantern(url: &str, args: &[&str]) -> (bool, String, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_lantern-under-test"))
+        .arg("--url")
+        .arg(url)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("the CLI runs");
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_appends_reads_deploys_and_queries() {
+    let server = TestServer::start().await.unwrap();
+    let url = server.url.as_str();
+    let (ok, out, err) = lantern(
+        url,
+        &[
+            "append",
+            "order-1",
+            "--type",
+            "OrderPlaced",
+            "--data",
+            r#"{"customer":"c-1","amount":40}"#,
+            "--expected-revision",
+            "no_stream",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("appended 1 event(s) to order-1"), "{out}");
+
+    let (ok, _, err) = lantern(
+        url,
+        &[
+            "append",
+            "order-1",
+            "--type",
+            "OrderPlaced",
+            "--data",
+            "{oops",
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("--data is not valid JSON"), "{err}");
+    let (ok, _, err) = lantern(
+        url,
+        &[
+            "append",
+            "order-1",
+            "--type",
+            "X",
+            "--data",
+            "1",
+            "--expected-revision",
+            "7",
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("wrong_expected_revision"), "{err}");
+    let (ok, _, err) = lantern(url, &["read", "nobody-1"]).await;
+    assert!(!ok);
+    assert!(err.contains("stream_not_found"), "{err}");
+
+    let (ok, out, _) = lantern(url, &["read", "order-1"]).await;
+    assert!(ok);
+    assert!(
+        out.contains("order-1@0") && out.contains("OrderPlaced"),
+        "{out}"
+    );
+    let (ok, out, _) = lantern(url, &["--json", "read", "--all"]).await;
+    assert!(ok);
+    let event: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(event["data"]["amount"], 40);
+
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("order_totals.wasm");
+    std::fs::write(&module, guest("order_totals")).unwrap();
+    let (ok, out, err) = lantern(url, &["deploy", "order-totals", module.to_str().unwrap()]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("serves at position"), "{out}");
+    let (ok, out, _) = lantern(
+        url,
+        &[
+            "query",
+            "order-totals",
+            "customer:c-1",
+            "--min-position",
+            "1",
+        ],
+    )
+    .await;
+    assert!(ok);
+    let value: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(value["total"], 40);
+    let (ok, out, _) = lantern(
+        url,
+        &["query", "order-totals", "--query", "top", "--param", "n=1"],
+    )
+    .await;
+    assert!(ok);
+    assert!(out.contains("\"customer\": \"c-1\""), "{out}");
+    let (ok, out, _) = lantern(url, &["projections"]).await;
+    assert!(
+        ok && out.contains("order-totals") && out.contains("running"),
+        "{out}"
+    );
+    let (ok, _, err) = lantern(
+        url,
+        &[
+            "deploy",
+            "broken",
+            Path::new("Cargo.toml").to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("invalid_module"), "{err}");
+    server.stop().await;
+
+    let (ok, _, err) = lantern("http://127.0.0.1:9", &["read", "--all"]).await;
+    assert!(!ok);
+    assert!(err.contains("cannot reach the server"), "{err}");
+}
