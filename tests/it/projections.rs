@@ -301,3 +301,54 @@ async fn invalid_modules_are_refused_and_change_nothing() {
     assert_eq!(status["rebuild"], Value::Null);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_module_that_cannot_load_at_start_up_faults_alone() {
+    use lantern::projection::{Phase, Projections};
+    use lantern::store::Store;
+    use lantern::wasm::WasmConfig;
+    use lantern_tests::{shared_compile_cache, test_store_options};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("store"), test_store_options(false)).unwrap();
+    let config = shared_compile_cache(WasmConfig::default());
+    let root = dir.path().join("projections");
+    let projections = Projections::open(store.clone(), &root, config.clone())
+        .await
+        .unwrap();
+    projections
+        .deploy("order-totals", guest("order_totals"))
+        .await
+        .unwrap();
+    projections.deploy("carts", guest("carts")).await.unwrap();
+    projections.shutdown().await;
+    drop(projections);
+    // The module file of one projection is lost.
+    let sha = lantern_tests::sha256_hex(&guest("order_totals"));
+    std::fs::remove_file(root.join("modules").join(format!("{sha}.wasm"))).unwrap();
+
+    let projections = Projections::open(store.clone(), &root, config)
+        .await
+        .unwrap();
+    let broken = projections.status("order-totals").unwrap();
+    assert_eq!(broken.state.phase, Phase::Faulted);
+    assert!(
+        broken
+            .state
+            .fault
+            .unwrap()
+            .message
+            .contains("could not be loaded")
+    );
+    assert_eq!(projections.list().len(), 2);
+    assert_eq!(projections.status("carts").unwrap().version, 1);
+    // Deploying a module under the name replaces the broken one.
+    projections
+        .deploy("order-totals", guest("order_totals"))
+        .await
+        .unwrap();
+    let status = projections.status("order-totals").unwrap();
+    assert_eq!(status.version, 2);
+    assert_ne!(status.state.phase, Phase::Faulted);
+    projections.shutdown().await;
+}

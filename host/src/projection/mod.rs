@@ -140,6 +140,9 @@ struct Inner {
     registry: tokio::sync::Mutex<Registry>,
     /// What serves queries; swapped under this lock.
     slots: RwLock<HashMap<String, Slot>>,
+    /// Registered projections whose module could not be loaded at start-up, with why. They are
+    /// shown as faulted; deploying a module under the name replaces them.
+    broken: RwLock<HashMap<String, (GenerationEntry, Fault)>>,
 }
 
 /// Checks a projection name: `[a-z0-9][a-z0-9_-]{0,63}`.
@@ -182,6 +185,7 @@ impl Projections {
                 layout,
                 registry: tokio::sync::Mutex::new(Registry::default()),
                 slots: RwLock::new(HashMap::new()),
+                broken: RwLock::new(HashMap::new()),
             }),
         };
         for (name, entry) in &registry.projections {
@@ -193,7 +197,18 @@ impl Projections {
             {
                 Ok(current) => current,
                 Err(error) => {
-                    tracing::error!(projection = %name, %error, "cannot load this projection; it stays registered but does not run (delete it and deploy again)");
+                    tracing::error!(projection = %name, %error, "cannot load this projection; it is shown as faulted until a module is deployed under its name");
+                    let fault = Fault {
+                        message: format!("could not be loaded at start-up: {error:#}"),
+                        position: 0,
+                        at: std::time::SystemTime::now(),
+                    };
+                    projections
+                        .inner
+                        .broken
+                        .write()
+                        .expect("broken lock")
+                        .insert(name.clone(), (entry.current.clone(), fault));
                     continue;
                 }
             };
@@ -261,7 +276,15 @@ impl Projections {
         validate_name(name)?;
         let sha = sha256_hex(&bytes);
         let mut registry = self.inner.registry.lock().await;
-        if let Some(entry) = registry.projections.get(name) {
+        let broken = self
+            .inner
+            .broken
+            .read()
+            .expect("broken lock")
+            .contains_key(name);
+        if let Some(entry) = registry.projections.get(name)
+            && !broken
+        {
             if entry.current.module_sha256 == sha && entry.rebuild.is_none() {
                 return Ok(Deployed::Unchanged);
             }
@@ -289,24 +312,49 @@ impl Projections {
         .await
         .map_err(internal)??;
         match registry.projections.get(name).cloned() {
-            None => {
-                let entry = Entry {
-                    current: GenerationEntry {
-                        version: 1,
-                        module_sha256: sha,
-                        generation: 1,
+            Some(entry) if !broken => {
+                let version = entry
+                    .current
+                    .version
+                    .max(entry.rebuild.as_ref().map_or(0, |r| r.version))
+                    + 1;
+                self.begin_rebuild(&mut registry, name, entry, version, sha, Some(module))
+                    .await?;
+                Ok(Deployed::Rebuilding)
+            }
+            existing => {
+                // A new projection, or one that could not be loaded: a fresh generation serves
+                // from position 1.
+                let entry = match existing {
+                    None => Entry {
+                        current: GenerationEntry {
+                            version: 1,
+                            module_sha256: sha,
+                            generation: 1,
+                        },
+                        rebuild: None,
+                        next_generation: 2,
                     },
-                    rebuild: None,
-                    next_generation: 2,
+                    Some(old) => Entry {
+                        current: GenerationEntry {
+                            version: old.current.version + 1,
+                            module_sha256: sha,
+                            generation: old.next_generation,
+                        },
+                        rebuild: None,
+                        next_generation: old.next_generation + 1,
+                    },
                 };
                 let generation = self
                     .load_generation(name, &entry.current, Some(module))
                     .await
                     .map_err(internal)?;
+                let version = entry.current.version;
                 registry.projections.insert(name.to_owned(), entry);
                 registry
                     .save(&self.inner.layout.registry())
                     .map_err(internal)?;
+                self.inner.broken.write().expect("broken lock").remove(name);
                 generation.set_serving();
                 generation.start(self.inner.store.clone(), None, None);
                 self.inner.slots.write().expect("slots lock").insert(
@@ -317,18 +365,8 @@ impl Projections {
                         failed_rebuild: None,
                     },
                 );
-                tracing::info!(projection = name, "deployed version 1");
+                tracing::info!(projection = name, version, "deployed");
                 Ok(Deployed::Created)
-            }
-            Some(entry) => {
-                let version = entry
-                    .current
-                    .version
-                    .max(entry.rebuild.as_ref().map_or(0, |r| r.version))
-                    + 1;
-                self.begin_rebuild(&mut registry, name, entry, version, sha, Some(module))
-                    .await?;
-                Ok(Deployed::Rebuilding)
             }
         }
     }
@@ -527,6 +565,7 @@ impl Projections {
         registry
             .save(&self.inner.layout.registry())
             .map_err(internal)?;
+        self.inner.broken.write().expect("broken lock").remove(name);
         let slot = self.inner.slots.write().expect("slots lock").remove(name);
         if let Some(slot) = slot {
             slot.current.halt().await;
@@ -541,22 +580,48 @@ impl Projections {
 
     /// The status of one projection.
     pub fn status(&self, name: &str) -> Result<Status, ProjectionError> {
-        let slots = self.inner.slots.read().expect("slots lock");
-        let slot = slots
+        if let Some(slot) = self.inner.slots.read().expect("slots lock").get(name) {
+            return Ok(self.slot_status(name, slot));
+        }
+        let broken = self.inner.broken.read().expect("broken lock");
+        let (entry, fault) = broken
             .get(name)
             .ok_or_else(|| ProjectionError::NotFound(name.to_owned()))?;
-        Ok(self.slot_status(name, slot))
+        Ok(self.broken_status(name, entry, fault))
     }
 
     /// Every projection's status, by name.
     pub fn list(&self) -> Vec<Status> {
         let slots = self.inner.slots.read().expect("slots lock");
+        let broken = self.inner.broken.read().expect("broken lock");
         let mut statuses: Vec<Status> = slots
             .iter()
             .map(|(name, slot)| self.slot_status(name, slot))
+            .chain(
+                broken
+                    .iter()
+                    .map(|(name, (entry, fault))| self.broken_status(name, entry, fault)),
+            )
             .collect();
         statuses.sort_by(|a, b| a.name.cmp(&b.name));
         statuses
+    }
+
+    fn broken_status(&self, name: &str, entry: &GenerationEntry, fault: &Fault) -> Status {
+        Status {
+            name: name.to_owned(),
+            version: entry.version,
+            module_sha256: entry.module_sha256.clone(),
+            position: 0,
+            head: self.inner.store.head(),
+            state: RunState {
+                phase: Phase::Faulted,
+                fault: Some(fault.clone()),
+                events_per_second: 0.0,
+            },
+            subscription: SubscriptionSpec::default(),
+            rebuild: None,
+        }
     }
 
     fn slot_status(&self, name: &str, slot: &Slot) -> Status {
