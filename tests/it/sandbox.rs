@@ -59,9 +59,10 @@ async fn every_kind_of_misbehaviour_faults_alone() {
         );
         assert!(
             status["position"].as_u64().unwrap() < bad_position,
-            "{mode}: the failed batch is not checkpointed"
+            "{mode}: the failed event is not checkpointed"
         );
-        // Nothing of the failed batch was written: the count stops at the events before it.
+        // However the events were batched, the events before the bad one are folded and nothing
+        // from it on: the count stops at 2.
         let (code, count) = get(url, "/projections/hostile/state/count").await;
         assert_eq!(code, StatusCode::OK, "{mode}");
         assert_eq!(count, json!(2), "{mode}");
@@ -83,6 +84,40 @@ async fn every_kind_of_misbehaviour_faults_alone() {
         assert_eq!(totals, json!({"orders": 1, "total": 5}));
         let (_, health) = get(url, "/health").await;
         assert_eq!(health["status"], "ok");
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_fault_inside_a_batch_is_pinned_to_its_event() {
+    for mode in ["Trap", "Fail"] {
+        let server = TestServer::start().await.unwrap();
+        let url = &server.url;
+        // History first, so the projection meets it all in one batch.
+        let (_, written) = append(
+            url,
+            "hostile-1",
+            json!({"events": [
+                {"type": "Count", "data": 1},
+                {"type": "Count", "data": 2},
+                {"type": mode, "data": {}},
+                {"type": "Count", "data": 3},
+            ]}),
+        )
+        .await;
+        let bad_position = written["first_position"].as_u64().unwrap() + 2;
+        assert_eq!(
+            deploy(url, "hostile", guest("hostile")).await.0,
+            StatusCode::CREATED
+        );
+        let status = wait_status(url, "hostile", |s| s["status"] == "faulted").await;
+        assert_eq!(
+            status["error"]["position"], bad_position,
+            "{mode}: {status}"
+        );
+        assert_eq!(status["position"], bad_position - 1, "{mode}: {status}");
+        let (_, count) = get(url, "/projections/hostile/state/count").await;
+        assert_eq!(count, json!(2), "{mode}");
         server.stop().await;
     }
 }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::registry::GenerationEntry;
 use crate::readmodel::ReadModel;
-use crate::store::{Filter, Store};
+use crate::store::{Filter, RecordedEvent, Store};
 use crate::subscription::Subscription;
 use crate::wasm::{self, GuestFailure};
 
@@ -244,9 +244,11 @@ impl Generation {
             let subscription_spec = self.module.subscription();
             let mut batch = BatchEncoder::new();
             let mut first_delivered = None;
+            let mut delivered = 0;
             for event in &events {
                 if subscription_spec.matches(&event.stream, &event.event_type) {
                     first_delivered.get_or_insert(event.position);
+                    delivered += 1;
                     batch.push(&EventView {
                         position: event.position,
                         revision: event.revision,
@@ -280,11 +282,30 @@ impl Generation {
             })
             .await
             .map_err(|e| fault(format!("runner task failed: {e}"), from))?;
-            result.map_err(|failure| match failure {
-                GuestFailure::Event { position, message } => fault(message, position),
-                // A trap does not say which event: blame the batch's first delivered event.
-                other => fault(other.to_string(), first_delivered.unwrap_or(from)),
-            })?;
+            let guest = match result {
+                Ok(()) => guest,
+                Err(_) if delivered > 1 => {
+                    // Find the event that failed, keeping the progress of those before it:
+                    // replay the batch one event at a time (a trap does not say which event,
+                    // and a failed batch keeps none of its writes).
+                    let singles: Vec<RecordedEvent> = events
+                        .into_iter()
+                        .filter(|e| subscription_spec.matches(&e.stream, &e.event_type))
+                        .collect();
+                    let generation = self.clone();
+                    tokio::task::spawn_blocking(move || {
+                        generation.replay_singly(&singles, next_checkpoint)
+                    })
+                    .await
+                    .map_err(|e| fault(format!("runner task failed: {e}"), from))??
+                }
+                Err(GuestFailure::Event { position, message }) => {
+                    return Err(fault(message, position));
+                }
+                Err(other) => {
+                    return Err(fault(other.to_string(), first_delivered.unwrap_or(from)));
+                }
+            };
             instance = Some(guest);
             window.1 += next_checkpoint + 1 - from;
             self.progress(&mut window);
@@ -298,6 +319,59 @@ impl Generation {
                 }
             }
         }
+    }
+
+    /// Folds `events` one per call on fresh instances, committing each, until one fails: that
+    /// event is the fault's position. If none fails, commits up to `next_checkpoint` and hands
+    /// back the instance. Blocking.
+    fn replay_singly(
+        &self,
+        events: &[RecordedEvent],
+        next_checkpoint: u64,
+    ) -> Result<wasm::Instance, Fault> {
+        let fault = |message: String, position: u64| Fault {
+            message,
+            position,
+            at: SystemTime::now(),
+        };
+        let first = events.first().map_or(next_checkpoint, |e| e.position);
+        let mut instance = self
+            .module
+            .instantiate()
+            .map_err(|e| fault(e.to_string(), first))?;
+        for event in events {
+            let mut batch = BatchEncoder::new();
+            batch.push(&EventView {
+                position: event.position,
+                revision: event.revision,
+                stream: &event.stream,
+                event_type: &event.event_type,
+                data: &event.data,
+                metadata: event.metadata.as_deref(),
+            });
+            let snapshot = self
+                .read_model
+                .snapshot()
+                .map_err(|e| fault(e.to_string(), event.position))?;
+            let writes = instance
+                .handle(&batch.finish(), Box::new(snapshot))
+                .map_err(|failure| match failure {
+                    GuestFailure::Event { message, .. } => fault(message, event.position),
+                    other => fault(other.to_string(), event.position),
+                })?;
+            // Everything before this event is folded: the checkpoint may sit just before the
+            // next one.
+            self.read_model
+                .apply(&writes, event.position)
+                .map_err(|e| fault(e.to_string(), event.position))?;
+        }
+        self.read_model
+            .apply(
+                &lantern_wire::WritesEncoder::default().finish(),
+                next_checkpoint,
+            )
+            .map_err(|e| fault(e.to_string(), next_checkpoint))?;
+        Ok(instance)
     }
 
     fn at_head(&self, caught_up: &mut Option<oneshot::Sender<()>>) {
