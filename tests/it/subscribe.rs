@@ -79,17 +79,23 @@ proptest! {
             };
             let mut subscription = Subscription::from_position(store.clone(), start, filter.clone());
             let mut seen = Vec::new();
+            // Live while the writer runs (dropping a pending batch is safe: the position only
+            // moves when a read completes)...
+            let mut writer = writer;
             loop {
-                let writing = !writer.is_finished();
-                let next = tokio::time::timeout(Duration::from_millis(200), subscription.next_batch(batch)).await;
-                match next {
-                    Ok(events) => seen.extend(events.unwrap()),
-                    // Idle at the head after the writer finished: everything has been delivered.
-                    Err(_) if !writing => break,
-                    Err(_) => {}
+                tokio::select! {
+                    events = subscription.next_batch(batch) => seen.extend(events.unwrap()),
+                    done = &mut writer => {
+                        done.unwrap();
+                        break;
+                    }
                 }
             }
-            writer.await.unwrap();
+            // ...then whatever is left up to the final head.
+            let head = store.head();
+            while subscription.next_position() <= head {
+                seen.extend(subscription.poll_batch(batch).await.unwrap());
+            }
             let expected = store.read_all(start, usize::MAX, &filter).unwrap().events;
             let seen_positions: Vec<u64> = seen.iter().map(|e| e.position).collect();
             let expected_positions: Vec<u64> = expected.iter().map(|e| e.position).collect();
