@@ -10,9 +10,10 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 rustup target add wasm32-wasip2
+target="${CARGO_TARGET_DIR:-target}"
 cargo build --release -p lantern
 cargo build --release --target wasm32-wasip2 -p order-totals -p carts
 mkdir -p lantern-modules
-cp target/wasm32-wasip2/release/order_totals.wasm lantern-modules/order-totals.wasm
-cp target/wasm32-wasip2/release/carts.wasm lantern-modules/carts.wasm
-exec ./target/release/lantern serve --watch lantern-modules "$@"
+cp "$target/wasm32-wasip2/release/order_totals.wasm" lantern-modules/order-totals.wasm
+cp "$target/wasm32-wasip2/release/carts.wasm" lantern-modules/carts.wasm
+exec "$target/release/lantern" serve --watch lantern-modules "$@"
