@@ -23,6 +23,13 @@ async fn lantern(url: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Runs the CLI and checks that it fails with a message containing `expected`.
+async fn fails_with(url: &str, args: &[&str], expected: &str) {
+    let (ok, _, err) = lantern(url, args).await;
+    assert!(!ok, "{args:?} succeeded");
+    assert!(err.contains(expected), "{args:?}: {err}");
+}
+
 #[tokio::test]
 async fn the_cli_appends_reads_deploys_and_queries() {
     let server = TestServer::start().await.unwrap();
@@ -44,7 +51,7 @@ async fn the_cli_appends_reads_deploys_and_queries() {
     assert!(ok, "{err}");
     assert!(out.contains("appended 1 event(s) to order-1"), "{out}");
 
-    let (ok, _, err) = lantern(
+    fails_with(
         url,
         &[
             "append",
@@ -54,11 +61,10 @@ async fn the_cli_appends_reads_deploys_and_queries() {
             "--data",
             "{oops",
         ],
+        "--data is not valid JSON",
     )
     .await;
-    assert!(!ok);
-    assert!(err.contains("--data is not valid JSON"), "{err}");
-    let (ok, _, err) = lantern(
+    fails_with(
         url,
         &[
             "append",
@@ -70,13 +76,10 @@ async fn the_cli_appends_reads_deploys_and_queries() {
             "--expected-revision",
             "7",
         ],
+        "wrong_expected_revision",
     )
     .await;
-    assert!(!ok);
-    assert!(err.contains("wrong_expected_revision"), "{err}");
-    let (ok, _, err) = lantern(url, &["read", "nobody-1"]).await;
-    assert!(!ok);
-    assert!(err.contains("stream_not_found"), "{err}");
+    fails_with(url, &["read", "nobody-1"], "stream_not_found").await;
 
     let (ok, out, _) = lantern(url, &["read", "order-1"]).await;
     assert!(ok);
@@ -121,20 +124,22 @@ async fn the_cli_appends_reads_deploys_and_queries() {
         ok && out.contains("order-totals") && out.contains("running"),
         "{out}"
     );
-    let (ok, _, err) = lantern(
+    fails_with(
         url,
         &[
             "deploy",
             "broken",
             Path::new("Cargo.toml").to_str().unwrap(),
         ],
+        "invalid_module",
     )
     .await;
-    assert!(!ok);
-    assert!(err.contains("invalid_module"), "{err}");
     server.stop().await;
 
-    let (ok, _, err) = lantern("http://127.0.0.1:9", &["read", "--all"]).await;
-    assert!(!ok);
-    assert!(err.contains("cannot reach the server"), "{err}");
+    fails_with(
+        "http://127.0.0.1:9",
+        &["read", "--all"],
+        "cannot reach the server",
+    )
+    .await;
 }

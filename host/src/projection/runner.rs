@@ -26,6 +26,26 @@ const BUSY_APPENDS: u64 = 1000;
 /// How long a generation is idle at the head before its read model is made durable.
 const IDLE_FLUSH: Duration = Duration::from_millis(100);
 
+/// An event as the guest receives it.
+fn view(event: &RecordedEvent) -> EventView<'_> {
+    EventView {
+        position: event.position,
+        revision: event.revision,
+        stream: &event.stream,
+        event_type: &event.event_type,
+        data: &event.data,
+        metadata: event.metadata.as_deref(),
+    }
+}
+
+fn fault(message: String, position: u64) -> Fault {
+    Fault {
+        message,
+        position,
+        at: SystemTime::now(),
+    }
+}
+
 /// Where a generation is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -192,11 +212,6 @@ impl Generation {
         stop: &CancellationToken,
         caught_up: &mut Option<oneshot::Sender<()>>,
     ) -> Result<(), Fault> {
-        let fault = |message: String, position: u64| Fault {
-            message,
-            position,
-            at: SystemTime::now(),
-        };
         let checkpoint = self.read_model.checkpoint();
         let mut instance = Some(
             self.module
@@ -249,14 +264,7 @@ impl Generation {
                 if subscription_spec.matches(&event.stream, &event.event_type) {
                     first_delivered.get_or_insert(event.position);
                     delivered += 1;
-                    batch.push(&EventView {
-                        position: event.position,
-                        revision: event.revision,
-                        stream: &event.stream,
-                        event_type: &event.event_type,
-                        data: &event.data,
-                        metadata: event.metadata.as_deref(),
-                    });
+                    batch.push(&view(event));
                 }
             }
             let batch_started = Instant::now();
@@ -329,11 +337,6 @@ impl Generation {
         events: &[RecordedEvent],
         next_checkpoint: u64,
     ) -> Result<wasm::Instance, Fault> {
-        let fault = |message: String, position: u64| Fault {
-            message,
-            position,
-            at: SystemTime::now(),
-        };
         let first = events.first().map_or(next_checkpoint, |e| e.position);
         let mut instance = self
             .module
@@ -341,14 +344,7 @@ impl Generation {
             .map_err(|e| fault(e.to_string(), first))?;
         for event in events {
             let mut batch = BatchEncoder::new();
-            batch.push(&EventView {
-                position: event.position,
-                revision: event.revision,
-                stream: &event.stream,
-                event_type: &event.event_type,
-                data: &event.data,
-                metadata: event.metadata.as_deref(),
-            });
+            batch.push(&view(event));
             let snapshot = self
                 .read_model
                 .snapshot()
