@@ -6,8 +6,10 @@
 //! checkpoint, and the registry and the serving pointer switch in one step: a query answers from
 //! exactly one generation, and positions never go back.
 
+mod reads;
 mod registry;
 mod runner;
+mod status;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,9 +19,9 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
-use crate::readmodel::{Page, ReadModel};
+use crate::readmodel::ReadModel;
 use crate::store::Store;
-use crate::wasm::{self, ModuleError, QueryError, Runtime, SubscriptionSpec, WasmConfig};
+use crate::wasm::{self, ModuleError, Runtime, SubscriptionSpec, WasmConfig};
 
 use registry::{Entry, GenerationEntry, Layout, Registry};
 use runner::Generation;
@@ -576,175 +578,6 @@ impl Projections {
         let _ = std::fs::remove_dir_all(self.inner.layout.read_models(name));
         tracing::info!(projection = name, "deleted");
         Ok(())
-    }
-
-    /// The status of one projection.
-    pub fn status(&self, name: &str) -> Result<Status, ProjectionError> {
-        if let Some(slot) = self.inner.slots.read().expect("slots lock").get(name) {
-            return Ok(self.slot_status(name, slot));
-        }
-        let broken = self.inner.broken.read().expect("broken lock");
-        let (entry, fault) = broken
-            .get(name)
-            .ok_or_else(|| ProjectionError::NotFound(name.to_owned()))?;
-        Ok(self.broken_status(name, entry, fault))
-    }
-
-    /// Every projection's status, by name.
-    pub fn list(&self) -> Vec<Status> {
-        let slots = self.inner.slots.read().expect("slots lock");
-        let broken = self.inner.broken.read().expect("broken lock");
-        let mut statuses: Vec<Status> = slots
-            .iter()
-            .map(|(name, slot)| self.slot_status(name, slot))
-            .chain(
-                broken
-                    .iter()
-                    .map(|(name, (entry, fault))| self.broken_status(name, entry, fault)),
-            )
-            .collect();
-        statuses.sort_by(|a, b| a.name.cmp(&b.name));
-        statuses
-    }
-
-    fn broken_status(&self, name: &str, entry: &GenerationEntry, fault: &Fault) -> Status {
-        Status {
-            name: name.to_owned(),
-            version: entry.version,
-            module_sha256: entry.module_sha256.clone(),
-            position: 0,
-            head: self.inner.store.head(),
-            state: RunState {
-                phase: Phase::Faulted,
-                fault: Some(fault.clone()),
-                events_per_second: 0.0,
-            },
-            subscription: SubscriptionSpec::default(),
-            rebuild: None,
-        }
-    }
-
-    fn slot_status(&self, name: &str, slot: &Slot) -> Status {
-        let current = &slot.current;
-        let rebuild = match &slot.rebuild {
-            Some(rebuild) => Some(RebuildStatus {
-                version: rebuild.entry.version,
-                position: rebuild.read_model.checkpoint(),
-                state: rebuild.run_state(),
-            }),
-            None => slot.failed_rebuild.clone(),
-        };
-        Status {
-            name: name.to_owned(),
-            version: current.entry.version,
-            module_sha256: current.entry.module_sha256.clone(),
-            position: current.read_model.checkpoint(),
-            head: self.inner.store.head(),
-            state: current.run_state(),
-            subscription: current.module.subscription().clone(),
-            rebuild,
-        }
-    }
-
-    fn current(&self, name: &str) -> Result<Arc<Generation>, ProjectionError> {
-        let slots = self.inner.slots.read().expect("slots lock");
-        slots
-            .get(name)
-            .map(|s| s.current.clone())
-            .ok_or_else(|| ProjectionError::NotFound(name.to_owned()))
-    }
-
-    /// The generation serving `name`, once its checkpoint satisfies `min`.
-    async fn serving(
-        &self,
-        name: &str,
-        min: Option<MinPosition>,
-    ) -> Result<Arc<Generation>, ProjectionError> {
-        let generation = self.current(name)?;
-        if let Some(min) = min {
-            let mut checkpoint = generation.read_model.watch_checkpoint();
-            let reached = tokio::time::timeout(
-                min.wait,
-                checkpoint.wait_for(|position| *position >= min.position),
-            )
-            .await;
-            if !matches!(reached, Ok(Ok(_))) {
-                // A swap may have happened meanwhile: the new generation may be there already.
-                let now = self.current(name)?;
-                let position = now.read_model.checkpoint();
-                if position < min.position {
-                    return Err(ProjectionError::NotCaughtUp {
-                        position,
-                        wanted: min.position,
-                    });
-                }
-                return Ok(now);
-            }
-        }
-        Ok(generation)
-    }
-
-    /// The value under `key`, with the checkpoint it reflects.
-    pub async fn get(
-        &self,
-        name: &str,
-        key: &str,
-        min: Option<MinPosition>,
-    ) -> Result<(Vec<u8>, u64), ProjectionError> {
-        let generation = self.serving(name, min).await?;
-        let key = key.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let snapshot = generation.read_model.snapshot().map_err(internal)?;
-            match snapshot.value(&key).map_err(internal)? {
-                Some(value) => Ok((value, snapshot.position())),
-                None => Err(ProjectionError::KeyNotFound(key)),
-            }
-        })
-        .await
-        .map_err(internal)?
-    }
-
-    /// A page of keys starting with `prefix`, after `after`.
-    pub async fn page(
-        &self,
-        name: &str,
-        prefix: &str,
-        after: &str,
-        limit: usize,
-        min: Option<MinPosition>,
-    ) -> Result<Page, ProjectionError> {
-        let generation = self.serving(name, min).await?;
-        let (prefix, after) = (prefix.to_owned(), after.to_owned());
-        tokio::task::spawn_blocking(move || {
-            let snapshot = generation.read_model.snapshot().map_err(internal)?;
-            snapshot.page(&prefix, &after, limit).map_err(internal)
-        })
-        .await
-        .map_err(internal)?
-    }
-
-    /// Runs the module's query handler; returns its JSON and the checkpoint it reflects.
-    pub async fn query(
-        &self,
-        name: &str,
-        query: &str,
-        params_json: String,
-        min: Option<MinPosition>,
-    ) -> Result<(String, u64), ProjectionError> {
-        let generation = self.serving(name, min).await?;
-        let query = query.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let (answer, position) = generation
-                .query(&query, &params_json)
-                .map_err(ProjectionError::QueryFailed)?;
-            match answer {
-                Ok(json) => Ok((json, position)),
-                Err(QueryError::NotFound) => Err(ProjectionError::QueryNotFound(query)),
-                Err(QueryError::Failed(message)) => Err(ProjectionError::QueryFailed(message)),
-            }
-        })
-        .await
-        .map_err(internal)?
     }
 
     /// Stops every runner after its current batch and makes the read models durable.

@@ -1,0 +1,112 @@
+//! Reads of a projection's read model: by key, by prefix, and through the module's queries,
+//! each from one snapshot of the serving generation, after an optional read-your-writes wait.
+
+use std::sync::Arc;
+
+use super::runner::Generation;
+use super::{MinPosition, ProjectionError, Projections, internal};
+use crate::readmodel::Page;
+use crate::wasm::QueryError;
+
+impl Projections {
+    pub(super) fn current(&self, name: &str) -> Result<Arc<Generation>, ProjectionError> {
+        let slots = self.inner.slots.read().expect("slots lock");
+        slots
+            .get(name)
+            .map(|s| s.current.clone())
+            .ok_or_else(|| ProjectionError::NotFound(name.to_owned()))
+    }
+
+    /// The generation serving `name`, once its checkpoint satisfies `min`.
+    async fn serving(
+        &self,
+        name: &str,
+        min: Option<MinPosition>,
+    ) -> Result<Arc<Generation>, ProjectionError> {
+        let generation = self.current(name)?;
+        if let Some(min) = min {
+            let mut checkpoint = generation.read_model.watch_checkpoint();
+            let reached = tokio::time::timeout(
+                min.wait,
+                checkpoint.wait_for(|position| *position >= min.position),
+            )
+            .await;
+            if !matches!(reached, Ok(Ok(_))) {
+                // A swap may have happened meanwhile: the new generation may be there already.
+                let now = self.current(name)?;
+                let position = now.read_model.checkpoint();
+                if position < min.position {
+                    return Err(ProjectionError::NotCaughtUp {
+                        position,
+                        wanted: min.position,
+                    });
+                }
+                return Ok(now);
+            }
+        }
+        Ok(generation)
+    }
+
+    /// The value under `key`, with the checkpoint it reflects.
+    pub async fn get(
+        &self,
+        name: &str,
+        key: &str,
+        min: Option<MinPosition>,
+    ) -> Result<(Vec<u8>, u64), ProjectionError> {
+        let generation = self.serving(name, min).await?;
+        let key = key.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let snapshot = generation.read_model.snapshot().map_err(internal)?;
+            match snapshot.value(&key).map_err(internal)? {
+                Some(value) => Ok((value, snapshot.position())),
+                None => Err(ProjectionError::KeyNotFound(key)),
+            }
+        })
+        .await
+        .map_err(internal)?
+    }
+
+    /// A page of keys starting with `prefix`, after `after`.
+    pub async fn page(
+        &self,
+        name: &str,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+        min: Option<MinPosition>,
+    ) -> Result<Page, ProjectionError> {
+        let generation = self.serving(name, min).await?;
+        let (prefix, after) = (prefix.to_owned(), after.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let snapshot = generation.read_model.snapshot().map_err(internal)?;
+            snapshot.page(&prefix, &after, limit).map_err(internal)
+        })
+        .await
+        .map_err(internal)?
+    }
+
+    /// Runs the module's query handler; returns its JSON and the checkpoint it reflects.
+    pub async fn query(
+        &self,
+        name: &str,
+        query: &str,
+        params_json: String,
+        min: Option<MinPosition>,
+    ) -> Result<(String, u64), ProjectionError> {
+        let generation = self.serving(name, min).await?;
+        let query = query.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let (answer, position) = generation
+                .query(&query, &params_json)
+                .map_err(ProjectionError::QueryFailed)?;
+            match answer {
+                Ok(json) => Ok((json, position)),
+                Err(QueryError::NotFound) => Err(ProjectionError::QueryNotFound(query)),
+                Err(QueryError::Failed(message)) => Err(ProjectionError::QueryFailed(message)),
+            }
+        })
+        .await
+        .map_err(internal)?
+    }
+}
