@@ -1,7 +1,7 @@
 //! The read model as a projection sees it: JSON values by key, writes buffered for the batch.
 
 use std::any::Any;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use lantern_wire::{WriteView, WritesEncoder};
 use serde::Serialize;
@@ -52,7 +52,8 @@ impl Written {
 /// The read model: committed values as of the batch start, overlaid with the batch's writes.
 pub struct State {
     backend: Box<dyn Backend>,
-    writes: BTreeMap<String, Written>,
+    /// Hashed: the hot path is point reads and updates; scans and the hand-over sort.
+    writes: HashMap<String, Written>,
 }
 
 const SCAN_PAGE: u32 = 1000;
@@ -61,7 +62,7 @@ impl State {
     pub(crate) fn new(backend: Box<dyn Backend>) -> Self {
         State {
             backend,
-            writes: BTreeMap::new(),
+            writes: HashMap::new(),
         }
     }
 
@@ -142,11 +143,10 @@ impl State {
                 break;
             }
         }
-        for (key, written) in self.writes.range(prefix.to_owned()..) {
-            if !key.starts_with(prefix) {
-                break;
+        for (key, written) in &self.writes {
+            if key.starts_with(prefix) {
+                merged.insert(key.clone(), written.bytes()?);
             }
-            merged.insert(key.clone(), written.bytes()?);
         }
         merged
             .into_iter()
@@ -158,7 +158,10 @@ impl State {
     /// The batch's writes in the wire encoding, for the host.
     pub(crate) fn into_writes(self) -> Result<Vec<u8>> {
         let mut encoder = WritesEncoder::default();
-        for (key, written) in &self.writes {
+        // In key order: the host's B-tree inserts stay local.
+        let mut writes: Vec<(&String, &Written)> = self.writes.iter().collect();
+        writes.sort_unstable_by_key(|(key, _)| *key);
+        for (key, written) in writes {
             match written {
                 Written::Deleted => encoder.push(WriteView::Delete(key)),
                 Written::Bytes(bytes) => encoder.push(WriteView::Put(key, bytes)),
