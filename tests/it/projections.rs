@@ -324,7 +324,7 @@ async fn a_module_that_cannot_load_at_start_up_faults_alone() {
     projections.shutdown().await;
     drop(projections);
     // The module file of one projection is lost.
-    let sha = lantern_tests::sha256_hex(&guest("order_totals"));
+    let sha = lantern::projection::module_sha256(&guest("order_totals"));
     std::fs::remove_file(root.join("modules").join(format!("{sha}.wasm"))).unwrap();
 
     let projections = Projections::open(store.clone(), &root, config)

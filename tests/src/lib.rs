@@ -197,9 +197,3 @@ pub fn variant(module: &[u8], tag: &str) -> Vec<u8> {
     out.extend_from_slice(&payload);
     out
 }
-
-/// The SHA-256 of `bytes` in hex, as module files are named.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
-}

@@ -167,7 +167,8 @@ pub fn validate_name(name: &str) -> Result<(), ProjectionError> {
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+/// The id a module is stored under: the SHA-256 of its bytes, in hex.
+pub fn module_sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
@@ -276,7 +277,7 @@ impl Projections {
     /// Deploys `bytes` as projection `name`.
     pub async fn deploy(&self, name: &str, bytes: Vec<u8>) -> Result<Deployed, ProjectionError> {
         validate_name(name)?;
-        let sha = sha256_hex(&bytes);
+        let sha = module_sha256(&bytes);
         let mut registry = self.inner.registry.lock().await;
         let broken = self
             .inner

@@ -207,11 +207,6 @@ impl Runtime {
         }))
     }
 
-    /// The sandbox limits.
-    pub fn limits(&self) -> &WasmConfig {
-        &self.limits
-    }
-
     /// Compiles (or loads from the cache) and validates a module, and asks it for its
     /// subscription. Blocking: call it off the async threads.
     pub fn load(self: &Arc<Self>, name: &str, bytes: &[u8]) -> Result<Module, ModuleError> {
