@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use crate::access::{AuditPage, CreatedToken, NewToken, Role, TokenList};
 use crate::bench::{self, BenchOptions};
 use crate::server::{self, ServeOptions};
 
@@ -30,6 +31,13 @@ struct Cli {
     /// Print JSON for scripts instead of readable text.
     #[arg(long, global = true)]
     json: bool,
+    /// The access token to send (`Authorization: Bearer`).
+    #[arg(long, global = true, env = "LANTERN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Trust the server's certificate if it is signed by this CA (PEM), instead of the system's
+    /// roots: for a server with a private CA or a self-signed certificate.
+    #[arg(long, global = true, env = "LANTERN_CA_CERT", value_name = "PEM")]
+    ca_cert: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -149,8 +157,43 @@ enum Command {
         #[arg(long)]
         min_position: Option<u64>,
     },
+    /// Manage access tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Show the audit trail of admin actions (admin).
+    Audit {
+        /// Only entries after this number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many entries (default: all).
+        #[arg(long)]
+        limit: Option<u64>,
+    },
     /// Run the benchmark program and print its figures.
     Bench(BenchOptions),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token and print its secret (shown only this once).
+    Create {
+        /// Its name, unique in the store.
+        name: String,
+        /// `reader`, `writer` or `admin`.
+        #[arg(long)]
+        role: Role,
+        /// Limit it to this projection (repeatable): it then reaches only those projections'
+        /// status, state and queries.
+        #[arg(long = "projection", value_name = "NAME")]
+        projections: Vec<String>,
+    },
+    /// List the tokens (never their secrets).
+    List,
+    /// Revoke a token: refused from the next request on, its subscriptions end.
+    Revoke {
+        /// The token's name.
+        name: String,
+    },
 }
 
 /// Runs the command line; returns the process's exit code.
@@ -179,14 +222,49 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The HTTP client of every command: the token as a default header, rustls for `https://`,
+/// trusting `--ca-cert` alone when it is given.
+fn http_client(
+    token: Option<&str>,
+    ca_cert: Option<&std::path::Path>,
+) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(token) = token {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .context("the token has characters a header cannot carry")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        builder = builder.default_headers(headers);
+    }
+    if let Some(path) = ca_cert {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading the CA certificate {}", path.display()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("{} is not a PEM certificate", path.display()))?;
+        anyhow::ensure!(
+            !certificates.is_empty(),
+            "{} holds no certificate",
+            path.display()
+        );
+        builder = builder.tls_certs_only(certificates);
+    }
+    builder.build().context("setting up the HTTP client")
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Serve(options) = cli.command {
+        return server::serve(options).await;
+    }
     let client = Client {
-        http: reqwest::Client::new(),
+        http: http_client(cli.token.as_deref(), cli.ca_cert.as_deref())?,
         url: cli.url.trim_end_matches('/').to_owned(),
         json: cli.json,
     };
     match cli.command {
-        Command::Serve(options) => server::serve(options).await,
+        Command::Serve(_) => unreachable!("served above"),
+        Command::Token(command) => client.token(command).await,
+        Command::Audit { after, limit } => client.audit(after, limit).await,
         Command::Bench(options) => bench::run(options).await,
         Command::Append {
             stream,
@@ -649,6 +727,116 @@ impl Client {
         Ok(())
     }
 
+    async fn token(&self, command: TokenCommand) -> anyhow::Result<()> {
+        match command {
+            TokenCommand::Create {
+                name,
+                role,
+                projections,
+            } => {
+                let request = NewToken {
+                    name,
+                    role,
+                    projections: (!projections.is_empty()).then_some(projections),
+                };
+                let response = self
+                    .send(
+                        self.http
+                            .post(format!("{}/tokens", self.url))
+                            .json(&request),
+                    )
+                    .await?;
+                let created: CreatedToken = response.json().await?;
+                if self.json {
+                    println!("{}", serde_json::to_string(&created)?);
+                } else {
+                    println!(
+                        "created token {:?} ({}{})",
+                        created.info.name,
+                        created.info.role,
+                        limited_to(&created.info.projections)
+                    );
+                    println!("secret (shown only now; the server keeps only its hash):");
+                    println!("{}", created.token);
+                }
+            }
+            TokenCommand::List => {
+                let list: TokenList = self
+                    .send(self.http.get(format!("{}/tokens", self.url)))
+                    .await?
+                    .json()
+                    .await?;
+                if self.json {
+                    println!("{}", serde_json::to_string(&list)?);
+                } else if list.tokens.is_empty() {
+                    println!("no tokens: the server is in open mode (loopback clients only)");
+                } else {
+                    for token in &list.tokens {
+                        println!(
+                            "{:<24} {:<7} {}{}",
+                            token.name,
+                            token.role.to_string(),
+                            token.created_at,
+                            limited_to(&token.projections)
+                        );
+                    }
+                }
+            }
+            TokenCommand::Revoke { name } => {
+                self.send(
+                    self.http
+                        .delete(format!("{}/tokens/{}", self.url, encode_path(&name))),
+                )
+                .await?;
+                if !self.json {
+                    println!("revoked {name}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn audit(&self, mut after: u64, limit: Option<u64>) -> anyhow::Result<()> {
+        let mut remaining = limit.unwrap_or(u64::MAX);
+        while remaining > 0 {
+            let query = [
+                ("after", after.to_string()),
+                ("limit", remaining.min(1000).to_string()),
+            ];
+            let page: AuditPage = self
+                .send(self.http.get(format!("{}/audit", self.url)).query(&query))
+                .await?
+                .json()
+                .await?;
+            remaining -= page.entries.len() as u64;
+            for entry in &page.entries {
+                if self.json {
+                    println!("{}", serde_json::to_string(entry)?);
+                } else {
+                    println!(
+                        "{:>6}  {}  {:<16} {:<14} {:<24} {}{}",
+                        entry.seq,
+                        entry.at,
+                        entry.actor,
+                        entry.action,
+                        entry.target,
+                        entry.status,
+                        entry
+                            .module_sha256
+                            .as_ref()
+                            .map(|sha| format!("  module {sha}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            match page.next {
+                Some(next) => after = next,
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
     /// Prints events one per line; returns how many.
     fn print_events(&self, events: &Value) -> anyhow::Result<u64> {
         let events = events
@@ -677,6 +865,13 @@ impl Client {
         }
         out.flush()?;
         Ok(events.len() as u64)
+    }
+}
+
+fn limited_to(projections: &Option<Vec<String>>) -> String {
+    match projections {
+        None => String::new(),
+        Some(list) => format!(", limited to {}", list.join(", ")),
     }
 }
 

@@ -4,13 +4,17 @@
 //! In data-flow order:
 //! - [`store`]: the event log (group commit, CRC-framed records) and the indexes derived from it.
 //! - [`subscription`]: catch-up from any position, then live, with no gap and no duplicate.
-//! - [`http`]: the HTTP API (axum); the only part that knows JSON shapes and status codes.
+//! - [`access`]: tokens with roles and the audit trail of admin actions.
+//! - [`http`]: the HTTP API (axum); the only part that knows JSON shapes and status codes; it
+//!   decides access for every route in one place.
 //! - [`server`]: wires the store and the HTTP API into `lantern serve`.
 //! - [`cli`]: the `lantern` command line, a client of a running server.
 //! - [`bench`]: the benchmark program behind `lantern bench`.
 
+pub mod access;
 pub mod bench;
 pub mod cli;
+pub mod durable;
 pub mod http;
 pub mod projection;
 pub mod readmodel;

@@ -5,7 +5,13 @@ use std::path::PathBuf;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::http::{self, AppState};
+use std::time::Duration;
+
+use axum::http::HeaderValue;
+
+use crate::access::tokens::BOOTSTRAP_ADMIN;
+use crate::access::{AccessControl, Action};
+use crate::http::{self, AppState, Limits};
 use crate::projection::Projections;
 use crate::store::{Store, StoreOptions};
 use crate::wasm::WasmConfig;
@@ -26,6 +32,42 @@ pub struct ServeOptions {
     /// a file is added or changed (a live rebuild). Removing a file deletes nothing.
     #[arg(long, value_name = "DIR")]
     pub watch: Option<PathBuf>,
+    /// The secret of the admin token named `admin`, set (or replaced) at start-up. Prefer
+    /// `--admin-token-file`: an environment variable can leak into process listings and logs.
+    #[arg(
+        long = "admin-token",
+        env = "LANTERN_ADMIN_TOKEN",
+        hide_env_values = true,
+        hide = true
+    )]
+    pub admin_token: Option<String>,
+    /// A file holding the secret of the admin token named `admin` (set at start-up).
+    #[arg(long, value_name = "FILE", conflicts_with = "admin_token")]
+    pub admin_token_file: Option<PathBuf>,
+    /// While no token exists, serve clients on other machines too, without any token.
+    /// Without it, a server with no tokens refuses to listen on a non-loopback address.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Serve HTTPS only, with this certificate chain (PEM). Needs `--tls-key`.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Let browsers on this origin call the API (CORS), e.g. `https://app.example.com`
+    /// (repeatable).
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
+    /// Open connections at most; further clients wait until one closes.
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    pub max_connections: usize,
+    /// Open subscriptions at most; further ones answer 503 `too_many_subscribers`.
+    #[arg(long, default_value_t = Limits::default().max_subscribers)]
+    pub max_subscribers: usize,
+    /// Seconds a connection may take to send a request head (or a TLS handshake), counted from
+    /// when it opened or got its last answer; slower connections are closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().header_timeout.as_secs())]
+    pub header_timeout: u64,
 }
 
 /// Runs the server until Ctrl-C or SIGTERM.
@@ -60,22 +102,51 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let access = open_access(&options)?;
+    let tls = options
+        .tls_cert
+        .as_deref()
+        .zip(options.tls_key.as_deref())
+        .map(|(cert, key)| tls::acceptor(cert, key))
+        .transpose()?;
     let listener = TcpListener::bind(&options.listen)
         .await
         .with_context(|| format!("listening on {}", options.listen))?;
+    let address = listener.local_addr()?;
+    if access.tokens.is_empty() && !address.ip().is_loopback() && !options.insecure {
+        anyhow::bail!(
+            "refusing to listen on {address}: no access token exists, so anyone who reaches the port could deploy code and change data. \
+             Start with an admin token (LANTERN_ADMIN_TOKEN=<secret of 16+ characters> or --admin-token-file FILE), \
+             or create one on this machine first (`lantern serve` on 127.0.0.1, then `lantern token create NAME --role admin`), \
+             or pass --insecure to serve every client without tokens"
+        );
+    }
+    let limits = Limits {
+        max_connections: options.max_connections.max(1),
+        max_subscribers: options.max_subscribers,
+        header_timeout: Duration::from_secs(options.header_timeout.max(1)),
+        ..Limits::default()
+    };
+    let mut state =
+        AppState::new(store.clone(), projections.clone(), access.clone()).with_limits(limits);
+    state.cors_origins = options
+        .cors_origins
+        .iter()
+        .map(|origin| {
+            HeaderValue::from_str(origin.trim_end_matches('/'))
+                .with_context(|| format!("--cors-origin {origin:?} is not a valid origin"))
+        })
+        .collect::<anyhow::Result<_>>()?;
     tracing::info!(
-        listen = %listener.local_addr()?,
+        listen = %address,
         data = %options.data.display(),
         head = store.head(),
         durable = !options.relaxed_durability,
+        tls = tls.is_some(),
+        tokens = access.tokens.list().len(),
         "lantern is serving"
     );
-    http::run(
-        listener,
-        AppState::new(store.clone(), projections.clone()),
-        shutdown_signal(),
-    )
-    .await?;
+    http::run_with(listener, state, tls, shutdown_signal()).await?;
     stop_watching.cancel();
     if let Some(watcher) = watcher {
         watcher.await?;
@@ -86,6 +157,37 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || store.close()).await?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Loads the tokens and the audit trail, and sets the bootstrap admin token if one is given.
+fn open_access(options: &ServeOptions) -> anyhow::Result<AccessControl> {
+    let mut access = AccessControl::open(&options.data).context("loading the access tokens")?;
+    access.insecure = options.insecure;
+    let secret = match (&options.admin_token, &options.admin_token_file) {
+        (Some(secret), _) => Some(secret.clone()),
+        (None, Some(file)) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("reading the admin token file {}", file.display()))?,
+        ),
+        (None, None) => None,
+    };
+    if let Some(secret) = secret {
+        let changed = access
+            .tokens
+            .bootstrap_admin(&secret)
+            .context("setting the admin token")?;
+        if changed {
+            access.audit.record(Action {
+                actor: "(start-up)".into(),
+                action: "token_bootstrap",
+                target: BOOTSTRAP_ADMIN.into(),
+                module_sha256: None,
+                status: 201,
+            })?;
+            tracing::info!("the admin token {BOOTSTRAP_ADMIN:?} was set from the environment");
+        }
+    }
+    Ok(access)
 }
 
 /// Completes on Ctrl-C or SIGTERM.
@@ -104,5 +206,36 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         () = terminate => {},
+    }
+}
+
+mod tls {
+    //! The server's TLS configuration: rustls with the ring provider, TLS 1.2 and 1.3 only.
+
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use anyhow::Context;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    /// An acceptor for the certificate chain in `cert` and the private key in `key` (PEM files).
+    pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+        let chain = CertificateDer::pem_file_iter(cert)
+            .with_context(|| format!("reading the certificate {}", cert.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("parsing the certificate {}", cert.display()))?;
+        anyhow::ensure!(!chain.is_empty(), "{} holds no certificate", cert.display());
+        let key = PrivateKeyDer::from_pem_file(key)
+            .with_context(|| format!("reading the private key {}", key.display()))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .context("TLS versions")?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .context("the certificate and the key do not make a TLS identity")?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     }
 }

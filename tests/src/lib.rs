@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use lantern::access::AccessControl;
 use lantern::http::{self, AppState};
 use lantern::projection::Projections;
 use lantern::store::{Store, StoreOptions};
@@ -50,6 +51,8 @@ pub struct TestServer {
     pub store: Store,
     /// Its projections.
     pub projections: Projections,
+    /// Its tokens and audit trail.
+    pub access: AccessControl,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -70,7 +73,8 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = oneshot::channel::<()>();
-        let state = AppState::new(store.clone(), projections.clone());
+        let access = AccessControl::open(dir.path())?;
+        let state = AppState::new(store.clone(), projections.clone(), access.clone());
         let task = tokio::spawn(async move {
             let shutdown = async {
                 let _ = stopped.await;
@@ -83,6 +87,7 @@ impl TestServer {
             url,
             store,
             projections,
+            access,
             stop: Some(stop),
             task: Some(task),
             _dir: dir,

@@ -143,7 +143,11 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         .await?;
         let server = tokio::spawn(crate::http::run(
             listener,
-            AppState::new(store.clone(), projections),
+            AppState::new(
+                store.clone(),
+                projections,
+                crate::access::AccessControl::in_memory(),
+            ),
             shutdown.clone().cancelled_owned(),
         ));
         bench_http_batched(&address, &options, &mut report).await?;

@@ -158,7 +158,11 @@ pub(super) async fn run(
     let shutdown = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(crate::http::run(
         listener,
-        AppState::new(store.clone(), projections.clone()),
+        AppState::new(
+            store.clone(),
+            projections.clone(),
+            crate::access::AccessControl::in_memory(),
+        ),
         shutdown.clone().cancelled_owned(),
     ));
     let until = Instant::now() + Duration::from_secs(options.seconds);

@@ -3,30 +3,39 @@
 //! [`app`] builds the router so tests can call it without a socket; [`run`] serves it on a
 //! listener until a shutdown signal, then drains connections and ends open subscriptions.
 
+mod access;
+mod admin;
 mod error;
 mod extract;
 mod json;
 mod metrics;
 mod projections;
+mod serve;
 mod streams;
 mod subscribe;
 
-use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
-use tokio::net::TcpListener;
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::access::{AccessControl, Role};
 use crate::projection::Projections;
 use crate::store::Store;
 
+pub use access::{Route, Rule};
 pub use error::ApiError;
 pub use metrics::Metrics;
+pub use serve::{Tls, run, run_with};
 
-/// Request limits of the contract; the defaults are the contract's.
+/// Request and connection limits; the defaults are the contract's and `lantern serve`'s.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Largest request body, in bytes.
@@ -35,6 +44,13 @@ pub struct Limits {
     pub max_read_limit: usize,
     /// Largest projection module accepted by `PUT /projections/{name}`.
     pub max_module_bytes: usize,
+    /// Open connections at most; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Open subscriptions at most; more answer 503 `too_many_subscribers`.
+    pub max_subscribers: usize,
+    /// A connection that has not sent a whole request head (or its TLS handshake) this long
+    /// after it opened or after its last answer is closed.
+    pub header_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -43,6 +59,9 @@ impl Default for Limits {
             max_body_bytes: 16 << 20,
             max_read_limit: 10_000,
             max_module_bytes: 32 << 20,
+            max_connections: 4096,
+            max_subscribers: 1024,
+            header_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -54,75 +73,162 @@ pub struct AppState {
     pub store: Store,
     /// The deployed projections.
     pub projections: Projections,
+    /// Tokens, the audit trail, open mode.
+    pub access: AccessControl,
     /// Counters and histograms behind `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Request limits.
     pub limits: Limits,
+    /// Origins allowed to call the API from a browser (CORS); empty: none.
+    pub cors_origins: Vec<HeaderValue>,
+    /// Open subscriptions hold one permit each.
+    pub subscribers: Arc<Semaphore>,
     /// Cancelled when the server shuts down, which ends open subscriptions.
     pub shutdown: CancellationToken,
 }
 
 impl AppState {
-    /// State with default limits and fresh metrics.
-    pub fn new(store: Store, projections: Projections) -> Self {
+    /// State with default limits, fresh metrics and the given access control.
+    pub fn new(store: Store, projections: Projections, access: AccessControl) -> Self {
         AppState {
             store,
             projections,
+            access,
             metrics: Arc::new(Metrics::default()),
             limits: Limits::default(),
+            cors_origins: Vec::new(),
+            subscribers: Arc::new(Semaphore::new(Limits::default().max_subscribers)),
             shutdown: CancellationToken::new(),
         }
     }
+
+    /// The same state with other limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.subscribers = Arc::new(Semaphore::new(limits.max_subscribers));
+        self.limits = limits;
+        self
+    }
+}
+
+/// Every route of the API with the rule it needs: the router is built from this list only.
+pub fn routes(limits: &Limits) -> Vec<Route> {
+    use Method as M;
+    use Role::{Admin, Reader, Writer};
+    use Rule::{Projection, Public, Store};
+    // One byte over the limit, so a module of exactly the limit is read and refused by size.
+    let module_limit = DefaultBodyLimit::max(limits.max_module_bytes + 1);
+    vec![
+        Route::new(M::GET, "/health", Public, streams::health),
+        Route::new(M::GET, "/metrics", Store(Reader), metrics::metrics),
+        Route::new(M::POST, "/streams/{stream}", Store(Writer), streams::append),
+        Route::new(
+            M::GET,
+            "/streams/{stream}",
+            Store(Reader),
+            streams::read_stream,
+        ),
+        Route::new(M::GET, "/all", Store(Reader), streams::read_all),
+        Route::new(M::GET, "/subscribe", Store(Reader), subscribe::subscribe),
+        Route::new(M::GET, "/projections", Store(Reader), projections::list),
+        Route::new(
+            M::GET,
+            "/projections/{name}",
+            Projection(Reader),
+            projections::status,
+        ),
+        Route::new(
+            M::PUT,
+            "/projections/{name}",
+            Projection(Admin),
+            projections::deploy,
+        )
+        .layer(module_limit),
+        Route::new(
+            M::DELETE,
+            "/projections/{name}",
+            Projection(Admin),
+            projections::delete,
+        ),
+        Route::new(
+            M::POST,
+            "/projections/{name}/rebuild",
+            Projection(Admin),
+            projections::rebuild,
+        ),
+        Route::new(
+            M::GET,
+            "/projections/{name}/state",
+            Projection(Reader),
+            projections::page,
+        ),
+        Route::new(
+            M::GET,
+            "/projections/{name}/state/{*key}",
+            Projection(Reader),
+            projections::get_key,
+        ),
+        Route::new(
+            M::GET,
+            "/projections/{name}/query/{query}",
+            Projection(Reader),
+            projections::query,
+        ),
+        Route::new(M::POST, "/tokens", Store(Admin), admin::create_token),
+        Route::new(M::GET, "/tokens", Store(Admin), admin::list_tokens),
+        Route::new(
+            M::DELETE,
+            "/tokens/{name}",
+            Store(Admin),
+            admin::revoke_token,
+        ),
+        Route::new(M::GET, "/audit", Store(Admin), admin::audit),
+    ]
 }
 
 /// The router of the whole API.
 pub fn app(state: AppState) -> Router {
-    let max_body = state.limits.max_body_bytes;
-    // One byte over the limit, so a module of exactly the limit is read and refused by size.
-    let max_module = state.limits.max_module_bytes + 1;
-    Router::new()
-        .route(
-            "/streams/{stream}",
-            post(streams::append).get(streams::read_stream),
-        )
-        .route("/all", get(streams::read_all))
-        .route("/subscribe", get(subscribe::subscribe))
-        .route("/health", get(streams::health))
-        .route("/projections", get(projections::list))
-        .route(
-            "/projections/{name}",
-            put(projections::deploy)
-                .layer(DefaultBodyLimit::max(max_module))
-                .get(projections::status)
-                .delete(projections::delete),
-        )
-        .route("/projections/{name}/rebuild", post(projections::rebuild))
-        .route("/projections/{name}/state", get(projections::page))
-        .route(
-            "/projections/{name}/state/{*key}",
-            get(projections::get_key),
-        )
-        .route("/projections/{name}/query/{query}", get(projections::query))
-        .route("/metrics", get(metrics::metrics))
+    let mut router = Router::new();
+    for route in routes(&state.limits) {
+        let check =
+            axum::middleware::from_fn_with_state((state.clone(), route.rule), access::check);
+        router = router.route(route.path, route.handler.route_layer(check));
+    }
+    // Large JSON answers are compressed for clients that ask; streams of events never are, so
+    // each event reaches a subscriber as soon as it is committed.
+    let compress = SizeAbove::new(1024)
+        .and(NotForContentType::const_new("text/event-stream"))
+        .and(NotForContentType::const_new("application/x-ndjson"))
+        .and(NotForContentType::const_new("application/octet-stream"));
+    router
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body))
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .layer(CompressionLayer::new().compress_when(compress))
+        .layer(tower::util::option_layer(cors(&state.cors_origins)))
+        // A bug that panics answers 500 with the contract's JSON; no lock is left poisoned
+        // (the shared state uses locks that do not poison), so later requests are unaffected.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            error::panicked,
+        ))
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then ends subscriptions and waits for
-/// requests in flight.
-pub async fn run(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let token = state.shutdown.clone();
-    let router = app(state);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            token.cancel();
-        })
-        .await
+/// Browsers on these origins may call the API (`--cors-origin`); without any, no CORS layer at all,
+/// so no cross-origin browser request is let through.
+fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let layer = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([HeaderName::from_static("lantern-position")])
+        .max_age(Duration::from_secs(600));
+    Some(layer)
 }

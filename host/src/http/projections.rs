@@ -3,17 +3,19 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::AppState;
 use super::error::ApiError;
 use super::extract::{Body, Path, Query};
+use super::{AppState, admin};
+use crate::access::Principal;
 use crate::projection::{
-    Deployed, Fault, MinPosition, Phase, ProjectionError, RebuildStatus, Status,
+    Deployed, Fault, MinPosition, Phase, ProjectionError, RebuildStatus, Status, module_sha256,
 };
 
 /// Longest a read-your-writes request may wait.
@@ -114,11 +116,18 @@ pub(super) fn status_json(status: &Status) -> Value {
 /// `PUT /projections/{name}`
 pub(super) async fn deploy(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
-    let deployed = state.projections.deploy(&name, body.to_vec()).await?;
-    let status = state.projections.status(&name)?;
+    let sha = module_sha256(&body);
+    let answer = deploy_module(&state, &name, body.to_vec()).await;
+    admin::record(&state, &principal, "deploy", &name, Some(sha), answer).await
+}
+
+async fn deploy_module(state: &AppState, name: &str, body: Vec<u8>) -> Result<Response, ApiError> {
+    let deployed = state.projections.deploy(name, body).await?;
+    let status = state.projections.status(name)?;
     let (code, version, phase) = match deployed {
         Deployed::Created => (StatusCode::CREATED, status.version, "catching_up"),
         Deployed::Rebuilding => (
@@ -160,19 +169,41 @@ pub(super) async fn status(
 /// `DELETE /projections/{name}`
 pub(super) async fn delete(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    state.projections.delete(&name).await?;
-    Ok(StatusCode::NO_CONTENT)
+) -> Result<Response, ApiError> {
+    let sha = state
+        .projections
+        .status(&name)
+        .ok()
+        .map(|s| s.module_sha256);
+    let answer = state
+        .projections
+        .delete(&name)
+        .await
+        .map(|()| StatusCode::NO_CONTENT.into_response())
+        .map_err(ApiError::from);
+    admin::record(&state, &principal, "delete", &name, sha, answer).await
 }
 
 /// `POST /projections/{name}/rebuild`
 pub(super) async fn rebuild(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    state.projections.rebuild(&name).await?;
-    let status = state.projections.status(&name)?;
+    let sha = state
+        .projections
+        .status(&name)
+        .ok()
+        .map(|s| s.module_sha256);
+    let answer = start_rebuild(&state, &name).await;
+    admin::record(&state, &principal, "rebuild", &name, sha, answer).await
+}
+
+async fn start_rebuild(state: &AppState, name: &str) -> Result<Response, ApiError> {
+    state.projections.rebuild(name).await?;
+    let status = state.projections.status(name)?;
     let version = status
         .rebuild
         .as_ref()

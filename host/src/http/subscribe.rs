@@ -8,12 +8,13 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
@@ -21,6 +22,7 @@ use super::extract::Query;
 use super::metrics::SubscriberGuard;
 use super::streams::LogParams;
 use super::{AppState, json};
+use crate::access::Principal;
 use crate::store::RecordedEvent;
 use crate::subscription::Subscription;
 
@@ -80,6 +82,7 @@ impl Format {
 /// `GET /subscribe`
 pub(super) async fn subscribe(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     Query(params): Query<LogParams>,
 ) -> Result<Response, ApiError> {
@@ -98,19 +101,41 @@ pub(super) async fn subscribe(
         Some(accept) if accept.contains("application/x-ndjson") => Format::Ndjson,
         _ => Format::Sse,
     };
+    let Ok(permit) = state.subscribers.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_subscribers",
+            format!(
+                "the server has {} open subscriptions, its limit; try again later",
+                state.limits.max_subscribers
+            ),
+        ));
+    };
     let store = state.store.clone();
     let subscription = match (last_event_id, params.from) {
-        (Some(seen), _) => Subscription::from_position(store, seen + 1, filter),
+        // The last position a u64 can name has nothing after it: the stream starts past it,
+        // never wrapping around to a replay of the whole log.
+        (Some(seen), _) => Subscription::from_position(store, seen.saturating_add(1), filter),
         (None, Some(from)) => Subscription::from_position(store, from, filter),
         (None, None) => Subscription::from_now(store, filter),
     };
     let (chunks, body) = mpsc::channel::<Bytes>(2);
+    // The subscription ends when the server shuts down or the client's token is revoked.
+    let end = CancellationToken::new();
+    let (shutdown, revoked, ending) = (state.shutdown.clone(), principal.revoked, end.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            () = shutdown.cancelled() => ending.cancel(),
+            () = revoked.cancelled() => ending.cancel(),
+            () = ending.cancelled() => {}
+        }
+    });
     tokio::spawn(pump(
         subscription,
         chunks,
         format,
-        state.shutdown.clone(),
-        state.metrics.subscriber(),
+        end,
+        (state.metrics.subscriber(), permit),
     ));
     let body = Body::from_stream(tokio_stream_from(body).map(Ok::<_, Infallible>));
     Ok((
@@ -134,8 +159,9 @@ async fn pump(
     chunks: mpsc::Sender<Bytes>,
     format: Format,
     shutdown: CancellationToken,
-    _counted: SubscriberGuard,
+    _counted: (SubscriberGuard, OwnedSemaphorePermit),
 ) {
+    let _end_watcher = shutdown.clone().drop_guard();
     loop {
         let batch = tokio::select! {
             batch = subscription.poll_batch(BATCH) => batch,

@@ -70,15 +70,8 @@ impl Registry {
     }
 
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let temporary = path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        crate::durable::replace(path, &bytes)
     }
 }
 
@@ -94,5 +87,7 @@ pub(crate) fn write_once(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = std::fs::File::create(&temporary)?;
     file.write_all(bytes)?;
     file.sync_all()?;
-    std::fs::rename(&temporary, path)
+    std::fs::rename(&temporary, path)?;
+    // The registry will name this file: its folder entry must be durable before that.
+    crate::durable::sync_parent(path)
 }

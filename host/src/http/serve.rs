@@ -1,0 +1,128 @@
+//! Serving the router on a socket: HTTP/1.1, in plain text or over TLS (rustls), with a cap on open
+//! connections, a deadline for each TLS handshake and request head (so clients that send half a
+//! request cannot hold connections for long), and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
+
+use super::{AppState, app};
+
+/// A TLS acceptor (`--tls-cert`, `--tls-key`).
+pub type Tls = tokio_rustls::TlsAcceptor;
+
+/// Serves the API on `listener` in plain HTTP until `shutdown` completes; see [`run_with`].
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    run_with(listener, state, None, shutdown).await
+}
+
+/// Serves the API on `listener`, over TLS when `tls` is given, until `shutdown` completes; then
+/// ends subscriptions, closes idle connections and waits for requests in flight.
+pub async fn run_with(
+    listener: TcpListener,
+    state: AppState,
+    tls: Option<Tls>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let limits = state.limits.clone();
+    let end_subscriptions = state.shutdown.clone();
+    let router = app(state);
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        // At the cap, stop accepting: new clients wait in the kernel's backlog.
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, or a connection reset before it was accepted.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = Connection {
+            router: router.clone(),
+            peer,
+            header_timeout: limits.header_timeout,
+        };
+        let tls = tls.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            connection.serve(stream, tls, watcher).await;
+            drop(permit);
+        });
+    }
+    end_subscriptions.cancel();
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+struct Connection {
+    router: axum::Router,
+    peer: SocketAddr,
+    header_timeout: Duration,
+}
+
+impl Connection {
+    async fn serve(self, stream: TcpStream, tls: Option<Tls>, watcher: Watcher) {
+        match tls {
+            None => self.serve_http(stream, watcher).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(self.header_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => self.serve_http(stream, watcher).await,
+                    Ok(Err(error)) => {
+                        tracing::debug!(peer = %self.peer, %error, "TLS handshake failed")
+                    }
+                    Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
+                }
+            }
+        }
+    }
+
+    async fn serve_http<S>(self, stream: S, watcher: Watcher)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            router,
+            peer,
+            header_timeout,
+        } = self;
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            router.clone().oneshot(request)
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        if let Err(error) = watcher.watch(connection).await {
+            tracing::debug!(%peer, %error, "connection ended with an error");
+        }
+    }
+}
