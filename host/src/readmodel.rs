@@ -50,7 +50,7 @@ pub struct ReadModel {
     db: Database,
     checkpoint: watch::Sender<u64>,
     /// When the last durable commit was made, and how many non-durable ones followed it.
-    durability: std::sync::Mutex<(Instant, u32)>,
+    durability: parking_lot::Mutex<(Instant, u32)>,
 }
 
 impl ReadModel {
@@ -72,7 +72,7 @@ impl ReadModel {
         Ok(ReadModel {
             db,
             checkpoint: watch::Sender::new(checkpoint),
-            durability: std::sync::Mutex::new((Instant::now(), 0)),
+            durability: parking_lot::Mutex::new((Instant::now(), 0)),
         })
     }
 
@@ -90,7 +90,7 @@ impl ReadModel {
     pub fn apply(&self, writes: &[u8], checkpoint: u64) -> Result<(), ReadModelError> {
         let writes = lantern_wire::decode_writes(writes)?;
         let mut txn = self.db.begin_write().map_err(storage)?;
-        let mut durability = self.durability.lock().expect("durability lock");
+        let mut durability = self.durability.lock();
         let durable =
             durability.0.elapsed() >= DURABLE_EVERY || durability.1 + 1 >= DURABLE_EVERY_COMMITS;
         if !durable {
@@ -123,13 +123,13 @@ impl ReadModel {
 
     /// Whether commits since the last durable one would be lost by a crash.
     pub fn is_dirty(&self) -> bool {
-        self.durability.lock().expect("durability lock").1 > 0
+        self.durability.lock().1 > 0
     }
 
     /// Makes everything committed so far durable (when idle, and at shutdown): an empty commit
     /// with the default, immediate durability persists the non-durable ones before it.
     pub fn flush(&self) -> Result<(), ReadModelError> {
-        let mut durability = self.durability.lock().expect("durability lock");
+        let mut durability = self.durability.lock();
         let txn = self.db.begin_write().map_err(storage)?;
         txn.commit().map_err(storage)?;
         *durability = (Instant::now(), 0);
@@ -149,7 +149,7 @@ impl ReadModel {
         Ok(Snapshot {
             state,
             position,
-            failure: std::sync::Mutex::new(None),
+            failure: parking_lot::Mutex::new(None),
         })
     }
 }
@@ -159,7 +159,7 @@ pub struct Snapshot {
     state: ReadOnlyTable<&'static str, &'static [u8]>,
     position: u64,
     /// The first read that failed during a guest call: the call's result must not be used.
-    failure: std::sync::Mutex<Option<String>>,
+    failure: parking_lot::Mutex<Option<String>>,
 }
 
 impl Snapshot {
@@ -217,7 +217,7 @@ impl Snapshot {
 
 impl Snapshot {
     fn record_failure(&self, error: ReadModelError) {
-        let mut failure = self.failure.lock().expect("failure lock");
+        let mut failure = self.failure.lock();
         failure.get_or_insert_with(|| error.to_string());
     }
 }
@@ -241,6 +241,6 @@ impl ReadView for Snapshot {
     }
 
     fn failure(&self) -> Option<String> {
-        self.failure.lock().expect("failure lock").clone()
+        self.failure.lock().clone()
     }
 }

@@ -1,9 +1,12 @@
 //! Lantern's integration tests: one binary, a module per topic.
 
+mod access;
 mod append;
 mod cli;
 mod crash;
+mod hostile_http;
 mod malformed;
+mod network;
 mod projections;
 mod read;
 mod rebuild;

@@ -66,6 +66,14 @@ impl TestServer {
 
     /// Starts a server whose projections run under `limits`.
     pub async fn start_with(limits: WasmConfig) -> anyhow::Result<TestServer> {
+        Self::start_custom(limits, |state| state).await
+    }
+
+    /// Starts a server whose state `configure` adjusts (limits, CORS origins, ...).
+    pub async fn start_custom(
+        limits: WasmConfig,
+        configure: impl FnOnce(AppState) -> AppState,
+    ) -> anyhow::Result<TestServer> {
         let dir = tempfile::tempdir()?;
         let store = Store::open(&dir.path().join("store"), test_store_options(false))?;
         let projections =
@@ -74,7 +82,11 @@ impl TestServer {
         let url = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = oneshot::channel::<()>();
         let access = AccessControl::open(dir.path())?;
-        let state = AppState::new(store.clone(), projections.clone(), access.clone());
+        let state = configure(AppState::new(
+            store.clone(),
+            projections.clone(),
+            access.clone(),
+        ));
         let task = tokio::spawn(async move {
             let shutdown = async {
                 let _ = stopped.await;
@@ -121,9 +133,35 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts the real binary on `data`, on a free port, and waits until it serves.
     pub fn start(binary: &Path, data: &Path) -> anyhow::Result<ServerProcess> {
+        Self::start_with(binary, data, &[], &[])
+    }
+
+    /// Like [`ServerProcess::start`], with more arguments for `serve` and environment variables.
+    /// The URL's scheme is `https` when `--tls-cert` is among the arguments.
+    pub fn start_with(
+        binary: &Path,
+        data: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> anyhow::Result<ServerProcess> {
+        let scheme = if args.contains(&"--tls-cert") {
+            "https"
+        } else {
+            "http"
+        };
+        let listen: &[&str] = if args.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(binary)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg("serve")
+            .args(listen)
+            .arg("--data")
             .arg(data)
+            .args(args)
+            .env_remove("LANTERN_ADMIN_TOKEN")
+            .envs(envs.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -149,7 +187,7 @@ impl ServerProcess {
         };
         Ok(ServerProcess {
             child,
-            url: format!("http://{address}"),
+            url: format!("{scheme}://{address}"),
         })
     }
 

@@ -43,6 +43,11 @@ impl From<ProjectionError> for ApiError {
             ProjectionError::QueryFailed(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "query_failed", message)
             }
+            ProjectionError::Unavailable { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "projection_unavailable",
+                message,
+            ),
             ProjectionError::NotCaughtUp { position, .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_caught_up", message)
                     .with("position", json!(position))

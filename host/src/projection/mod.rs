@@ -13,7 +13,9 @@ mod status;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -59,6 +61,15 @@ pub enum ProjectionError {
         position: u64,
         /// Where the client wanted it.
         wanted: u64,
+    },
+    /// The projection is registered but its module could not be loaded: it answers nothing until
+    /// a module is deployed under its name (or a rebuild manages to load it).
+    #[error("projection {name:?} is not running: {reason}")]
+    Unavailable {
+        /// The projection.
+        name: String,
+        /// Why.
+        reason: String,
     },
     /// Anything else: storage, I/O.
     #[error("{0}")]
@@ -121,11 +132,33 @@ pub struct MinPosition {
     pub wait: Duration,
 }
 
+/// One registered projection as it runs. Every name in the registry has exactly one slot.
 struct Slot {
-    current: Arc<Generation>,
+    current: Serving,
     rebuild: Option<Arc<Generation>>,
     /// The last rebuild that faulted and was abandoned, shown until the next deploy or rebuild.
     failed_rebuild: Option<RebuildStatus>,
+}
+
+/// What answers for a projection.
+enum Serving {
+    /// A loaded generation, running (or faulted and retrying).
+    Loaded(Arc<Generation>),
+    /// Its module could not be loaded at start-up: shown as faulted, answering nothing, until a
+    /// deploy under its name or a rebuild replaces it.
+    Unloadable {
+        entry: GenerationEntry,
+        fault: Fault,
+    },
+}
+
+impl Serving {
+    fn loaded(&self) -> Option<&Arc<Generation>> {
+        match self {
+            Serving::Loaded(generation) => Some(generation),
+            Serving::Unloadable { .. } => None,
+        }
+    }
 }
 
 /// The deployed projections of one server.
@@ -140,11 +173,17 @@ struct Inner {
     layout: Layout,
     /// Serializes changes (deploy, rebuild, swap, delete) and guards the persisted registry.
     registry: tokio::sync::Mutex<Registry>,
-    /// What serves queries; swapped under this lock.
+    /// What serves queries, one slot per registered projection; changed only while holding
+    /// `registry`, swapped under this lock (which never poisons).
     slots: RwLock<HashMap<String, Slot>>,
-    /// Registered projections whose module could not be loaded at start-up, with why. They are
-    /// shown as faulted; deploying a module under the name replaces them.
-    broken: RwLock<HashMap<String, (GenerationEntry, Fault)>>,
+}
+
+/// The read model generation `name` is registered with, if any.
+fn existing_generation(registry: &Registry, name: &str) -> Option<u64> {
+    registry
+        .projections
+        .get(name)
+        .map(|entry| entry.current.generation)
 }
 
 /// Checks a projection name: `[a-z0-9][a-z0-9_-]{0,63}`.
@@ -188,7 +227,6 @@ impl Projections {
                 layout,
                 registry: tokio::sync::Mutex::new(Registry::default()),
                 slots: RwLock::new(HashMap::new()),
-                broken: RwLock::new(HashMap::new()),
             }),
         };
         for (name, entry) in &registry.projections {
@@ -206,12 +244,17 @@ impl Projections {
                         position: 0,
                         at: std::time::SystemTime::now(),
                     };
-                    projections
-                        .inner
-                        .broken
-                        .write()
-                        .expect("broken lock")
-                        .insert(name.clone(), (entry.current.clone(), fault));
+                    projections.inner.slots.write().insert(
+                        name.clone(),
+                        Slot {
+                            current: Serving::Unloadable {
+                                entry: entry.current.clone(),
+                                fault,
+                            },
+                            rebuild: None,
+                            failed_rebuild: None,
+                        },
+                    );
                     continue;
                 }
             };
@@ -227,10 +270,10 @@ impl Projections {
                 },
                 None => None,
             };
-            projections.inner.slots.write().expect("slots lock").insert(
+            projections.inner.slots.write().insert(
                 name.clone(),
                 Slot {
-                    current,
+                    current: Serving::Loaded(current),
                     rebuild: None,
                     failed_rebuild: None,
                 },
@@ -279,12 +322,7 @@ impl Projections {
         validate_name(name)?;
         let sha = module_sha256(&bytes);
         let mut registry = self.inner.registry.lock().await;
-        let broken = self
-            .inner
-            .broken
-            .read()
-            .expect("broken lock")
-            .contains_key(name);
+        let broken = self.is_unloadable(name);
         if let Some(entry) = registry.projections.get(name)
             && !broken
         {
@@ -348,30 +386,57 @@ impl Projections {
                         next_generation: old.next_generation + 1,
                     },
                 };
-                let generation = self
-                    .load_generation(name, &entry.current, Some(module))
-                    .await
-                    .map_err(internal)?;
-                let version = entry.current.version;
-                registry.projections.insert(name.to_owned(), entry);
-                registry
-                    .save(&self.inner.layout.registry())
-                    .map_err(internal)?;
-                self.inner.broken.write().expect("broken lock").remove(name);
-                generation.set_serving();
-                generation.start(self.inner.store.clone(), None, None);
-                self.inner.slots.write().expect("slots lock").insert(
-                    name.to_owned(),
-                    Slot {
-                        current: generation,
-                        rebuild: None,
-                        failed_rebuild: None,
-                    },
-                );
-                tracing::info!(projection = name, version, "deployed");
+                let replaced = existing_generation(&registry, name);
+                self.serve_fresh(&mut registry, name, entry, module).await?;
+                if let Some(generation) = replaced {
+                    self.remove_files(name, generation);
+                }
                 Ok(Deployed::Created)
             }
         }
+    }
+
+    /// Whether `name` is registered but could not be loaded.
+    fn is_unloadable(&self, name: &str) -> bool {
+        matches!(
+            self.inner.slots.read().get(name),
+            Some(Slot {
+                current: Serving::Unloadable { .. },
+                ..
+            })
+        )
+    }
+
+    /// Registers `entry` and serves its current generation, a fresh read model, from position 1:
+    /// a new projection, or one whose module could not be loaded before.
+    async fn serve_fresh(
+        &self,
+        registry: &mut Registry,
+        name: &str,
+        entry: Entry,
+        module: Arc<wasm::Module>,
+    ) -> Result<(), ProjectionError> {
+        let generation = self
+            .load_generation(name, &entry.current, Some(module))
+            .await
+            .map_err(internal)?;
+        let version = entry.current.version;
+        registry.projections.insert(name.to_owned(), entry);
+        registry
+            .save(&self.inner.layout.registry())
+            .map_err(internal)?;
+        generation.set_serving();
+        generation.start(self.inner.store.clone(), None, None);
+        self.inner.slots.write().insert(
+            name.to_owned(),
+            Slot {
+                current: Serving::Loaded(generation),
+                rebuild: None,
+                failed_rebuild: None,
+            },
+        );
+        tracing::info!(projection = name, version, "serving from position 1");
+        Ok(())
     }
 
     /// Rebuilds the current version into a fresh read model.
@@ -383,10 +448,50 @@ impl Projections {
             .cloned()
             .ok_or_else(|| ProjectionError::NotFound(name.to_owned()))?;
         let (version, sha) = (entry.current.version, entry.current.module_sha256.clone());
+        if self.is_unloadable(name) {
+            // Its module could not be loaded at start-up: try again, into a fresh read model.
+            let module = self.load_module(name, &sha).await.map_err(|error| {
+                ProjectionError::Unavailable {
+                    name: name.to_owned(),
+                    reason: format!(
+                        "its module still cannot be loaded ({error:#}); deploy a module under its name"
+                    ),
+                }
+            })?;
+            let fresh = Entry {
+                current: GenerationEntry {
+                    version,
+                    module_sha256: sha,
+                    generation: entry.next_generation,
+                },
+                rebuild: None,
+                next_generation: entry.next_generation + 1,
+            };
+            let old_generation = entry.current.generation;
+            self.serve_fresh(&mut registry, name, fresh, module).await?;
+            self.remove_files(name, old_generation);
+            return Ok(());
+        }
         // The serving generation's module: no need to load it again.
         let module = self.current(name).ok().map(|g| g.module.clone());
         self.begin_rebuild(&mut registry, name, entry, version, sha, module)
             .await
+    }
+
+    /// Loads a stored module by its hash.
+    async fn load_module(&self, name: &str, sha: &str) -> anyhow::Result<Arc<wasm::Module>> {
+        let path = self.inner.layout.module(sha);
+        let runtime = self.inner.runtime.clone();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&path)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            let module = runtime
+                .load(&name, &bytes)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            anyhow::Ok(Arc::new(module))
+        })
+        .await?
     }
 
     /// Starts a new generation beside the current one, superseding a rebuild already running.
@@ -399,13 +504,12 @@ impl Projections {
         sha: String,
         module: Option<Arc<wasm::Module>>,
     ) -> Result<(), ProjectionError> {
-        let superseded = {
-            let mut slots = self.inner.slots.write().expect("slots lock");
-            let slot = slots
-                .get_mut(name)
-                .expect("registered projections have slots");
-            slot.failed_rebuild = None;
-            slot.rebuild.take()
+        let superseded = match self.inner.slots.write().get_mut(name) {
+            Some(slot) => {
+                slot.failed_rebuild = None;
+                slot.rebuild.take()
+            }
+            None => None,
         };
         if let Some(old) = superseded {
             old.halt().await;
@@ -443,7 +547,7 @@ impl Projections {
             Some(caught_up_tx),
             Some(faulted_tx),
         );
-        if let Some(slot) = self.inner.slots.write().expect("slots lock").get_mut(name) {
+        if let Some(slot) = self.inner.slots.write().get_mut(name) {
             slot.rebuild = Some(generation.clone());
         }
         let projections = self.clone();
@@ -493,8 +597,8 @@ impl Projections {
             old.restart(self.inner.store.clone());
             return;
         }
-        if let Some(slot) = self.inner.slots.write().expect("slots lock").get_mut(name) {
-            slot.current = rebuild.clone();
+        if let Some(slot) = self.inner.slots.write().get_mut(name) {
+            slot.current = Serving::Loaded(rebuild.clone());
             slot.rebuild = None;
         }
         rebuild.set_serving();
@@ -508,13 +612,17 @@ impl Projections {
 
     /// The current generation, if `rebuild` is still this projection's rebuild.
     fn slot_generations(&self, name: &str, rebuild: &Arc<Generation>) -> Option<Arc<Generation>> {
-        let slots = self.inner.slots.read().expect("slots lock");
+        let slots = self.inner.slots.read();
         let slot = slots.get(name)?;
         let same = slot
             .rebuild
             .as_ref()
             .is_some_and(|r| Arc::ptr_eq(r, rebuild));
-        same.then(|| slot.current.clone())
+        if same {
+            slot.current.loaded().cloned()
+        } else {
+            None
+        }
     }
 
     async fn abandon(&self, name: &str, rebuild: &Arc<Generation>, fault: Fault) {
@@ -529,7 +637,7 @@ impl Projections {
             tracing::error!(%error, "saving the registry failed");
         }
         let position = rebuild.read_model.checkpoint();
-        if let Some(slot) = self.inner.slots.write().expect("slots lock").get_mut(name) {
+        if let Some(slot) = self.inner.slots.write().get_mut(name) {
             slot.rebuild = None;
             slot.failed_rebuild = Some(RebuildStatus {
                 version: rebuild.entry.version,
@@ -568,10 +676,11 @@ impl Projections {
         registry
             .save(&self.inner.layout.registry())
             .map_err(internal)?;
-        self.inner.broken.write().expect("broken lock").remove(name);
-        let slot = self.inner.slots.write().expect("slots lock").remove(name);
+        let slot = self.inner.slots.write().remove(name);
         if let Some(slot) = slot {
-            slot.current.halt().await;
+            if let Serving::Loaded(current) = slot.current {
+                current.halt().await;
+            }
             if let Some(rebuild) = slot.rebuild {
                 rebuild.halt().await;
             }
@@ -584,10 +693,16 @@ impl Projections {
     /// Stops every runner after its current batch and makes the read models durable.
     pub async fn shutdown(&self) {
         let generations: Vec<Arc<Generation>> = {
-            let slots = self.inner.slots.read().expect("slots lock");
+            let slots = self.inner.slots.read();
             slots
                 .values()
-                .flat_map(|s| std::iter::once(s.current.clone()).chain(s.rebuild.clone()))
+                .flat_map(|s| {
+                    s.current
+                        .loaded()
+                        .cloned()
+                        .into_iter()
+                        .chain(s.rebuild.clone())
+                })
                 .collect()
         };
         for generation in generations {

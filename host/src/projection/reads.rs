@@ -4,17 +4,23 @@
 use std::sync::Arc;
 
 use super::runner::Generation;
-use super::{MinPosition, ProjectionError, Projections, internal};
+use super::{MinPosition, ProjectionError, Projections, Serving, internal};
 use crate::readmodel::Page;
 use crate::wasm::QueryError;
 
 impl Projections {
     pub(super) fn current(&self, name: &str) -> Result<Arc<Generation>, ProjectionError> {
-        let slots = self.inner.slots.read().expect("slots lock");
-        slots
+        let slots = self.inner.slots.read();
+        let slot = slots
             .get(name)
-            .map(|s| s.current.clone())
-            .ok_or_else(|| ProjectionError::NotFound(name.to_owned()))
+            .ok_or_else(|| ProjectionError::NotFound(name.to_owned()))?;
+        match &slot.current {
+            Serving::Loaded(generation) => Ok(generation.clone()),
+            Serving::Unloadable { fault, .. } => Err(ProjectionError::Unavailable {
+                name: name.to_owned(),
+                reason: fault.message.clone(),
+            }),
+        }
     }
 
     /// The generation serving `name`, once its checkpoint satisfies `min`.

@@ -2,8 +2,10 @@
 //! in batches, calls the guest once per batch, and commits the writes with the new checkpoint in
 //! one read-model transaction; then follows live commits.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use lantern_wire::{BatchEncoder, EventView};
@@ -119,7 +121,7 @@ impl Generation {
     }
 
     pub fn run_state(&self) -> RunState {
-        self.state.lock().expect("state lock").clone()
+        self.state.lock().clone()
     }
 
     /// From now on faults retry with backoff instead of ending the runner.
@@ -128,7 +130,7 @@ impl Generation {
     }
 
     fn stop_token(&self) -> CancellationToken {
-        self.stop.lock().expect("stop lock").clone()
+        self.stop.lock().clone()
     }
 
     /// Starts the runner. A fault of a serving generation retries with backoff; a fault of any
@@ -149,26 +151,26 @@ impl Generation {
                 let _ = faulted.send(fault);
             }
         });
-        *self.task.lock().expect("task lock") = Some(task);
+        *self.task.lock() = Some(task);
     }
 
     /// Starts a halted runner again (a swap that did not happen).
     pub fn restart(self: &Arc<Self>, store: Store) {
-        *self.stop.lock().expect("stop lock") = CancellationToken::new();
+        *self.stop.lock() = CancellationToken::new();
         self.start(store, None, None);
     }
 
     /// Stops the runner and waits until its last batch is committed.
     pub async fn halt(&self) {
         self.stop_token().cancel();
-        let task = self.task.lock().expect("task lock").take();
+        let task = self.task.lock().take();
         if let Some(task) = task {
             let _ = task.await;
         }
     }
 
     fn set_fault(&self, fault: &Fault) {
-        let mut state = self.state.lock().expect("state lock");
+        let mut state = self.state.lock();
         state.phase = Phase::Faulted;
         state.fault = Some(fault.clone());
         state.events_per_second = 0.0;
@@ -372,7 +374,7 @@ impl Generation {
 
     fn at_head(&self, caught_up: &mut Option<oneshot::Sender<()>>) {
         {
-            let mut state = self.state.lock().expect("state lock");
+            let mut state = self.state.lock();
             state.phase = Phase::Running;
             state.fault = None;
         }
@@ -383,7 +385,7 @@ impl Generation {
 
     fn progress(&self, window: &mut (Instant, u64)) {
         let elapsed = window.0.elapsed();
-        let mut state = self.state.lock().expect("state lock");
+        let mut state = self.state.lock();
         state.fault = None;
         if state.phase == Phase::Faulted {
             state.phase = Phase::CatchingUp;
@@ -402,7 +404,7 @@ impl Generation {
     ) -> Result<(Result<String, wasm::QueryError>, u64), String> {
         let snapshot = self.read_model.snapshot().map_err(|e| e.to_string())?;
         let position = snapshot.position();
-        let mut slot = self.query_instance.lock().expect("query instance lock");
+        let mut slot = self.query_instance.lock();
         if slot.is_none() {
             *slot = Some(self.module.instantiate().map_err(|e| e.to_string())?);
         }

@@ -1,34 +1,27 @@
 //! What `GET /projections` and `GET /projections/{name}` show.
 
 use super::registry::GenerationEntry;
-use super::{Fault, Phase, ProjectionError, Projections, RebuildStatus, RunState, Slot, Status};
+use super::{
+    Fault, Phase, ProjectionError, Projections, RebuildStatus, RunState, Serving, Slot, Status,
+};
 use crate::wasm::SubscriptionSpec;
 
 impl Projections {
     /// The status of one projection.
     pub fn status(&self, name: &str) -> Result<Status, ProjectionError> {
-        if let Some(slot) = self.inner.slots.read().expect("slots lock").get(name) {
-            return Ok(self.slot_status(name, slot));
-        }
-        let broken = self.inner.broken.read().expect("broken lock");
-        let (entry, fault) = broken
+        let slots = self.inner.slots.read();
+        let slot = slots
             .get(name)
             .ok_or_else(|| ProjectionError::NotFound(name.to_owned()))?;
-        Ok(self.broken_status(name, entry, fault))
+        Ok(self.slot_status(name, slot))
     }
 
     /// Every projection's status, by name.
     pub fn list(&self) -> Vec<Status> {
-        let slots = self.inner.slots.read().expect("slots lock");
-        let broken = self.inner.broken.read().expect("broken lock");
+        let slots = self.inner.slots.read();
         let mut statuses: Vec<Status> = slots
             .iter()
             .map(|(name, slot)| self.slot_status(name, slot))
-            .chain(
-                broken
-                    .iter()
-                    .map(|(name, (entry, fault))| self.broken_status(name, entry, fault)),
-            )
             .collect();
         statuses.sort_by(|a, b| a.name.cmp(&b.name));
         statuses
@@ -52,7 +45,10 @@ impl Projections {
     }
 
     fn slot_status(&self, name: &str, slot: &Slot) -> Status {
-        let current = &slot.current;
+        let current = match &slot.current {
+            Serving::Loaded(current) => current,
+            Serving::Unloadable { entry, fault } => return self.broken_status(name, entry, fault),
+        };
         let rebuild = match &slot.rebuild {
             Some(rebuild) => Some(RebuildStatus {
                 version: rebuild.entry.version,

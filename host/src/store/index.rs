@@ -7,8 +7,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
-use std::sync::{Arc, RwLock};
+
+use parking_lot::RwLock;
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 use uuid::Uuid;
@@ -184,7 +186,7 @@ impl Index {
         events: impl IntoIterator<Item = Indexed<'a>>,
         committed: Committed,
     ) -> Option<Arc<Chunk>> {
-        let mut tail = self.tail.write().expect("tail lock");
+        let mut tail = self.tail.write();
         for event in events {
             let chunk = &mut tail.open;
             debug_assert_eq!(
@@ -216,7 +218,7 @@ impl Index {
 
     /// Seals the open chunk, however small, so a clean shutdown can index everything.
     pub(crate) fn seal_open(&self) -> Option<Arc<Chunk>> {
-        let mut tail = self.tail.write().expect("tail lock");
+        let mut tail = self.tail.write();
         if tail.open.len() == 0 {
             return None;
         }
@@ -232,7 +234,7 @@ impl Index {
         &self,
         lookup: impl FnOnce(&[&Chunk], &ReadTransaction, Committed) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let tail = self.tail.read().expect("tail lock");
+        let tail = self.tail.read();
         let txn = self.db.begin_read().map_err(redb::Error::from)?;
         let indexed_position = txn
             .open_table(META)
@@ -441,7 +443,7 @@ impl Index {
                 .map_err(redb::Error::from)?;
         }
         txn.commit().map_err(redb::Error::from)?;
-        let mut tail = self.tail.write().expect("tail lock");
+        let mut tail = self.tail.write();
         if tail
             .sealed
             .front()

@@ -13,8 +13,10 @@ mod writer;
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -302,7 +304,7 @@ impl Store {
             events,
             reply,
         };
-        let sent = match &*self.inner.jobs.lock().expect("jobs lock") {
+        let sent = match &*self.inner.jobs.lock() {
             Some(jobs) => jobs.send(job).is_ok(),
             None => false,
         };
@@ -464,8 +466,8 @@ impl Store {
     /// Stops the writer, indexes what is left so the next start is quick, and waits for both.
     /// Appends after this fail with [`StoreError::Unavailable`].
     pub fn close(&self) {
-        self.inner.jobs.lock().expect("jobs lock").take();
-        let threads = std::mem::take(&mut *self.inner.threads.lock().expect("threads lock"));
+        self.inner.jobs.lock().take();
+        let threads = std::mem::take(&mut *self.inner.threads.lock());
         for thread in threads {
             let _ = thread.join();
         }
@@ -474,8 +476,8 @@ impl Store {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.jobs.get_mut().expect("jobs lock").take();
-        for thread in self.threads.get_mut().expect("threads lock").drain(..) {
+        self.jobs.get_mut().take();
+        for thread in self.threads.get_mut().drain(..) {
             let _ = thread.join();
         }
     }

@@ -4,7 +4,9 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::task::{Context, Poll};
 
 use tokio::io::AsyncWrite;
@@ -19,7 +21,7 @@ pub(crate) struct Tail(Arc<Mutex<VecDeque<u8>>>);
 impl Tail {
     /// The last line written, trimmed (the panic message, after a panic).
     pub(crate) fn last_line(&self) -> Option<String> {
-        let bytes: Vec<u8> = self.0.lock().expect("tail lock").iter().copied().collect();
+        let bytes: Vec<u8> = self.0.lock().iter().copied().collect();
         let text = String::from_utf8_lossy(&bytes);
         text.lines()
             .rev()
@@ -47,7 +49,7 @@ impl AsyncWrite for Tail {
         _: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let mut tail = self.0.lock().expect("tail lock");
+        let mut tail = self.0.lock();
         tail.extend(buf);
         let excess = tail.len().saturating_sub(KEEP);
         tail.drain(..excess);
