@@ -529,3 +529,45 @@ async fn subscriptions_beyond_the_cap_get_503_and_a_freed_slot_is_reused() {
     drop(second);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn open_mode_serves_loopback_clients_only_unless_insecure() {
+    use axum::extract::ConnectInfo;
+    use lantern::access::AccessControl;
+    use lantern::http::{AppState, app};
+    use tower::ServiceExt;
+
+    let server = TestServer::start().await.unwrap();
+    let call = |insecure: bool, peer: &str| {
+        let mut access = AccessControl::in_memory();
+        access.insecure = insecure;
+        let state = AppState::new(server.store.clone(), server.projections.clone(), access);
+        let mut request = axum::http::Request::get("/all")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let peer: std::net::SocketAddr = peer.parse().unwrap();
+        request.extensions_mut().insert(ConnectInfo(peer));
+        app(state).oneshot(request)
+    };
+    for peer in ["127.0.0.1:5000", "[::1]:5000"] {
+        let response = call(false, peer).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{peer}");
+    }
+    let refused = call(false, "192.0.2.7:5000").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let body = axum::body::to_bytes(refused.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"]["code"], "unauthenticated");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("lantern token create"),
+        "{body}"
+    );
+    let insecure = call(true, "192.0.2.7:5000").await.unwrap();
+    assert_eq!(insecure.status(), StatusCode::OK);
+    server.stop().await;
+}

@@ -45,6 +45,7 @@ pub struct BenchOptions {
     pub projection_events: u64,
 }
 
+mod access;
 mod projection;
 
 struct Figure {
@@ -157,7 +158,7 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         store.close();
     }
     let module_built = options.module.exists();
-    if !module_built && (wanted("projection") || wanted("rebuild")) {
+    if !module_built && (wanted("projection") || wanted("rebuild") || wanted("access")) {
         eprintln!(
             "skipping the projection benchmarks: {} is missing (cargo build --release --target wasm32-wasip2 -p order-totals)",
             options.module.display()
@@ -168,6 +169,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     }
     if module_built && wanted("rebuild") {
         projection::run_rebuild(base.path(), &options, &mut report).await?;
+    }
+    if module_built && wanted("access") {
+        access::run(base.path(), &options, &mut report).await?;
     }
     report.print_table();
     Ok(())
@@ -374,6 +378,8 @@ async fn bench_http_single(
 pub(crate) struct RawConnection {
     stream: tokio::io::BufReader<tokio::net::TcpStream>,
     line: String,
+    /// Extra header lines sent with every request, each ending in CRLF.
+    headers: String,
 }
 
 impl RawConnection {
@@ -383,7 +389,14 @@ impl RawConnection {
         Ok(RawConnection {
             stream: tokio::io::BufReader::new(stream),
             line: String::new(),
+            headers: String::new(),
         })
+    }
+
+    /// Sends these header lines (each ending in CRLF) with every request.
+    pub(crate) fn with_headers(mut self, headers: &str) -> Self {
+        self.headers = headers.to_owned();
+        self
     }
 
     /// Sends one POST and waits for a 200 answer.
@@ -400,7 +413,8 @@ impl RawConnection {
     ) -> anyhow::Result<()> {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n{}Content-Length: {}\r\n\r\n",
+            self.headers,
             body.len()
         );
         let stream = self.stream.get_mut();

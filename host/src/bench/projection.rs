@@ -16,7 +16,7 @@ use crate::projection::{MinPosition, Projections};
 use crate::store::{ExpectedRevision, Filter, NewEvent, Store, StoreOptions};
 use crate::wasm::WasmConfig;
 
-const CUSTOMERS: u64 = 10_000;
+pub(super) const CUSTOMERS: u64 = 10_000;
 
 fn order_event(i: u64) -> NewEvent {
     NewEvent {
@@ -32,7 +32,7 @@ fn order_event(i: u64) -> NewEvent {
 }
 
 /// Appends `events` order events in appends of 1000, a stream per append.
-async fn seed_orders(store: &Store, events: u64) -> anyhow::Result<()> {
+pub(super) async fn seed_orders(store: &Store, events: u64) -> anyhow::Result<()> {
     for chunk in 0..events.div_ceil(1000) {
         let batch = (chunk * 1000..((chunk + 1) * 1000).min(events))
             .map(order_event)
@@ -44,7 +44,11 @@ async fn seed_orders(store: &Store, events: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_caught_up(projections: &Projections, name: &str, head: u64) -> anyhow::Result<()> {
+pub(super) async fn wait_caught_up(
+    projections: &Projections,
+    name: &str,
+    head: u64,
+) -> anyhow::Result<()> {
     loop {
         let status = projections.status(name)?;
         if let Some(fault) = status.state.fault {
