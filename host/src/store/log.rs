@@ -35,7 +35,7 @@ fn corrupt(offset: u64, why: &str) -> StoreError {
 }
 
 /// Reads as many bytes as the file has at `offset`, up to `buf.len()`.
-fn read_some(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+pub(crate) fn read_some(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match file.read_at(&mut buf[filled..], offset + filled as u64)? {

@@ -5,6 +5,7 @@
 //! file through the indexes ([`index`]), which a second thread derives from the log in large
 //! batches. The store knows nothing of wasm or HTTP.
 
+mod damage;
 mod index;
 mod log;
 mod record;
@@ -243,14 +244,20 @@ impl Store {
     /// Opens the store in `dir` (created if missing), cutting any torn tail the last crash left.
     pub fn open(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)?;
+        let log_path = dir.join("events.log");
+        let created = !log_path.exists();
         let file = Arc::new(
             OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
-                .open(dir.join("events.log"))?,
+                .open(&log_path)?,
         );
+        if created {
+            // The file's folder entry must be durable before any append in it is acknowledged.
+            crate::durable::sync_parent(&log_path)?;
+        }
         let (index, indexed) = Index::open(&dir.join("index.redb"), options.chunk_events)?;
         let index = Arc::new(index);
         let (chunks_tx, chunks_rx) = mpsc::sync_channel(options.max_pending_chunks);
@@ -564,11 +571,26 @@ fn recover(
         }
     }
     if committed.end_offset < file_len {
-        let (offset, why) = stop_reason.unwrap_or((committed.end_offset, "partial append"));
+        let (bad, why) = stop_reason.unwrap_or((committed.end_offset, "partial append"));
+        let damaged_position = committed.head_position + pending.len() as u64 + 1;
+        if let damage::Tail::Corrupt {
+            later_offset,
+            later_position,
+            why: proof,
+        } = damage::classify(file, bad, file_len)?
+        {
+            return Err(StoreError::Corrupt(format!(
+                "events.log is damaged at byte {bad} ({why}), where position {damaged_position} should be; \
+                 a valid record (position {later_position}) follows at byte {later_offset}, and {proof}: \
+                 this is not what a crash leaves, so acknowledged events would be lost by cutting here. \
+                 Nothing was changed. Restore the store from a backup, or, to give up everything from \
+                 position {damaged_position} on, run `lantern repair --data DIR --truncate-at {damaged_position}`"
+            )));
+        }
         tracing::warn!(
             cut_at = committed.end_offset,
             bytes = file_len - committed.end_offset,
-            first_bad_record = offset,
+            first_bad_record = bad,
             why,
             "cutting the log's torn tail left by a crash"
         );

@@ -13,6 +13,12 @@ const BODY_FIXED: usize = 8 + 8 + 8 + 16 + 1 + 2 + 2 + 4 + 4;
 /// Set on the last record of an append: recovery never keeps a partial append.
 pub(crate) const FLAG_END_OF_APPEND: u8 = 1;
 const FLAG_HAS_METADATA: u8 = 2;
+/// Set on the last record of a group (one write and one fsync). Nothing after a group is written
+/// before its fsync returned, so a valid record found after the end of a group proves that group
+/// durable: recovery uses it to tell corruption from a torn write.
+pub(crate) const FLAG_END_OF_GROUP: u8 = 4;
+/// Where the flags byte sits in a frame.
+const FLAGS_AT: usize = FRAME_HEADER + 40;
 
 /// An event as stored: its place in the log and in its stream, and what the writer sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +110,14 @@ pub(crate) fn encode(fields: &RecordFields<'_>, out: &mut Vec<u8>) {
     out[frame_start + 4..frame_start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Marks the record framed at `frame[0..]` as the last of its group, and re-seals its CRC.
+pub(crate) fn mark_end_of_group(frame: &mut [u8]) {
+    frame[FLAGS_AT] |= FLAG_END_OF_GROUP;
+    let len = frame_len(frame).expect("a framed record");
+    let crc = crc32fast::hash(&frame[FRAME_HEADER..len]);
+    frame[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// Why bytes at some offset are not a record. Recovery cuts the log at the first one.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum FrameError {
@@ -124,6 +138,7 @@ pub(crate) fn frame_len(buf: &[u8]) -> Option<usize> {
 pub(crate) struct Decoded {
     pub event: RecordedEvent,
     pub end_of_append: bool,
+    pub end_of_group: bool,
 }
 
 /// Decodes the frame at the start of `buf`, which shares its memory with the returned payloads.
@@ -180,6 +195,7 @@ pub(crate) fn decode(buf: &Bytes) -> Result<(Decoded, usize), FrameError> {
         Decoded {
             event,
             end_of_append: flags & FLAG_END_OF_APPEND != 0,
+            end_of_group: flags & FLAG_END_OF_GROUP != 0,
         },
         len,
     ))

@@ -215,12 +215,16 @@ impl Writer {
 
     fn commit(&mut self, group: Group) {
         let Group {
-            buffer,
+            mut buffer,
             streams,
             staged,
             answers,
             ..
         } = group;
+        if let Some(last) = staged.last() {
+            let start = (last.location.offset - self.committed.end_offset) as usize;
+            record::mark_end_of_group(&mut buffer[start..]);
+        }
         let written = if buffer.is_empty() {
             Ok(())
         } else {
