@@ -256,7 +256,7 @@ impl Store {
         );
         if created {
             // The file's folder entry must be durable before any append in it is acknowledged.
-            crate::durable::sync_parent(&log_path)?;
+            File::open(dir)?.sync_all()?;
         }
         let (index, indexed) = Index::open(&dir.join("index.redb"), options.chunk_events)?;
         let index = Arc::new(index);
