@@ -284,7 +284,11 @@ async fn corruption_before_acknowledged_appends_stops_the_start_and_changes_noth
     let store = Store::open(&base, test_store_options(true)).unwrap();
     for round in 0..200 {
         store
-            .append(&format!("mid-{round}"), ExpectedRevision::Any, events("m", 5))
+            .append(
+                &format!("mid-{round}"),
+                ExpectedRevision::Any,
+                events("m", 5),
+            )
             .await
             .unwrap();
     }

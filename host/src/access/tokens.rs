@@ -2,6 +2,7 @@
 //! secret is kept (in `tokens.json`, replaced atomically); a secret is compared with every stored
 //! hash in constant time. Revoking a token cancels it, which ends its open subscriptions.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -130,8 +131,9 @@ pub struct Principal {
     /// The token, or `None` for a client served in open mode (no tokens exist).
     pub token: Option<Arc<TokenInfo>>,
     /// Cancelled when the token is revoked (or, in open mode, when the first token is made):
-    /// long-running answers such as subscriptions end with it.
-    pub revoked: CancellationToken,
+    /// long-running answers such as subscriptions end with it. Shared, not cloned, per request:
+    /// cloning a cancellation token takes a lock.
+    pub revoked: Arc<CancellationToken>,
 }
 
 impl Principal {
@@ -162,13 +164,61 @@ struct StoredToken {
 struct LiveToken {
     info: Arc<TokenInfo>,
     hash: [u8; 32],
-    revoked: CancellationToken,
+    revoked: Arc<CancellationToken>,
+}
+
+impl LiveToken {
+    fn new(info: TokenInfo, hash: [u8; 32]) -> LiveToken {
+        LiveToken {
+            info: Arc::new(info),
+            hash,
+            revoked: Arc::new(CancellationToken::new()),
+        }
+    }
 }
 
 struct Inner {
     tokens: Vec<LiveToken>,
+    /// The tokens by the first 8 bytes of their hash: a request's token is found without
+    /// comparing it with every stored one. What this lookup's timing can reveal is whether a
+    /// stored hash shares a prefix with the hash of what was sent, which gives nothing towards a
+    /// secret; the whole hash is then compared in constant time.
+    by_prefix: HashMap<u64, Vec<usize>>,
     /// Handed to open-mode clients; cancelled when the first token is made.
-    open_session: CancellationToken,
+    open_session: Arc<CancellationToken>,
+}
+
+impl Inner {
+    fn new(tokens: Vec<LiveToken>) -> Inner {
+        let mut inner = Inner {
+            tokens,
+            by_prefix: HashMap::new(),
+            open_session: Arc::new(CancellationToken::new()),
+        };
+        inner.reindex();
+        inner
+    }
+
+    /// Rebuilds `by_prefix` after a change (rare: tokens are made and revoked by hand).
+    fn reindex(&mut self) {
+        self.by_prefix.clear();
+        for (index, token) in self.tokens.iter().enumerate() {
+            self.by_prefix
+                .entry(prefix(&token.hash))
+                .or_default()
+                .push(index);
+        }
+    }
+
+    /// Open mode ends: clients it served must now present a token.
+    fn end_open_mode(&mut self) {
+        self.open_session.cancel();
+        self.open_session = Arc::new(CancellationToken::new());
+    }
+}
+
+fn prefix(hash: &[u8; 32]) -> u64 {
+    u64::from_le_bytes(hash[..8].try_into().expect("8 bytes"))
 }
 
 /// The store's tokens.
@@ -223,18 +273,11 @@ impl Tokens {
                     token.info.name
                 )))
             })?;
-            tokens.push(LiveToken {
-                info: Arc::new(token.info),
-                hash,
-                revoked: CancellationToken::new(),
-            });
+            tokens.push(LiveToken::new(token.info, hash));
         }
         Ok(Tokens {
             path: Some(path.to_owned()),
-            inner: RwLock::new(Inner {
-                tokens,
-                open_session: CancellationToken::new(),
-            }),
+            inner: RwLock::new(Inner::new(tokens)),
         })
     }
 
@@ -242,10 +285,7 @@ impl Tokens {
     pub fn in_memory() -> Tokens {
         Tokens {
             path: None,
-            inner: RwLock::new(Inner {
-                tokens: Vec::new(),
-                open_session: CancellationToken::new(),
-            }),
+            inner: RwLock::new(Inner::new(Vec::new())),
         }
     }
 
@@ -262,13 +302,15 @@ impl Tokens {
         }
     }
 
-    /// The token whose secret this is, if any. Every stored hash is compared, each in constant
-    /// time, so the answer's timing does not depend on which token (if any) matched.
+    /// The token whose secret this is, if any: found by its hash, which is compared in constant
+    /// time.
     pub fn authenticate(&self, secret: &str) -> Option<Principal> {
         let presented = hash(secret);
         let inner = self.inner.read();
+        let candidates = inner.by_prefix.get(&prefix(&presented))?;
         let mut found = None;
-        for token in &inner.tokens {
+        for &index in candidates {
+            let token = &inner.tokens[index];
             if bool::from(token.hash.ct_eq(&presented)) {
                 found = Some(Principal {
                     token: Some(token.info.clone()),
@@ -322,19 +364,16 @@ impl Tokens {
         if inner.tokens.iter().any(|t| t.info.name == name) {
             return Err(TokenError::Exists(name.to_owned()));
         }
-        inner.tokens.push(LiveToken {
-            info: Arc::new(info.clone()),
-            hash: hash(&secret),
-            revoked: CancellationToken::new(),
-        });
+        inner
+            .tokens
+            .push(LiveToken::new(info.clone(), hash(&secret)));
         if let Err(error) = self.save(&inner) {
             inner.tokens.pop();
             return Err(error);
         }
+        inner.reindex();
         if inner.tokens.len() == 1 {
-            // Open mode ends: clients it served must now present a token.
-            inner.open_session.cancel();
-            inner.open_session = CancellationToken::new();
+            inner.end_open_mode();
         }
         Ok((info, secret))
     }
@@ -363,18 +402,18 @@ impl Tokens {
             }
             inner.tokens.remove(index).revoked.cancel();
         }
-        inner.tokens.push(LiveToken {
-            info: Arc::new(TokenInfo {
+        inner.tokens.push(LiveToken::new(
+            TokenInfo {
                 name: BOOTSTRAP_ADMIN.into(),
                 role: Role::Admin,
                 projections: None,
                 created_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            }),
-            hash: wanted,
-            revoked: CancellationToken::new(),
-        });
+            },
+            wanted,
+        ));
         self.save(&inner)?;
-        inner.open_session.cancel();
+        inner.reindex();
+        inner.end_open_mode();
         Ok(true)
     }
 
@@ -391,6 +430,7 @@ impl Tokens {
             inner.tokens.insert(index, token);
             return Err(error);
         }
+        inner.reindex();
         token.revoked.cancel();
         Ok((*token.info).clone())
     }

@@ -101,6 +101,18 @@ impl From<StoreError> for ApiError {
             }
             StoreError::InvalidRequest(_) => ApiError::invalid(message),
             StoreError::TooManyEvents { .. } => ApiError::too_large(message),
+            StoreError::StorageFull(_) => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", message)
+            }
+            StoreError::StorageUnavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_unavailable",
+                message,
+            ),
+            StoreError::Corrupt(_) => {
+                tracing::error!(%message, "damaged data in the store");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", message)
+            }
             StoreError::Unavailable(_) => {
                 tracing::error!(%message, "store unavailable");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)

@@ -244,11 +244,19 @@ pub(super) async fn read_all(
     Ok(json_response(body))
 }
 
-/// `GET /health`
+/// `GET /health`: `ok`, or `degraded` with the store's problems (a full disk, a failed write, a
+/// stopped indexer, damaged data found by a read). Always 200: the process is alive.
 pub(super) async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    let problems: Vec<Value> = state
+        .store
+        .problems()
+        .into_iter()
+        .map(|p| serde_json::json!({"code": p.code, "message": p.message}))
+        .collect();
     axum::Json(serde_json::json!({
-        "status": "ok",
+        "status": if problems.is_empty() { "ok" } else { "degraded" },
         "head": state.store.head(),
         "version": env!("CARGO_PKG_VERSION"),
+        "problems": problems,
     }))
 }

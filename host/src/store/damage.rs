@@ -14,9 +14,9 @@ use std::fs::File;
 
 use bytes::Bytes;
 
+use super::StoreError;
 use super::log::read_some;
 use super::record::{self, FRAME_HEADER};
-use super::StoreError;
 
 /// A group's records never span more than this (the writer's 32 MiB group limit plus one append of
 /// up to 16 MiB of bodies, with room to spare).
@@ -57,10 +57,14 @@ pub(crate) fn classify(file: &File, bad: u64, file_len: u64) -> Result<Tail, Sto
             why,
         };
         if group_end_seen {
-            return Ok(corrupt("a group after it was written, so its group was acknowledged"));
+            return Ok(corrupt(
+                "a group after it was written, so its group was acknowledged",
+            ));
         }
         if offset >= bad + MAX_GROUP_SPAN {
-            return Ok(corrupt("it lies further past the damage than one write can reach"));
+            return Ok(corrupt(
+                "it lies further past the damage than one write can reach",
+            ));
         }
         group_end_seen = decoded.end_of_group;
         from = offset + len as u64;

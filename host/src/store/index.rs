@@ -455,15 +455,12 @@ impl Index {
     }
 
     /// The indexer thread's loop: one redb transaction per sealed chunk, in order.
-    pub(crate) fn run_indexer(self: Arc<Self>, chunks: Receiver<Arc<Chunk>>) {
+    /// Indexes sealed chunks until the channel closes; an error stops it (the caller reports it).
+    pub(crate) fn run_indexer(&self, chunks: Receiver<Arc<Chunk>>) -> Result<(), StoreError> {
         for chunk in chunks {
-            if let Err(error) = self.index_chunk(&chunk) {
-                // The chunk stays in the tail, so reads stay complete; the next start-up
-                // rebuilds the index from the log.
-                tracing::error!(%error, "indexing failed; the index will be rebuilt on restart");
-                return;
-            }
+            self.index_chunk(&chunk)?;
         }
+        Ok(())
     }
 }
 

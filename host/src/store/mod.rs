@@ -67,15 +67,43 @@ pub enum StoreError {
     /// The log or index file is damaged beyond the torn tail that recovery cuts.
     #[error("store is corrupt: {0}")]
     Corrupt(String),
-    /// A write to the log failed; the store refuses appends until restarted.
+    /// The store is not taking appends (shutting down).
     #[error("store is unavailable for appends: {0}")]
     Unavailable(String),
+    /// The disk holding the log is full: the append was not written. Appends resume by themselves
+    /// once there is space again.
+    #[error("the disk is full: {0}")]
+    StorageFull(String),
+    /// Writing or syncing the log failed with an I/O error: the append was not written, and no
+    /// append is taken until the server is restarted on a healthy disk.
+    #[error("the log's storage failed: {0}")]
+    StorageUnavailable(String),
     /// An I/O error from the log file.
     #[error("log I/O error: {0}")]
     Io(#[from] std::io::Error),
     /// An error from the index database.
     #[error("index error: {0}")]
     Index(#[from] redb::Error),
+}
+
+/// Something wrong with the store that an operator should know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `storage_full`, `storage_unavailable`, `indexer_stopped` or `corrupt`.
+    pub code: &'static str,
+    /// What happened.
+    pub message: String,
+}
+
+/// The store's problems, shared by the writer, the indexer and the readers.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    /// Set by the writer while appends are refused.
+    pub appends: Option<Problem>,
+    /// Set when the indexer stopped.
+    pub indexer: Option<Problem>,
+    /// Set when a read found a damaged record in the committed log.
+    pub corruption: Option<Problem>,
 }
 
 /// The optimistic-concurrency condition of an append.
@@ -233,6 +261,7 @@ pub struct Store {
 
 struct Inner {
     file: Arc<File>,
+    health: Arc<Mutex<Health>>,
     index: Arc<Index>,
     options: StoreOptions,
     jobs: Mutex<Option<mpsc::Sender<writer::Job>>>,
@@ -260,17 +289,31 @@ impl Store {
         }
         let (index, indexed) = Index::open(&dir.join("index.redb"), options.chunk_events)?;
         let index = Arc::new(index);
+        let health = Arc::new(Mutex::new(Health::default()));
         let (chunks_tx, chunks_rx) = mpsc::sync_channel(options.max_pending_chunks);
         let indexer = {
-            let index = index.clone();
+            let (index, health) = (index.clone(), health.clone());
             std::thread::Builder::new()
                 .name("lantern-indexer".into())
-                .spawn(move || index.run_indexer(chunks_rx))?
+                .spawn(move || {
+                    if let Err(error) = index.run_indexer(chunks_rx) {
+                        // The chunks stay in the in-memory tail, so reads stay complete; the
+                        // next start-up indexes them from the log.
+                        tracing::error!(%error, "indexing stopped; restart the server to index the log again");
+                        health.lock().indexer = Some(Problem {
+                            code: "indexer_stopped",
+                            message: format!("indexing stopped ({error}); reads are complete but the unindexed tail grows in memory until a restart"),
+                        });
+                    }
+                })?
         };
         let committed = recover(&file, &index, indexed, &chunks_tx)?;
         let (head_tx, head_rx) = watch::channel(committed.head_position);
         let (jobs_tx, jobs_rx) = mpsc::channel();
         let writer = writer::Writer {
+            path: log_path.clone(),
+            health: health.clone(),
+            failed_at: None,
             file: file.clone(),
             index: index.clone(),
             indexer: chunks_tx,
@@ -285,6 +328,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 file,
+                health,
                 index,
                 options,
                 jobs: Mutex::new(Some(jobs_tx)),
@@ -352,6 +396,16 @@ impl Store {
     /// Reads up to `limit` events of `stream` from revision `from` (inclusive; by default the
     /// first revision forward and the last backward).
     pub fn read_stream(
+        &self,
+        stream: &str,
+        from: Option<u64>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<StreamSlice, StoreError> {
+        self.noting(self.read_stream_unchecked(stream, from, direction, limit))
+    }
+
+    fn read_stream_unchecked(
         &self,
         stream: &str,
         from: Option<u64>,
@@ -426,6 +480,15 @@ impl Store {
         limit: usize,
         filter: &Filter,
     ) -> Result<AllSlice, StoreError> {
+        self.noting(self.read_all_unchecked(from, limit, filter))
+    }
+
+    fn read_all_unchecked(
+        &self,
+        from: u64,
+        limit: usize,
+        filter: &Filter,
+    ) -> Result<AllSlice, StoreError> {
         let from = from.max(1);
         let (start, committed) = self.inner.index.seek(from)?;
         let mut slice = AllSlice {
@@ -458,6 +521,28 @@ impl Store {
             }
         }
         Ok(slice)
+    }
+
+    /// What is wrong with the store now; empty when all is well.
+    pub fn problems(&self) -> Vec<Problem> {
+        let health = self.inner.health.lock();
+        [&health.appends, &health.indexer, &health.corruption]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// Notes a damaged record found by a read, so the store reports itself degraded.
+    fn noting<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(StoreError::Corrupt(message)) = &result {
+            tracing::error!(%message, "a read found damaged data in the committed log");
+            self.inner.health.lock().corruption = Some(Problem {
+                code: "corrupt",
+                message: message.clone(),
+            });
+        }
+        result
     }
 
     /// The last committed position, 0 for an empty store.

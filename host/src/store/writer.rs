@@ -6,18 +6,21 @@
 //! failed check fails that append alone and writes nothing of it.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
+use std::time::{Duration, Instant};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use parking_lot::Mutex;
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 use super::index::{self, Chunk, Committed, Index, Indexed, Location};
 use super::record::{self, RecordFields};
-use super::{AppendOutcome, ExpectedRevision, NewEvent, StoreError, log};
+use super::{AppendOutcome, ExpectedRevision, Health, NewEvent, Problem, StoreError, log};
 
 /// A group stops taking appends once its buffer reaches this size.
 const MAX_GROUP_BYTES: usize = 32 << 20;
@@ -54,7 +57,22 @@ struct Group {
     answers: Vec<(oneshot::Sender<Result<AppendOutcome, StoreError>>, Answer)>,
 }
 
+/// Why the writer refuses appends.
+#[derive(Debug, Clone)]
+pub(crate) enum Failure {
+    /// The disk is full: retried with a fresh file handle once a second.
+    Full(String),
+    /// An I/O error: the disk cannot be trusted; appends wait for a restart.
+    Io(String),
+}
+
 pub(crate) struct Writer {
+    /// The log's path, to open a fresh handle when appends resume after a full disk.
+    pub path: PathBuf,
+    /// Where the writer reports that appends are refused.
+    pub health: Arc<Mutex<Health>>,
+    /// When the last write failed.
+    pub failed_at: Option<Instant>,
     pub file: Arc<File>,
     pub index: Arc<Index>,
     /// Where sealed index chunks go.
@@ -64,8 +82,10 @@ pub(crate) struct Writer {
     pub head: watch::Sender<u64>,
     /// fsync each group before answering.
     pub sync: bool,
-    /// Set when a write or fsync failed: the file's state is unknown, so no more appends.
-    pub failed: Option<String>,
+    /// Set when a write or fsync failed. The group that failed is cut off the file; after a full
+    /// disk appends resume by themselves, after an I/O error only after a restart (never an fsync
+    /// retried on a file whose fsync failed).
+    pub failed: Option<Failure>,
 }
 
 impl Writer {
@@ -104,8 +124,14 @@ impl Writer {
     }
 
     fn check_and_frame(&mut self, group: &mut Group, job: &Job) -> Result<Answer, StoreError> {
-        if let Some(why) = &self.failed {
-            return Err(StoreError::Unavailable(why.clone()));
+        match self.failed.clone() {
+            None => {}
+            Some(Failure::Full(why)) => {
+                if !self.try_resume() {
+                    return Err(StoreError::StorageFull(why));
+                }
+            }
+            Some(Failure::Io(why)) => return Err(StoreError::StorageUnavailable(why)),
         }
         if let Some(original) = self.find_retry(job)? {
             return Ok(Answer::Decided(Ok(original)));
@@ -231,11 +257,7 @@ impl Writer {
             self.write(&buffer)
         };
         if let Err(error) = &written {
-            let why = format!("writing the log failed: {error}; restart the server");
-            tracing::error!("{why}");
-            // Leave no trace of the group; whatever the file holds now, recovery cuts it again.
-            let _ = self.file.set_len(self.committed.end_offset);
-            self.failed = Some(why);
+            self.fail(error);
         } else if let Some(last) = staged.last() {
             self.committed = Committed {
                 head_position: last.location.position,
@@ -249,13 +271,85 @@ impl Writer {
             });
             let sealed = self.index.publish(events, self.committed);
             self.head.send_replace(self.committed.head_position);
-            answer_all(answers, &written);
+            answer_all(answers, &written, None);
             if let Some(chunk) = sealed {
                 index::hand_over(&self.indexer, chunk);
             }
             return;
         }
-        answer_all(answers, &written);
+        let failure = self.failed.clone();
+        answer_all(answers, &written, failure.as_ref());
+    }
+
+    /// After a failed write or fsync: cut the group off, refuse appends, report it.
+    fn fail(&mut self, error: &std::io::Error) {
+        let full = matches!(
+            error.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        );
+        // Leave no trace of the group; whatever the file holds now, recovery cuts it again.
+        let _ = self.file.set_len(self.committed.end_offset);
+        let (failure, problem) = if full {
+            let why = format!(
+                "the disk holding the log is full ({error}); appends resume when there is space"
+            );
+            (
+                Failure::Full(why.clone()),
+                Problem {
+                    code: "storage_full",
+                    message: why,
+                },
+            )
+        } else {
+            let why = format!(
+                "writing the log failed ({error}); appends stop until the server is restarted on a healthy disk"
+            );
+            (
+                Failure::Io(why.clone()),
+                Problem {
+                    code: "storage_unavailable",
+                    message: why,
+                },
+            )
+        };
+        tracing::error!(message = %problem.message, "appends refused");
+        self.health.lock().appends = Some(problem);
+        self.failed = Some(failure);
+        self.failed_at = Some(Instant::now());
+    }
+
+    /// After a full disk, at most once a second: a fresh handle on the log, cut back to the
+    /// committed end and synced. True if appends may go on.
+    fn try_resume(&mut self) -> bool {
+        if self
+            .failed_at
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return false;
+        }
+        self.failed_at = Some(Instant::now());
+        let reopened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .and_then(|file| {
+                file.set_len(self.committed.end_offset)?;
+                file.sync_all()?;
+                Ok(file)
+            });
+        match reopened {
+            Ok(file) => {
+                self.file = Arc::new(file);
+                self.failed = None;
+                self.health.lock().appends = None;
+                tracing::info!("there is space again: appends resume");
+                true
+            }
+            Err(error) => {
+                tracing::debug!(%error, "the log's disk is still not writable");
+                false
+            }
+        }
     }
 
     fn write(&self, buffer: &[u8]) -> std::io::Result<()> {
@@ -270,13 +364,16 @@ impl Writer {
 fn answer_all(
     answers: Vec<(oneshot::Sender<Result<AppendOutcome, StoreError>>, Answer)>,
     written: &std::io::Result<()>,
+    failure: Option<&Failure>,
 ) {
     for (reply, answer) in answers {
         let result = match (answer, written) {
             (Answer::Written(outcome), Ok(())) => Ok(outcome),
-            (Answer::Written(_), Err(error)) => Err(StoreError::Unavailable(format!(
-                "writing the log failed: {error}"
-            ))),
+            (Answer::Written(_), Err(_)) => Err(match failure {
+                Some(Failure::Full(why)) => StoreError::StorageFull(why.clone()),
+                Some(Failure::Io(why)) => StoreError::StorageUnavailable(why.clone()),
+                None => StoreError::StorageUnavailable("writing the log failed".into()),
+            }),
             (Answer::Decided(result), _) => result,
         };
         // A caller that went away does not need its answer; its append stands.
