@@ -125,13 +125,11 @@ impl Writer {
 
     fn check_and_frame(&mut self, group: &mut Group, job: &Job) -> Result<Answer, StoreError> {
         match self.failed.clone() {
-            None => {}
-            Some(Failure::Full(why)) => {
-                if !self.try_resume() {
-                    return Err(StoreError::StorageFull(why));
-                }
+            Some(Failure::Full(why)) if !self.try_resume() => {
+                return Err(StoreError::StorageFull(why));
             }
             Some(Failure::Io(why)) => return Err(StoreError::StorageUnavailable(why)),
+            _ => {}
         }
         if let Some(original) = self.find_retry(job)? {
             return Ok(Answer::Decided(Ok(original)));
