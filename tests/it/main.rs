@@ -11,6 +11,7 @@ mod projections;
 mod read;
 mod rebuild;
 mod sandbox;
+mod storage_faults;
 mod subscribe;
 
 use reqwest::StatusCode;

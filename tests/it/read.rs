@@ -218,3 +218,24 @@ mod model {
         }
     }
 }
+
+/// Events larger than a read block come back whole from a stream read, alone in their run or not.
+#[tokio::test]
+async fn large_events_read_back_whole_from_streams() {
+    let server = TestServer::start().await.unwrap();
+    let url = server.url.as_str();
+    for (i, size) in [5_000usize, 70_000, 3_000_000].into_iter().enumerate() {
+        let pad = "y".repeat(size);
+        let (status, body) = append(
+            url,
+            &format!("big-{i}"),
+            json!({"events": [{"type": "Big", "data": {"pad": pad}}]}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, page) = get(url, &format!("/streams/big-{i}")).await;
+        assert_eq!(status, StatusCode::OK, "{size}: {page}");
+        assert_eq!(page["events"][0]["data"]["pad"].as_str().unwrap().len(), size);
+    }
+    server.stop().await;
+}

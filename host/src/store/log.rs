@@ -122,6 +122,12 @@ impl<'a> Scanner<'a> {
         if available < needed {
             self.refill(needed)?;
             available = self.block.len();
+            // The header may only now be in the block, naming a frame larger than the block.
+            let needed = record::frame_len(&self.block).unwrap_or(FRAME_HEADER);
+            if available < needed {
+                self.refill(needed)?;
+                available = self.block.len();
+            }
         }
         let rest = self.block.slice(self.cursor..);
         let item = match record::decode(&rest) {

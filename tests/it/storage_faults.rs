@@ -1,0 +1,192 @@
+//! Storage faults on a real small filesystem: a full disk refuses appends with 507 `storage_full`
+//! and loses nothing acknowledged; reads go on; `/health` says degraded; appends resume when space
+//! returns. (Mounting a tmpfs needs root, which CI has.)
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use lantern::access::AccessControl;
+use lantern::http::{AppState, app};
+use lantern::projection::Projections;
+use lantern::store::{Filter, Store, StoreOptions};
+use lantern::wasm::WasmConfig;
+use lantern_tests::shared_compile_cache;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+/// A tmpfs of `size` mounted on a fresh folder, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("running mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs failed: this test needs root (as in CI)"
+        );
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+async fn call(router: &axum::Router, request: Request<Body>) -> (StatusCode, Value) {
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+fn append_request(stream: &str, batch: u64) -> Request<Body> {
+    let events: Vec<Value> = (0..10)
+        .map(|i| {
+            json!({
+                "type": "Filled",
+                "data": {"batch": batch, "i": i, "pad": "x".repeat(4000)},
+            })
+        })
+        .collect();
+    Request::post(format!("/streams/{stream}"))
+        .header("content-type", "application/json")
+        .body(Body::from(json!({ "events": events }).to_string()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_appends_loses_nothing_and_recovers_when_space_returns() {
+    let disk = SmallDisk::mount("8m");
+    let ballast: PathBuf = disk.path().join("ballast");
+    std::fs::write(&ballast, vec![7u8; 2 << 20]).unwrap();
+    let store_dir = disk.path().join("store");
+    let other = tempfile::tempdir().unwrap();
+    let store = Store::open(&store_dir, StoreOptions::default()).unwrap();
+    let projections = Projections::open(
+        store.clone(),
+        &other.path().join("projections"),
+        shared_compile_cache(WasmConfig::default()),
+    )
+    .await
+    .unwrap();
+    let router = app(AppState::new(
+        store.clone(),
+        projections.clone(),
+        AccessControl::in_memory(),
+    ));
+
+    // Fill the disk: every answered append is remembered; the first refusal must be storage_full.
+    let mut acknowledged: Vec<(u64, u64)> = Vec::new(); // (batch, first position)
+    let mut refusal = None;
+    for batch in 0..10_000u64 {
+        let (status, body) = call(&router, append_request("fill-1", batch)).await;
+        if status == StatusCode::OK {
+            acknowledged.push((batch, body["first_position"].as_u64().unwrap()));
+        } else {
+            refusal = Some((status, body));
+            break;
+        }
+    }
+    let (status, body) = refusal.expect("an 8 MiB disk fills up");
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
+    assert_eq!(body["error"]["code"], "storage_full");
+    assert!(
+        acknowledged.len() > 50,
+        "{} appends fit",
+        acknowledged.len()
+    );
+    let head = acknowledged.len() as u64 * 10;
+    assert_eq!(store.head(), head, "the refused append left no trace");
+
+    // Still full: refused again, fast; reads go on; health says why.
+    let (status, body) = call(&router, append_request("fill-2", 0)).await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
+    let (status, health) = call(
+        &router,
+        Request::get("/health").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["problems"][0]["code"], "storage_full");
+    let (status, page) = call(
+        &router,
+        Request::get("/streams/fill-1?limit=20")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["events"][19]["data"]["batch"], 1);
+
+    // Space returns: appends resume by themselves, health is ok again.
+    std::fs::remove_file(&ballast).unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, body) = call(&router, append_request("fill-2", 1)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["first_position"], head + 1);
+    let (_, health) = call(
+        &router,
+        Request::get("/health").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(health["status"], "ok", "{health}");
+
+    // After a restart every acknowledged event is there, in place, with its data.
+    projections.shutdown().await;
+    drop(projections);
+    drop(router);
+    store.close();
+    drop(store);
+    let store = Store::open(&store_dir, StoreOptions::default()).unwrap();
+    assert_eq!(store.head(), head + 10);
+    let mut from = 1;
+    let mut seen = 0u64;
+    loop {
+        let slice = store.read_all(from, 1000, &Filter::default()).unwrap();
+        if slice.events.is_empty() {
+            break;
+        }
+        for event in &slice.events {
+            let data: Value = serde_json::from_slice(&event.data).unwrap();
+            let index = (event.position - 1) / 10;
+            if (index as usize) < acknowledged.len() {
+                let (batch, first) = acknowledged[index as usize];
+                assert_eq!(data["batch"], batch, "position {}", event.position);
+                assert_eq!(
+                    data["i"],
+                    event.position - first,
+                    "position {}",
+                    event.position
+                );
+                assert_eq!(event.stream, "fill-1");
+            } else {
+                assert_eq!(event.stream, "fill-2");
+                assert_eq!(data["batch"], 1);
+            }
+            seen += 1;
+        }
+        from = slice.next_from;
+    }
+    assert_eq!(seen, head + 10);
+    store.close();
+}
