@@ -2,6 +2,7 @@
 //! the checkpoint, always written together in one transaction.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
@@ -29,6 +30,34 @@ pub enum ReadModelError {
     /// The writes a guest returned are malformed.
     #[error("malformed writes: {0}")]
     Writes(#[from] lantern_wire::DecodeError),
+    /// The database is being opened again after a storage error.
+    #[error("read model storage: the file is being reopened after an error")]
+    Closed,
+}
+
+impl ReadModelError {
+    /// True when the file could not be read or written (not the module's doing).
+    pub fn is_storage(&self) -> bool {
+        matches!(self, ReadModelError::Storage(_) | ReadModelError::Closed)
+    }
+}
+
+/// Opens (or creates) the file and reads its checkpoint.
+fn open_database(path: &Path) -> Result<(Database, u64), ReadModelError> {
+    let db = Database::builder()
+        .set_cache_size(32 << 20)
+        .create(path)
+        .map_err(storage)?;
+    let txn = db.begin_write().map_err(storage)?;
+    let checkpoint = {
+        txn.open_table(STATE).map_err(storage)?;
+        let meta = txn.open_table(META).map_err(storage)?;
+        meta.get("checkpoint")
+            .map_err(storage)?
+            .map_or(0, |v| v.value())
+    };
+    txn.commit().map_err(storage)?;
+    Ok((db, checkpoint))
 }
 
 fn storage<E: Into<redb::Error>>(error: E) -> ReadModelError {
@@ -47,7 +76,9 @@ pub struct Page {
 
 /// A read model file.
 pub struct ReadModel {
-    db: Database,
+    path: std::path::PathBuf,
+    /// `None` between closing a database that failed and opening it again.
+    db: parking_lot::RwLock<Option<Arc<Database>>>,
     checkpoint: watch::Sender<u64>,
     /// When the last durable commit was made, and how many non-durable ones followed it.
     durability: parking_lot::Mutex<(Instant, u32)>,
@@ -56,24 +87,32 @@ pub struct ReadModel {
 impl ReadModel {
     /// Opens or creates the file.
     pub fn open(path: &Path) -> Result<ReadModel, ReadModelError> {
-        let db = Database::builder()
-            .set_cache_size(32 << 20)
-            .create(path)
-            .map_err(storage)?;
-        let txn = db.begin_write().map_err(storage)?;
-        let checkpoint = {
-            txn.open_table(STATE).map_err(storage)?;
-            let meta = txn.open_table(META).map_err(storage)?;
-            meta.get("checkpoint")
-                .map_err(storage)?
-                .map_or(0, |v| v.value())
-        };
-        txn.commit().map_err(storage)?;
+        let (db, checkpoint) = open_database(path)?;
         Ok(ReadModel {
-            db,
+            path: path.to_owned(),
+            db: parking_lot::RwLock::new(Some(Arc::new(db))),
             checkpoint: watch::Sender::new(checkpoint),
             durability: parking_lot::Mutex::new((Instant::now(), 0)),
         })
+    }
+
+    fn db(&self) -> Result<Arc<Database>, ReadModelError> {
+        self.db.read().clone().ok_or(ReadModelError::Closed)
+    }
+
+    /// After a storage error (redb then refuses every transaction until the file is opened
+    /// again): closes the database and opens it anew. It comes back at its last durable commit,
+    /// whose state matches its checkpoint, as after a crash; the runner replays from there.
+    /// Blocking; fails while snapshots of the old database are still in use (try again later).
+    pub fn reopen(&self) -> Result<(), ReadModelError> {
+        // The same lock order as `apply` and `flush`: durability, then the database.
+        let _durability = self.durability.lock();
+        let mut slot = self.db.write();
+        *slot = None; // the old file handle closes once its last snapshot is dropped
+        let (db, checkpoint) = open_database(&self.path)?;
+        *slot = Some(Arc::new(db));
+        self.checkpoint.send_replace(checkpoint);
+        Ok(())
     }
 
     /// The last log position the state reflects.
@@ -89,8 +128,9 @@ impl ReadModel {
     /// Applies a batch's encoded writes and moves the checkpoint, in one transaction.
     pub fn apply(&self, writes: &[u8], checkpoint: u64) -> Result<(), ReadModelError> {
         let writes = lantern_wire::decode_writes(writes)?;
-        let mut txn = self.db.begin_write().map_err(storage)?;
+        // The same order as `flush`: the durability lock, then the write transaction.
         let mut durability = self.durability.lock();
+        let mut txn = self.db()?.begin_write().map_err(storage)?;
         let durable =
             durability.0.elapsed() >= DURABLE_EVERY || durability.1 + 1 >= DURABLE_EVERY_COMMITS;
         if !durable {
@@ -130,7 +170,7 @@ impl ReadModel {
     /// with the default, immediate durability persists the non-durable ones before it.
     pub fn flush(&self) -> Result<(), ReadModelError> {
         let mut durability = self.durability.lock();
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.db()?.begin_write().map_err(storage)?;
         txn.commit().map_err(storage)?;
         *durability = (Instant::now(), 0);
         Ok(())
@@ -138,7 +178,7 @@ impl ReadModel {
 
     /// A consistent snapshot: its state and the checkpoint it reflects.
     pub fn snapshot(&self) -> Result<Snapshot, ReadModelError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.db()?.begin_read().map_err(storage)?;
         let position = txn
             .open_table(META)
             .map_err(storage)?
@@ -146,11 +186,7 @@ impl ReadModel {
             .map_err(storage)?
             .map_or(0, |v| v.value());
         let state = txn.open_table(STATE).map_err(storage)?;
-        Ok(Snapshot {
-            state,
-            position,
-            failure: parking_lot::Mutex::new(None),
-        })
+        Ok(Snapshot { state, position })
     }
 }
 
@@ -158,8 +194,6 @@ impl ReadModel {
 pub struct Snapshot {
     state: ReadOnlyTable<&'static str, &'static [u8]>,
     position: u64,
-    /// The first read that failed during a guest call: the call's result must not be used.
-    failure: parking_lot::Mutex<Option<String>>,
 }
 
 impl Snapshot {
@@ -215,32 +249,60 @@ impl Snapshot {
     }
 }
 
-impl Snapshot {
-    fn record_failure(&self, error: ReadModelError) {
-        let mut failure = self.failure.lock();
-        failure.get_or_insert_with(|| error.to_string());
+impl ReadView for Snapshot {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.value(key).map_err(|e| e.to_string())
+    }
+
+    fn scan(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, String> {
+        self.page(prefix, after, limit)
+            .map(|page| page.items)
+            .map_err(|e| e.to_string())
     }
 }
 
-impl ReadView for Snapshot {
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
-        self.value(key).unwrap_or_else(|error| {
-            self.record_failure(error);
-            None
-        })
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    fn scan(&self, prefix: &str, after: &str, limit: usize) -> Vec<(String, Vec<u8>)> {
-        match self.page(prefix, after, limit) {
-            Ok(page) => page.items,
-            Err(error) => {
-                self.record_failure(error);
-                Vec::new()
-            }
+    #[test]
+    fn applies_and_flushes_from_two_threads_never_deadlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = std::sync::Arc::new(ReadModel::open(&dir.path().join("m.redb")).unwrap());
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let applier = {
+            let (model, done) = (model.clone(), done_tx.clone());
+            std::thread::spawn(move || {
+                let mut writes = lantern_wire::WritesEncoder::default();
+                writes.push(lantern_wire::WriteView::Put("k", b"v"));
+                let writes = writes.finish();
+                for checkpoint in 1..=3000 {
+                    model.apply(&writes, checkpoint).unwrap();
+                }
+                done.send(()).unwrap();
+            })
+        };
+        let flusher = {
+            let model = model.clone();
+            std::thread::spawn(move || {
+                for _ in 0..3000 {
+                    model.flush().unwrap();
+                }
+                done_tx.send(()).unwrap();
+            })
+        };
+        for _ in 0..2 {
+            done_rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("apply and flush finish: no lock-order deadlock");
         }
-    }
-
-    fn failure(&self) -> Option<String> {
-        self.failure.lock().clone()
+        applier.join().unwrap();
+        flusher.join().unwrap();
+        assert_eq!(model.checkpoint(), 3000);
     }
 }

@@ -235,7 +235,10 @@ async fn large_events_read_back_whole_from_streams() {
         assert_eq!(status, StatusCode::OK, "{body}");
         let (status, page) = get(url, &format!("/streams/big-{i}")).await;
         assert_eq!(status, StatusCode::OK, "{size}: {page}");
-        assert_eq!(page["events"][0]["data"]["pad"].as_str().unwrap().len(), size);
+        assert_eq!(
+            page["events"][0]["data"]["pad"].as_str().unwrap().len(),
+            size
+        );
     }
     server.stop().await;
 }

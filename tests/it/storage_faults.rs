@@ -43,7 +43,9 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
+        // Lazily: files still open (a failed test's tasks) must not leave the mount behind.
         let _ = std::process::Command::new("umount")
+            .arg("-l")
             .arg(self.dir.path())
             .status();
     }
@@ -189,4 +191,125 @@ async fn a_full_disk_refuses_appends_loses_nothing_and_recovers_when_space_retur
     }
     assert_eq!(seen, head + 10);
     store.close();
+}
+
+/// A read model whose disk fills up: the projection faults with a storage error that blames no
+/// event, retries with backoff, and once space returns it catches up to exactly the fold.
+#[tokio::test]
+async fn a_full_read_model_disk_is_a_storage_fault_that_heals() {
+    use lantern::projection::{FaultCause, Phase};
+    use lantern::store::{ExpectedRevision, NewEvent};
+    use lantern_tests::{guest, test_store_options};
+
+    let disk = SmallDisk::mount("64m");
+    let other = tempfile::tempdir().unwrap();
+    let store = Store::open(&other.path().join("store"), test_store_options(false)).unwrap();
+    let projections = Projections::open(
+        store.clone(),
+        &disk.path().join("projections"),
+        shared_compile_cache(WasmConfig::default()),
+    )
+    .await
+    .unwrap();
+    projections
+        .deploy("totals", guest("order_totals"))
+        .await
+        .unwrap();
+    // Leave a quarter of a MiB free.
+    let ballast = disk.path().join("ballast");
+    let free = free_bytes(disk.path());
+    std::fs::write(&ballast, vec![1u8; (free - (256 << 10)) as usize]).unwrap();
+    // 150,000 customers, one order each: a read model far larger than the space left, built in
+    // enough batches that a durable commit of a batch (not only the idle flush) meets the full disk.
+    let customers = 150_000u64;
+    for chunk in 0..(customers / 1000) {
+        let events: Vec<NewEvent> = (0..1000)
+            .map(|i| NewEvent {
+                id: None,
+                event_type: "OrderPlaced".into(),
+                data: format!(
+                    r#"{{"customer":"c-{}","amount":{}}}"#,
+                    chunk * 1000 + i,
+                    i % 50 + 1
+                )
+                .into(),
+                metadata: None,
+            })
+            .collect();
+        store
+            .append(&format!("order-{chunk}"), ExpectedRevision::Any, events)
+            .await
+            .unwrap();
+    }
+    let status = wait_until(&projections, |s| s.state.phase == Phase::Faulted).await;
+    let fault = status.state.fault.expect("a fault");
+    assert_eq!(fault.cause, FaultCause::Storage, "{fault:?}");
+    assert!(fault.message.contains("No space left"), "{fault:?}");
+    assert!(
+        fault.position <= status.position + 1,
+        "no event past the checkpoint is blamed: {fault:?}"
+    );
+    // The store and the other reads go on.
+    assert_eq!(store.head(), customers);
+
+    std::fs::remove_file(&ballast).unwrap();
+    let status = wait_until(&projections, |s| {
+        s.state.phase == Phase::Running && s.position == customers
+    })
+    .await;
+    assert!(status.state.fault.is_none());
+    // The read model is exactly the fold: every customer once, with its amount.
+    let mut after = String::new();
+    let mut seen = 0u64;
+    loop {
+        let page = projections
+            .page("totals", "customer:", &after, 10_000, None)
+            .await
+            .unwrap();
+        for (key, value) in &page.items {
+            let number: u64 = key.trim_start_matches("customer:c-").parse().unwrap();
+            let value: Value = serde_json::from_slice(value).unwrap();
+            assert_eq!(value["orders"], 1, "{key}");
+            assert_eq!(value["total"], number % 1000 % 50 + 1, "{key}");
+            seen += 1;
+        }
+        match page.next {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen, customers);
+    projections.shutdown().await;
+}
+
+async fn wait_until(
+    projections: &Projections,
+    done: impl Fn(&lantern::projection::Status) -> bool,
+) -> lantern::projection::Status {
+    for _ in 0..1200 {
+        let status = projections.status("totals").unwrap();
+        if done(&status) {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "timed out: {:?}",
+        projections.status("totals").unwrap().state
+    );
+}
+
+/// Bytes free on the filesystem holding `path` (from `df`).
+fn free_bytes(path: &Path) -> u64 {
+    let output = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .and_then(|line| line.trim().parse().ok())
+        .expect("df prints the free bytes")
 }

@@ -15,7 +15,8 @@ use super::extract::{Body, Path, Query};
 use super::{AppState, admin};
 use crate::access::Principal;
 use crate::projection::{
-    Deployed, Fault, MinPosition, Phase, ProjectionError, RebuildStatus, Status, module_sha256,
+    Deployed, Fault, FaultCause, MinPosition, Phase, ProjectionError, RebuildStatus, Status,
+    module_sha256,
 };
 
 /// Longest a read-your-writes request may wait.
@@ -42,6 +43,14 @@ impl From<ProjectionError> for ApiError {
             }
             ProjectionError::QueryFailed(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "query_failed", message)
+            }
+            ProjectionError::Storage(_) => {
+                tracing::error!(%message, "a read model could not be read");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    message,
+                )
             }
             ProjectionError::Unavailable { .. } => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -72,6 +81,10 @@ fn fault_json(fault: &Option<Fault>) -> Value {
             "message": fault.message,
             "position": fault.position,
             "at": humantime::format_rfc3339_millis(fault.at).to_string(),
+            "cause": match fault.cause {
+                FaultCause::Module => "module",
+                FaultCause::Storage => "storage",
+            },
         }),
     }
 }

@@ -27,7 +27,7 @@ use crate::wasm::{self, ModuleError, Runtime, SubscriptionSpec, WasmConfig};
 
 use registry::{Entry, GenerationEntry, Layout, Registry};
 use runner::Generation;
-pub use runner::{Fault, Phase, RunState};
+pub use runner::{Fault, FaultCause, Phase, RunState};
 
 /// Errors of the projection layer.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +71,9 @@ pub enum ProjectionError {
         /// Why.
         reason: String,
     },
+    /// The read model could not be read or written.
+    #[error("read model storage: {0}")]
+    Storage(String),
     /// Anything else: storage, I/O.
     #[error("{0}")]
     Internal(String),
@@ -243,6 +246,7 @@ impl Projections {
                         message: format!("could not be loaded at start-up: {error:#}"),
                         position: 0,
                         at: std::time::SystemTime::now(),
+                        cause: FaultCause::Storage,
                     };
                     projections.inner.slots.write().insert(
                         name.clone(),

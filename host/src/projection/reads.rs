@@ -3,10 +3,14 @@
 
 use std::sync::Arc;
 
-use super::runner::Generation;
+use super::runner::{BatchFailure, Generation};
 use super::{MinPosition, ProjectionError, Projections, Serving, internal};
 use crate::readmodel::Page;
 use crate::wasm::QueryError;
+
+fn storage(error: impl std::fmt::Display) -> ProjectionError {
+    ProjectionError::Storage(error.to_string())
+}
 
 impl Projections {
     pub(super) fn current(&self, name: &str) -> Result<Arc<Generation>, ProjectionError> {
@@ -63,8 +67,8 @@ impl Projections {
         let generation = self.serving(name, min).await?;
         let key = key.to_owned();
         tokio::task::spawn_blocking(move || {
-            let snapshot = generation.read_model.snapshot().map_err(internal)?;
-            match snapshot.value(&key).map_err(internal)? {
+            let snapshot = generation.read_model.snapshot().map_err(storage)?;
+            match snapshot.value(&key).map_err(storage)? {
                 Some(value) => Ok((value, snapshot.position())),
                 None => Err(ProjectionError::KeyNotFound(key)),
             }
@@ -85,8 +89,8 @@ impl Projections {
         let generation = self.serving(name, min).await?;
         let (prefix, after) = (prefix.to_owned(), after.to_owned());
         tokio::task::spawn_blocking(move || {
-            let snapshot = generation.read_model.snapshot().map_err(internal)?;
-            snapshot.page(&prefix, &after, limit).map_err(internal)
+            let snapshot = generation.read_model.snapshot().map_err(storage)?;
+            snapshot.page(&prefix, &after, limit).map_err(storage)
         })
         .await
         .map_err(internal)?
@@ -103,9 +107,13 @@ impl Projections {
         let generation = self.serving(name, min).await?;
         let query = query.to_owned();
         tokio::task::spawn_blocking(move || {
-            let (answer, position) = generation
-                .query(&query, &params_json)
-                .map_err(ProjectionError::QueryFailed)?;
+            let (answer, position) =
+                generation
+                    .query(&query, &params_json)
+                    .map_err(|failure| match failure {
+                        BatchFailure::Module(message) => ProjectionError::QueryFailed(message),
+                        BatchFailure::Storage(message) => ProjectionError::Storage(message),
+                    })?;
             match answer {
                 Ok(json) => Ok((json, position)),
                 Err(QueryError::NotFound) => Err(ProjectionError::QueryNotFound(query)),

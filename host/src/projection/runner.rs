@@ -40,12 +40,62 @@ fn view(event: &RecordedEvent) -> EventView<'_> {
     }
 }
 
+/// A fault of the module (a trap, an error it returned, malformed writes).
 fn fault(message: String, position: u64) -> Fault {
     Fault {
         message,
         position,
         at: SystemTime::now(),
+        cause: FaultCause::Module,
     }
+}
+
+/// A fault of the storage under the projection: the log or the read model could not be read
+/// or written. No event is to blame; `position` is where the projection stopped.
+fn storage_fault(message: String, position: u64) -> Fault {
+    Fault {
+        message,
+        position,
+        at: SystemTime::now(),
+        cause: FaultCause::Storage,
+    }
+}
+
+/// Why one batch failed.
+enum BatchError {
+    /// The module failed (replayed one event at a time to find the event).
+    Guest(GuestFailure),
+    /// The read model could not be read or written.
+    Storage(String),
+}
+
+impl From<crate::readmodel::ReadModelError> for BatchError {
+    fn from(error: crate::readmodel::ReadModelError) -> Self {
+        if error.is_storage() {
+            BatchError::Storage(error.to_string())
+        } else {
+            BatchError::Guest(GuestFailure::Error(error.to_string()))
+        }
+    }
+}
+
+impl From<GuestFailure> for BatchError {
+    fn from(failure: GuestFailure) -> Self {
+        match failure {
+            GuestFailure::Storage(message) => BatchError::Storage(message),
+            other => BatchError::Guest(other),
+        }
+    }
+}
+
+/// Whose doing a fault is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultCause {
+    /// The module's: it trapped, returned an error, or wrote something malformed.
+    Module,
+    /// The storage's: the log or the read model could not be read or written. Retried with
+    /// backoff by every generation, rebuilds included; no event is blamed.
+    Storage,
 }
 
 /// Where a generation is.
@@ -68,6 +118,8 @@ pub struct Fault {
     pub position: u64,
     /// When.
     pub at: SystemTime,
+    /// Whose doing it is.
+    pub cause: FaultCause,
 }
 
 /// What the status endpoint shows of a generation.
@@ -196,7 +248,9 @@ impl Generation {
                 Err(fault) => fault,
             };
             self.set_fault(&fault);
-            if !self.serving.load(Ordering::SeqCst) {
+            // A rebuild stops at a fault of its module; a storage fault is nobody's module's
+            // doing, so it waits and tries again like a serving generation.
+            if !self.serving.load(Ordering::SeqCst) && fault.cause == FaultCause::Module {
                 return Err(fault);
             }
             tokio::select! {
@@ -204,6 +258,20 @@ impl Generation {
                 () = stop.cancelled() => return Ok(()),
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
+            if fault.cause == FaultCause::Storage {
+                // redb refuses every transaction after an I/O error until the file is opened
+                // again; if that fails too, the next attempt fails and waits longer.
+                let read_model = self.read_model.clone();
+                match tokio::task::spawn_blocking(move || read_model.reopen()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        tracing::warn!(projection = %self.name, %error, "reopening the read model failed")
+                    }
+                    Err(error) => {
+                        tracing::warn!(projection = %self.name, %error, "reopening the read model failed")
+                    }
+                }
+            }
         }
     }
 
@@ -233,7 +301,9 @@ impl Generation {
                 Ok(events) => events,
                 // The store is closing: stop quietly.
                 Err(crate::store::StoreError::Unavailable(_)) => return Ok(()),
-                Err(error) => return Err(fault(format!("reading the log: {error}"), from)),
+                Err(error) => {
+                    return Err(storage_fault(format!("reading the log: {error}"), from));
+                }
             };
             let next_checkpoint = subscription.next_position() - 1;
             if events.is_empty() {
@@ -250,7 +320,7 @@ impl Generation {
                     tokio::task::spawn_blocking(move || read_model.flush())
                         .await
                         .map_err(|e| fault(format!("runner task failed: {e}"), from))?
-                        .map_err(|e| fault(e.to_string(), from))?;
+                        .map_err(|e| storage_fault(e.to_string(), from))?;
                 }
                 tokio::select! {
                     _ = subscription.wait() => {}
@@ -276,24 +346,22 @@ impl Generation {
             let batch = (!batch.is_empty()).then(|| batch.finish());
             let (guest, result) = tokio::task::spawn_blocking(move || {
                 let mut guest = guest;
-                let writes = match batch {
-                    None => Ok(lantern_wire::WritesEncoder::default().finish()),
-                    Some(batch) => match read_model.snapshot() {
-                        Ok(snapshot) => guest.handle(&batch, Box::new(snapshot)),
-                        Err(error) => Err(GuestFailure::Trap(error.to_string())),
-                    },
-                };
-                let applied = writes.and_then(|writes| {
-                    read_model
-                        .apply(&writes, next_checkpoint)
-                        .map_err(|e| GuestFailure::Error(e.to_string()))
-                });
+                let applied = (|| -> Result<(), BatchError> {
+                    let writes = match batch {
+                        None => lantern_wire::WritesEncoder::default().finish(),
+                        Some(batch) => guest.handle(&batch, Box::new(read_model.snapshot()?))?,
+                    };
+                    Ok(read_model.apply(&writes, next_checkpoint)?)
+                })();
                 (guest, applied)
             })
             .await
             .map_err(|e| fault(format!("runner task failed: {e}"), from))?;
             let guest = match result {
                 Ok(()) => guest,
+                Err(BatchError::Storage(message)) => {
+                    return Err(storage_fault(message, from));
+                }
                 Err(_) if delivered > 1 => {
                     // Find the event that failed, keeping the progress of those before it:
                     // replay the batch one event at a time (a trap does not say which event,
@@ -309,10 +377,10 @@ impl Generation {
                     .await
                     .map_err(|e| fault(format!("runner task failed: {e}"), from))??
                 }
-                Err(GuestFailure::Event { position, message }) => {
+                Err(BatchError::Guest(GuestFailure::Event { position, message })) => {
                     return Err(fault(message, position));
                 }
-                Err(other) => {
+                Err(BatchError::Guest(other)) => {
                     return Err(fault(other.to_string(), first_delivered.unwrap_or(from)));
                 }
             };
@@ -347,28 +415,29 @@ impl Generation {
         for event in events {
             let mut batch = BatchEncoder::new();
             batch.push(&view(event));
-            let snapshot = self
-                .read_model
-                .snapshot()
-                .map_err(|e| fault(e.to_string(), event.position))?;
+            let pinned = |error: BatchError| match error {
+                BatchError::Storage(message) => storage_fault(message, event.position),
+                BatchError::Guest(GuestFailure::Event { message, .. }) => {
+                    fault(message, event.position)
+                }
+                BatchError::Guest(other) => fault(other.to_string(), event.position),
+            };
+            let snapshot = self.read_model.snapshot().map_err(|e| pinned(e.into()))?;
             let writes = instance
                 .handle(&batch.finish(), Box::new(snapshot))
-                .map_err(|failure| match failure {
-                    GuestFailure::Event { message, .. } => fault(message, event.position),
-                    other => fault(other.to_string(), event.position),
-                })?;
+                .map_err(|e| pinned(e.into()))?;
             // Everything before this event is folded: the checkpoint may sit just before the
             // next one.
             self.read_model
                 .apply(&writes, event.position)
-                .map_err(|e| fault(e.to_string(), event.position))?;
+                .map_err(|e| pinned(e.into()))?;
         }
         self.read_model
             .apply(
                 &lantern_wire::WritesEncoder::default().finish(),
                 next_checkpoint,
             )
-            .map_err(|e| fault(e.to_string(), next_checkpoint))?;
+            .map_err(|e| storage_fault(e.to_string(), next_checkpoint))?;
         Ok(instance)
     }
 
@@ -396,17 +465,25 @@ impl Generation {
         }
     }
 
-    /// Runs a query handler of the module against one snapshot. Blocking.
+    /// Runs a query handler of the module against one snapshot. Blocking. `Err` says whose
+    /// failure it was.
     pub fn query(
         &self,
         name: &str,
         params_json: &str,
-    ) -> Result<(Result<String, wasm::QueryError>, u64), String> {
-        let snapshot = self.read_model.snapshot().map_err(|e| e.to_string())?;
+    ) -> Result<(Result<String, wasm::QueryError>, u64), BatchFailure> {
+        let snapshot = self
+            .read_model
+            .snapshot()
+            .map_err(|e| BatchFailure::Storage(e.to_string()))?;
         let position = snapshot.position();
         let mut slot = self.query_instance.lock();
         if slot.is_none() {
-            *slot = Some(self.module.instantiate().map_err(|e| e.to_string())?);
+            *slot = Some(
+                self.module
+                    .instantiate()
+                    .map_err(|e| BatchFailure::Module(e.to_string()))?,
+            );
         }
         let instance = slot.as_mut().expect("just made");
         match instance.query(name, params_json, Box::new(snapshot)) {
@@ -414,8 +491,20 @@ impl Generation {
             Err(failure) => {
                 // A trapped instance is not used again.
                 *slot = None;
-                Err(failure.to_string())
+                Err(match failure {
+                    GuestFailure::Storage(message) => BatchFailure::Storage(message),
+                    other => BatchFailure::Module(other.to_string()),
+                })
             }
         }
     }
+}
+
+/// Why a call into the module failed, as the caller needs to know it.
+#[derive(Debug)]
+pub enum BatchFailure {
+    /// The module's doing.
+    Module(String),
+    /// The read model could not be read.
+    Storage(String),
 }

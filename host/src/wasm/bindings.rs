@@ -3,4 +3,7 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "projection",
+    // A host function may fail (a read model that cannot be read): it traps the guest with an
+    // error the caller can tell from the guest's own faults.
+    imports: { default: trappable },
 });

@@ -2,8 +2,8 @@
 
 use std::time::Instant;
 
-use super::GuestState;
 use super::bindings::lantern::projection::{host, types};
+use super::{GuestState, StorageFailure};
 
 /// Most log lines a projection may write per second; the rest are counted and dropped.
 const LOG_LINES_PER_SECOND: u32 = 100;
@@ -28,18 +28,30 @@ impl Default for LogBudget {
 impl types::Host for GuestState {}
 
 impl host::Host for GuestState {
-    fn get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.view.as_ref().and_then(|view| view.get(&key))
-    }
-
-    fn scan(&mut self, prefix: String, after: String, limit: u32) -> Vec<(String, Vec<u8>)> {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
         match &self.view {
-            Some(view) => view.scan(&prefix, &after, limit.min(10_000) as usize),
-            None => Vec::new(),
+            Some(view) => view
+                .get(&key)
+                .map_err(|e| wasmtime::Error::new(StorageFailure(e))),
+            None => Ok(None),
         }
     }
 
-    fn log(&mut self, level: types::Level, message: String) {
+    fn scan(
+        &mut self,
+        prefix: String,
+        after: String,
+        limit: u32,
+    ) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
+        match &self.view {
+            Some(view) => view
+                .scan(&prefix, &after, limit.min(10_000) as usize)
+                .map_err(|e| wasmtime::Error::new(StorageFailure(e))),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
         let budget = &mut self.log_budget;
         if budget.window_start.elapsed().as_secs() >= 1 {
             if budget.dropped > 0 {
@@ -49,7 +61,7 @@ impl host::Host for GuestState {
         }
         if budget.used >= LOG_LINES_PER_SECOND {
             budget.dropped += 1;
-            return;
+            return Ok(());
         }
         budget.used += 1;
         let name = &*self.name;
@@ -61,5 +73,6 @@ impl host::Host for GuestState {
             types::Level::Warn => tracing::warn!(projection = name, "{message}"),
             types::Level::Error => tracing::error!(projection = name, "{message}"),
         }
+        Ok(())
     }
 }

@@ -88,19 +88,37 @@ pub enum GuestFailure {
     /// instance must not be used again.
     #[error("trap: {0}")]
     Trap(String),
+    /// The read model could not be read during the call: not the module's fault. The instance
+    /// must not be used again.
+    #[error("{0}")]
+    Storage(String),
 }
 
 /// The read model as the guest sees it during one call.
 pub trait ReadView: Send {
-    /// The value under `key`.
-    fn get(&self, key: &str) -> Option<Vec<u8>>;
+    /// The value under `key`; `Err` when the read model cannot be read.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
     /// Up to `limit` entries with keys starting with `prefix` and greater than `after`.
-    fn scan(&self, prefix: &str, after: &str, limit: usize) -> Vec<(String, Vec<u8>)>;
-    /// Why a read during the call failed, if one did: the call's result is then discarded.
-    fn failure(&self) -> Option<String> {
-        None
+    fn scan(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, String>;
+}
+
+/// A read of the read model failed during a guest call: it traps the guest, and the call fails
+/// with [`GuestFailure::Storage`], which is not the module's fault.
+#[derive(Debug)]
+pub(crate) struct StorageFailure(pub String);
+
+impl std::fmt::Display for StorageFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "reading the read model failed: {}", self.0)
     }
 }
+
+impl std::error::Error for StorageFailure {}
 
 /// Which events a module wants, as it declared them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -344,13 +362,11 @@ impl Instance {
         self.store.data_mut().view = view;
         self.store.set_epoch_deadline(self.deadline_ticks);
         let result = call(&self.bindings, &mut self.store);
-        let view = self.store.data_mut().view.take();
-        if let Some(failure) = view.and_then(|v| v.failure()) {
-            return Err(GuestFailure::Trap(format!(
-                "reading the read model failed: {failure}"
-            )));
-        }
+        self.store.data_mut().view = None;
         result.map_err(|error| {
+            if let Some(storage) = error.downcast_ref::<StorageFailure>() {
+                return GuestFailure::Storage(storage.to_string());
+            }
             let cause = match error.downcast_ref::<wasmtime::Trap>() {
                 Some(wasmtime::Trap::Interrupt) => "the call ran past its deadline".to_owned(),
                 Some(wasmtime::Trap::UnreachableCodeReached) => "the guest aborted".to_owned(),
