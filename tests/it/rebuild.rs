@@ -284,3 +284,75 @@ async fn the_watched_folder_deploys_on_change_and_ignores_broken_files() {
     watcher.await.unwrap().unwrap();
     server.stop().await;
 }
+
+/// A swap that cannot be made (here: the registry cannot be saved, through a fail point that only
+/// touches projections named `failpoint-*`) leaves the current version serving, shows why, keeps
+/// watching the new version for faults, and is tried again until it succeeds.
+#[tokio::test]
+async fn a_swap_that_fails_is_retried_and_later_faults_stay_visible() {
+    let server = TestServer::start().await.unwrap();
+    let url = &server.url;
+    let (_, placed) = append(
+        url,
+        "order-1",
+        json!({"events": [{"type": "OrderPlaced", "data": {"customer": "c-1", "amount": 5}}]}),
+    )
+    .await;
+    for name in ["failpoint-a", "failpoint-b"] {
+        assert_eq!(
+            deploy(url, name, guest("order_totals")).await.0,
+            StatusCode::CREATED
+        );
+        wait_status(url, name, |s| s["status"] == "running").await;
+    }
+    fail::cfg("projection-promote-save", "return").unwrap();
+
+    // a: the new version cannot be swapped in; it says why, and v1 serves.
+    let (status, _) = deploy(url, "failpoint-a", variant(&guest("order_totals"), "v2")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let status = wait_status(url, "failpoint-a", |s| {
+        s["rebuild"]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("could not be swapped in yet"))
+    })
+    .await;
+    assert_eq!(status["version"], 1, "{status}");
+    let (code, value) = get(
+        url,
+        &format!(
+            "/projections/failpoint-a/state/customer:c-1?min_position={}",
+            placed["last_position"]
+        ),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(value, json!({"orders": 1, "total": 5}));
+
+    // b: while its swap keeps failing, the new version faults: it is abandoned and shown.
+    let (status, _) = deploy(url, "failpoint-b", guest("hostile")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    wait_status(url, "failpoint-b", |s| {
+        s["rebuild"]["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("could not be swapped in yet"))
+    })
+    .await;
+    let (_, bad) = append(
+        url,
+        "hostile-1",
+        json!({"events": [{"type": "Fail", "data": {}}]}),
+    )
+    .await;
+    let status = wait_status(url, "failpoint-b", |s| s["rebuild"]["status"] == "faulted").await;
+    assert_eq!(status["version"], 1, "{status}");
+    assert_eq!(
+        status["rebuild"]["error"]["position"],
+        bad["first_position"]
+    );
+
+    // The fault goes away: a's swap is made on the next attempt.
+    fail::remove("projection-promote-save");
+    let status = wait_status(url, "failpoint-a", |s| s["version"] == 2).await;
+    assert_eq!(status["rebuild"], Value::Null, "{status}");
+    server.stop().await;
+}

@@ -126,6 +126,21 @@ pub struct Status {
     pub rebuild: Option<RebuildStatus>,
 }
 
+/// How long a caught-up rebuild may take to reach the halted current version's checkpoint.
+const PROMOTION_WAIT: Duration = Duration::from_secs(60);
+/// After a swap that could not be made, when to try again.
+const PROMOTION_RETRY: Duration = Duration::from_secs(2);
+
+/// What an attempt to swap a rebuild in did.
+enum Promotion {
+    /// The rebuild serves.
+    Done,
+    /// The rebuild is no longer this projection's (superseded, abandoned, deleted).
+    Gone,
+    /// Not now (see the status): try again later.
+    Retry,
+}
+
 /// A read-your-writes condition: answer only once the checkpoint is at least `position`.
 #[derive(Debug, Clone, Copy)]
 pub struct MinPosition {
@@ -141,6 +156,8 @@ struct Slot {
     rebuild: Option<Arc<Generation>>,
     /// The last rebuild that faulted and was abandoned, shown until the next deploy or rebuild.
     failed_rebuild: Option<RebuildStatus>,
+    /// Why the caught-up rebuild could not be swapped in yet (it is tried again).
+    promotion_failure: Option<Fault>,
 }
 
 /// What answers for a projection.
@@ -257,6 +274,7 @@ impl Projections {
                             },
                             rebuild: None,
                             failed_rebuild: None,
+                            promotion_failure: None,
                         },
                     );
                     continue;
@@ -280,6 +298,7 @@ impl Projections {
                     current: Serving::Loaded(current),
                     rebuild: None,
                     failed_rebuild: None,
+                    promotion_failure: None,
                 },
             );
             if let Some(rebuild) = rebuild {
@@ -437,6 +456,7 @@ impl Projections {
                 current: Serving::Loaded(generation),
                 rebuild: None,
                 failed_rebuild: None,
+                promotion_failure: None,
             },
         );
         tracing::info!(projection = name, version, "serving from position 1");
@@ -511,6 +531,7 @@ impl Projections {
         let superseded = match self.inner.slots.write().get_mut(name) {
             Some(slot) => {
                 slot.failed_rebuild = None;
+                slot.promotion_failure = None;
                 slot.rebuild.take()
             }
             None => None,
@@ -545,7 +566,7 @@ impl Projections {
 
     fn start_rebuild(&self, name: &str, generation: Arc<Generation>) {
         let (caught_up_tx, caught_up) = oneshot::channel();
-        let (faulted_tx, faulted) = oneshot::channel();
+        let (faulted_tx, mut faulted) = oneshot::channel();
         generation.start(
             self.inner.store.clone(),
             Some(caught_up_tx),
@@ -556,54 +577,97 @@ impl Projections {
         }
         let projections = self.clone();
         let name = name.to_owned();
+        // The rebuild's supervisor: it watches for a fault of the new version for as long as
+        // the rebuild exists, and swaps it in once caught up, trying again until it can.
         tokio::spawn(async move {
             tokio::select! {
-                reached = caught_up => if reached.is_ok() {
-                    projections.promote(&name, &generation).await;
+                reached = caught_up => if reached.is_err() {
+                    return; // the runner ended without reaching the head: halted, superseded
                 },
-                fault = faulted => if let Ok(fault) = fault {
-                    projections.abandon(&name, &generation, fault).await;
-                },
+                fault = &mut faulted => {
+                    if let Ok(fault) = fault {
+                        projections.abandon(&name, &generation, fault).await;
+                    }
+                    return;
+                }
+            }
+            loop {
+                match projections.promote(&name, &generation).await {
+                    Promotion::Done | Promotion::Gone => return,
+                    Promotion::Retry => {}
+                }
+                tokio::select! {
+                    fault = &mut faulted => {
+                        if let Ok(fault) = fault {
+                            projections.abandon(&name, &generation, fault).await;
+                        }
+                        return;
+                    }
+                    () = tokio::time::sleep(PROMOTION_RETRY) => {}
+                }
             }
         });
     }
 
     /// Swaps a caught-up rebuild in as the current generation.
-    async fn promote(&self, name: &str, rebuild: &Arc<Generation>) {
+    async fn promote(&self, name: &str, rebuild: &Arc<Generation>) -> Promotion {
         let mut registry = self.inner.registry.lock().await;
         let Some(old) = self.slot_generations(name, rebuild) else {
-            return; // superseded or deleted meanwhile
+            return Promotion::Gone; // superseded or deleted meanwhile
         };
         // Freeze the old generation, let the new one reach at least its checkpoint: no query
         // ever sees the position go back.
         old.halt().await;
         let target = old.read_model.checkpoint();
         let mut checkpoint = rebuild.read_model.watch_checkpoint();
-        let reached = tokio::time::timeout(
-            Duration::from_secs(60),
-            checkpoint.wait_for(|position| *position >= target),
-        )
-        .await;
-        if !matches!(reached, Ok(Ok(_))) {
-            tracing::error!(
-                projection = name,
-                "rebuild did not reach the current checkpoint; keeping the current version"
+        let reached = async {
+            fail::fail_point!(
+                "projection-promote-wait",
+                name.starts_with("failpoint-"),
+                |_| false
             );
-            old.restart(self.inner.store.clone());
-            return;
+            matches!(
+                tokio::time::timeout(
+                    PROMOTION_WAIT,
+                    checkpoint.wait_for(|position| *position >= target),
+                )
+                .await,
+                Ok(Ok(_))
+            )
+        }
+        .await;
+        if !reached {
+            let why = format!(
+                "the new version did not reach the current one's position {target} within {} s",
+                PROMOTION_WAIT.as_secs()
+            );
+            return self.promotion_failed(name, &old, rebuild, why);
         }
         if let Some(entry) = registry.projections.get_mut(name) {
             entry.current = rebuild.entry.clone();
             entry.rebuild = None;
         }
-        if let Err(error) = registry.save(&self.inner.layout.registry()) {
-            tracing::error!(%error, projection = name, "saving the registry failed; keeping the current version");
-            old.restart(self.inner.store.clone());
-            return;
+        let saved = (|| {
+            fail::fail_point!(
+                "projection-promote-save",
+                name.starts_with("failpoint-"),
+                |_| Err(std::io::Error::other("injected failure"))
+            );
+            registry.save(&self.inner.layout.registry())
+        })();
+        if let Err(error) = saved {
+            // The registry in memory goes back to what the file says.
+            if let Some(entry) = registry.projections.get_mut(name) {
+                entry.current = old.entry.clone();
+                entry.rebuild = Some(rebuild.entry.clone());
+            }
+            let why = format!("saving the registry failed: {error}");
+            return self.promotion_failed(name, &old, rebuild, why);
         }
         if let Some(slot) = self.inner.slots.write().get_mut(name) {
             slot.current = Serving::Loaded(rebuild.clone());
             slot.rebuild = None;
+            slot.promotion_failure = None;
         }
         rebuild.set_serving();
         self.remove_files(name, old.entry.generation);
@@ -612,6 +676,34 @@ impl Projections {
             version = rebuild.entry.version,
             "new version serves"
         );
+        Promotion::Done
+    }
+
+    /// The current version serves on; the failure is shown in the rebuild's status until the
+    /// next attempt succeeds.
+    fn promotion_failed(
+        &self,
+        name: &str,
+        old: &Arc<Generation>,
+        rebuild: &Arc<Generation>,
+        why: String,
+    ) -> Promotion {
+        tracing::error!(
+            projection = name,
+            version = rebuild.entry.version,
+            "the rebuild could not be swapped in ({why}); the current version keeps serving, trying again in {} s",
+            PROMOTION_RETRY.as_secs()
+        );
+        old.restart(self.inner.store.clone());
+        if let Some(slot) = self.inner.slots.write().get_mut(name) {
+            slot.promotion_failure = Some(Fault {
+                message: format!("could not be swapped in yet: {why}"),
+                position: rebuild.read_model.checkpoint(),
+                at: std::time::SystemTime::now(),
+                cause: FaultCause::Storage,
+            });
+        }
+        Promotion::Retry
     }
 
     /// The current generation, if `rebuild` is still this projection's rebuild.

@@ -50,11 +50,17 @@ impl Projections {
             Serving::Unloadable { entry, fault } => return self.broken_status(name, entry, fault),
         };
         let rebuild = match &slot.rebuild {
-            Some(rebuild) => Some(RebuildStatus {
-                version: rebuild.entry.version,
-                position: rebuild.read_model.checkpoint(),
-                state: rebuild.run_state(),
-            }),
+            Some(rebuild) => {
+                let mut state = rebuild.run_state();
+                if state.fault.is_none() {
+                    state.fault = slot.promotion_failure.clone();
+                }
+                Some(RebuildStatus {
+                    version: rebuild.entry.version,
+                    position: rebuild.read_model.checkpoint(),
+                    state,
+                })
+            }
             None => slot.failed_rebuild.clone(),
         };
         Status {
