@@ -169,6 +169,27 @@ enum Command {
         #[arg(long)]
         limit: Option<u64>,
     },
+    /// Check a stopped server's data folder: the log (CRCs, positions, revisions, ids), the
+    /// index against the log, the registry against the modules, each read model's checkpoint.
+    /// Changes nothing; exits 0 only if all is well.
+    Check {
+        /// The data folder.
+        #[arg(long, env = "LANTERN_DATA", default_value = "lantern-data")]
+        data: std::path::PathBuf,
+    },
+    /// Discard the log from a position on (the only command that ever cuts acknowledged
+    /// events): says what goes, and does it only with --yes. The server must be stopped.
+    Repair {
+        /// The data folder.
+        #[arg(long, env = "LANTERN_DATA", default_value = "lantern-data")]
+        data: std::path::PathBuf,
+        /// The first position to discard (rounded down to the start of its append).
+        #[arg(long, value_name = "POSITION")]
+        truncate_at: u64,
+        /// Do it (without it, only say what would be discarded).
+        #[arg(long)]
+        yes: bool,
+    },
     /// Run the benchmark program and print its figures.
     Bench(BenchOptions),
 }
@@ -253,8 +274,26 @@ fn http_client(
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Serve(options) = cli.command {
-        return server::serve(options).await;
+    match cli.command {
+        Command::Serve(options) => return server::serve(options).await,
+        Command::Check { data } => {
+            let healthy = crate::maintenance::check(&data, &mut std::io::stdout().lock())?;
+            anyhow::ensure!(healthy, "the data folder {} has problems", data.display());
+            return Ok(());
+        }
+        Command::Repair {
+            data,
+            truncate_at,
+            yes,
+        } => {
+            return crate::maintenance::repair(
+                &data,
+                truncate_at,
+                yes,
+                &mut std::io::stdout().lock(),
+            );
+        }
+        _ => {}
     }
     let client = Client {
         http: http_client(cli.token.as_deref(), cli.ca_cert.as_deref())?,
@@ -262,7 +301,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         json: cli.json,
     };
     match cli.command {
-        Command::Serve(_) => unreachable!("served above"),
+        Command::Serve(_) | Command::Check { .. } | Command::Repair { .. } => {
+            unreachable!("run above")
+        }
         Command::Token(command) => client.token(command).await,
         Command::Audit { after, limit } => client.audit(after, limit).await,
         Command::Bench(options) => bench::run(options).await,

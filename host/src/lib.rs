@@ -9,6 +9,7 @@
 //!   decides access for every route in one place.
 //! - [`server`]: wires the store and the HTTP API into `lantern serve`.
 //! - [`cli`]: the `lantern` command line, a client of a running server.
+//! - [`maintenance`]: `lantern check` and `lantern repair`, offline tools for a data folder.
 //! - [`bench`]: the benchmark program behind `lantern bench`.
 
 pub mod access;
@@ -16,6 +17,7 @@ pub mod bench;
 pub mod cli;
 pub mod durable;
 pub mod http;
+pub mod maintenance;
 pub mod projection;
 pub mod readmodel;
 pub mod server;

@@ -42,6 +42,17 @@ impl ReadModelError {
     }
 }
 
+/// The checkpoint of a read model file, read without changing the file (for `lantern check`).
+pub fn read_checkpoint(path: &Path) -> Result<u64, ReadModelError> {
+    let db = redb::ReadOnlyDatabase::open(path).map_err(storage)?;
+    let txn = db.begin_read().map_err(storage)?;
+    let meta = txn.open_table(META).map_err(storage)?;
+    Ok(meta
+        .get("checkpoint")
+        .map_err(storage)?
+        .map_or(0, |v| v.value()))
+}
+
 /// Opens (or creates) the file and reads its checkpoint.
 fn open_database(path: &Path) -> Result<(Database, u64), ReadModelError> {
     let db = Database::builder()

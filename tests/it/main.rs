@@ -5,6 +5,7 @@ mod append;
 mod cli;
 mod crash;
 mod hostile_http;
+mod maintenance;
 mod malformed;
 mod network;
 mod projections;

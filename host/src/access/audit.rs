@@ -145,6 +145,24 @@ impl Audit {
     }
 }
 
+/// Reads a trail without changing it: its entries and how many lines did not parse.
+pub fn inspect(path: &Path) -> std::io::Result<(Vec<AuditEntry>, usize)> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(error) => return Err(error),
+    };
+    let mut entries = Vec::new();
+    let mut unreadable = 0;
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        match serde_json::from_str::<AuditEntry>(line) {
+            Ok(entry) => entries.push(entry),
+            Err(_) => unreadable += 1,
+        }
+    }
+    Ok((entries, unreadable))
+}
+
 fn ends_torn(file: &mut File) -> std::io::Result<bool> {
     use std::io::{Read, Seek, SeekFrom};
     let length = file.seek(SeekFrom::End(0))?;

@@ -6,6 +6,7 @@
 //! checkpoint, and the registry and the serving pointer switch in one step: a query answers from
 //! exactly one generation, and positions never go back.
 
+pub mod check;
 mod reads;
 mod registry;
 mod runner;

@@ -72,6 +72,26 @@ pub(crate) fn classify(file: &File, bad: u64, file_len: u64) -> Result<Tail, Sto
     Ok(Tail::Torn)
 }
 
+/// Counts the valid records in `[from, file_len)` (after damage): how many, and the first and
+/// last of their positions. `from` itself may be the start of one.
+pub(crate) fn valid_records_after(
+    file: &File,
+    from: u64,
+    file_len: u64,
+) -> Result<Option<(u64, u64, u64)>, StoreError> {
+    let mut found: Option<(u64, u64, u64)> = None;
+    let mut at = from;
+    while let Some((offset, decoded, len)) = next_valid_record(file, at, file_len)? {
+        let position = decoded.event.position;
+        found = Some(match found {
+            None => (1, position, position),
+            Some((count, first, _)) => (count + 1, first, position),
+        });
+        at = offset + len as u64;
+    }
+    Ok(found)
+}
+
 /// The first offset at or after `from` where a whole valid record starts, with it.
 fn next_valid_record(
     file: &File,

@@ -21,15 +21,16 @@ use super::StoreError;
 /// at consecutive revisions and consecutive positions, so their records follow each other in the
 /// log. One entry per run (at most `MAX_RUN` events) instead of one per event: a batched append of
 /// 1000 events costs 16 inserts, not 1000.
-const STREAMS: TableDefinition<'_, (&str, u64), (u64, u64, u64)> = TableDefinition::new("streams");
+pub(crate) const STREAMS: TableDefinition<'_, (&str, u64), (u64, u64, u64)> =
+    TableDefinition::new("streams");
 /// `event id -> (position, offset)`.
-const IDS: TableDefinition<'_, u128, (u64, u64)> = TableDefinition::new("ids");
+pub(crate) const IDS: TableDefinition<'_, u128, (u64, u64)> = TableDefinition::new("ids");
 /// `position -> offset`, for every position `p` with `p % POSITION_STRIDE == 1`: reading the log
 /// from anywhere starts at most `POSITION_STRIDE - 1` records early and skips forward.
-const POSITIONS: TableDefinition<'_, u64, u64> = TableDefinition::new("positions");
+pub(crate) const POSITIONS: TableDefinition<'_, u64, u64> = TableDefinition::new("positions");
 /// `"indexed_position"` (the last position in the tables) and `"indexed_offset"` (where the log
 /// continues after it).
-const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
 pub(crate) const POSITION_STRIDE: u64 = 64;
 /// Longest run of one stream entry: a read scans at most this many records to reach its event.

@@ -5,6 +5,7 @@
 //! file through the indexes ([`index`]), which a second thread derives from the log in large
 //! batches. The store knows nothing of wasm or HTTP.
 
+pub mod check;
 mod damage;
 mod index;
 mod log;
