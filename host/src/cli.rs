@@ -160,6 +160,13 @@ enum Command {
     /// Manage access tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Save an online backup of the server to FILE (a tar; admin): the log up to the position
+    /// it prints, the tokens, the audit trail, the projections and their modules. Restore by
+    /// unpacking it into an empty folder and `lantern serve --data` that folder.
+    Backup {
+        /// Where to write the archive.
+        file: std::path::PathBuf,
+    },
     /// Show the audit trail of admin actions (admin).
     Audit {
         /// Only entries after this number.
@@ -306,6 +313,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Token(command) => client.token(command).await,
         Command::Audit { after, limit } => client.audit(after, limit).await,
+        Command::Backup { file } => client.backup(&file).await,
         Command::Bench(options) => bench::run(options).await,
         Command::Append {
             stream,
@@ -833,6 +841,47 @@ impl Client {
                     println!("revoked {name}");
                 }
             }
+        }
+        Ok(())
+    }
+
+    async fn backup(&self, file: &std::path::Path) -> anyhow::Result<()> {
+        let response = self
+            .send(self.http.get(format!("{}/backup", self.url)))
+            .await?;
+        let position: u64 = response
+            .headers()
+            .get("lantern-position")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .context("the server's answer has no Lantern-Position")?;
+        // Written beside the target and renamed when complete: FILE is never a partial backup.
+        let mut partial = file.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = std::path::PathBuf::from(partial);
+        let mut out = tokio::fs::File::create(&partial)
+            .await
+            .with_context(|| format!("creating {}", partial.display()))?;
+        let mut body = response.bytes_stream();
+        let mut bytes = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.context("the backup stream broke off")?;
+            bytes += chunk.len() as u64;
+            tokio::io::AsyncWriteExt::write_all(&mut out, &chunk).await?;
+        }
+        out.sync_all().await?;
+        drop(out);
+        tokio::fs::rename(&partial, file).await?;
+        if self.json {
+            println!(
+                "{}",
+                json!({"file": file, "position": position, "bytes": bytes})
+            );
+        } else {
+            println!(
+                "backup of the log up to position {position}: {bytes} bytes in {}",
+                file.display()
+            );
         }
         Ok(())
     }

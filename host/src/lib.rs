@@ -9,10 +9,12 @@
 //!   decides access for every route in one place.
 //! - [`server`]: wires the store and the HTTP API into `lantern serve`.
 //! - [`cli`]: the `lantern` command line, a client of a running server.
+//! - [`backup`]: online backups (a tar of the log, tokens, audit trail, registry and modules).
 //! - [`maintenance`]: `lantern check` and `lantern repair`, offline tools for a data folder.
 //! - [`bench`]: the benchmark program behind `lantern bench`.
 
 pub mod access;
+pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod durable;

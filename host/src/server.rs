@@ -82,7 +82,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .with_context(|| format!("opening the store in {}", options.data.display()))?;
     let projections = Projections::open(
         store.clone(),
-        &options.data.join("projections"),
+        &options.data.join(crate::backup::PROJECTIONS_DIR),
         WasmConfig::default(),
     )
     .await

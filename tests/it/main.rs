@@ -2,6 +2,7 @@
 
 mod access;
 mod append;
+mod backup;
 mod cli;
 mod crash;
 mod hostile_http;

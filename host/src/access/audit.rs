@@ -131,6 +131,23 @@ impl Audit {
         Ok(entry)
     }
 
+    /// The trail's file as it is now (whole lines only: taken under the writer's lock), for a
+    /// backup.
+    pub fn file_bytes(&self) -> std::io::Result<Vec<u8>> {
+        let _writer = self.writer.lock();
+        match &self.path {
+            Some(path) => std::fs::read(path),
+            None => {
+                let mut out = Vec::new();
+                for entry in self.memory.lock().iter() {
+                    out.extend(serde_json::to_vec(entry).map_err(std::io::Error::other)?);
+                    out.push(b'\n');
+                }
+                Ok(out)
+            }
+        }
+    }
+
     /// Entries with `seq` greater than `after`, oldest first, at most `limit`.
     pub fn read(&self, after: u64, limit: usize) -> std::io::Result<Vec<AuditEntry>> {
         let entries = match &self.path {

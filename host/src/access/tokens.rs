@@ -435,10 +435,12 @@ impl Tokens {
         Ok((*token.info).clone())
     }
 
-    fn save(&self, inner: &Inner) -> Result<(), TokenError> {
-        let Some(path) = &self.path else {
-            return Ok(());
-        };
+    /// The tokens file as it would be written now (hashes only), for a backup.
+    pub fn stored_bytes(&self) -> Vec<u8> {
+        Self::encode(&self.inner.read())
+    }
+
+    fn encode(inner: &Inner) -> Vec<u8> {
         let stored = StoredFile {
             tokens: inner
                 .tokens
@@ -449,10 +451,14 @@ impl Tokens {
                 })
                 .collect(),
         };
-        let bytes = serde_json::to_vec_pretty(&stored).map_err(|e| TokenError::Io {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?;
+        serde_json::to_vec_pretty(&stored).expect("tokens serialize")
+    }
+
+    fn save(&self, inner: &Inner) -> Result<(), TokenError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let bytes = Self::encode(inner);
         crate::durable::replace(path, &bytes).map_err(|source| TokenError::Io {
             path: path.clone(),
             source,

@@ -1,9 +1,10 @@
-//! Tokens (`/tokens`) and the audit trail (`/audit`), and [`record`], which every admin action
+//! Tokens (`/tokens`), the audit trail (`/audit`), backups (`/backup`), and [`record`], which every admin action
 //! calls to leave its entry in the trail before it is answered.
 
 use axum::Extension;
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
@@ -11,6 +12,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{Body, Path, Query};
 use crate::access::{Action, AuditPage, CreatedToken, NewToken, Principal, TokenError, TokenList};
+use crate::backup::Backup;
 
 impl From<TokenError> for ApiError {
     fn from(error: TokenError) -> Self {
@@ -143,4 +145,89 @@ pub(super) async fn audit(
         None
     };
     Ok(axum::Json(AuditPage { entries, next }))
+}
+
+/// `GET /backup`: a tar of the data folder's essentials, streamed while the server serves.
+pub(super) async fn backup(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    let taken = Backup::take(&state.store, &state.projections, &state.access)
+        .await
+        .map_err(ApiError::internal);
+    let backup = match taken {
+        Ok(backup) => backup,
+        Err(error) => return record(&state, &principal, "backup", "", None, Err(error)).await,
+    };
+    let position = backup.position;
+    let (chunks, body) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let writer = ChannelWriter {
+            chunks: chunks.clone(),
+            buffer: Vec::with_capacity(CHUNK),
+        };
+        if let Err(error) = backup.write(writer) {
+            tracing::warn!(%error, "a backup stream ended early");
+            let _ = chunks.blocking_send(Err(std::io::Error::other(error.to_string())));
+        }
+    });
+    let stream = futures::stream::poll_fn({
+        let mut body = body;
+        move |cx| body.poll_recv(cx)
+    });
+    let response = (
+        [
+            (header::CONTENT_TYPE, "application/x-tar".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"lantern-backup-{position}.tar\""),
+            ),
+            (
+                HeaderName::from_static("lantern-position"),
+                position.to_string(),
+            ),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response();
+    let target = format!("position {position}");
+    record(&state, &principal, "backup", &target, None, Ok(response)).await
+}
+
+const CHUNK: usize = 256 << 10;
+
+/// Hands what the tar builder writes to the response body, a chunk at a time; a client that
+/// left makes the next write fail, which ends the backup.
+struct ChannelWriter {
+    chunks: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buffer: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buffer,
+            Vec::with_capacity(CHUNK),
+        ));
+        self.chunks
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client left"))
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
 }

@@ -182,6 +182,7 @@ pub fn routes(limits: &Limits) -> Vec<Route> {
             admin::revoke_token,
         ),
         Route::new(M::GET, "/audit", Store(Admin), admin::audit),
+        Route::new(M::GET, "/backup", Store(Admin), admin::backup),
     ]
 }
 

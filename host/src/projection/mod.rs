@@ -84,6 +84,15 @@ fn internal(error: impl std::fmt::Display) -> ProjectionError {
     ProjectionError::Internal(error.to_string())
 }
 
+/// One file of a backup.
+#[derive(Debug)]
+pub enum BackupItem {
+    /// Copy this file (it does not change).
+    File(std::path::PathBuf),
+    /// These bytes, taken at the backup's moment.
+    Bytes(Vec<u8>),
+}
+
 /// What a deploy did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deployed {
@@ -785,6 +794,32 @@ impl Projections {
         let _ = std::fs::remove_dir_all(self.inner.layout.read_models(name));
         tracing::info!(projection = name, "deleted");
         Ok(())
+    }
+
+    /// What a backup holds of the projections, as (path relative to the projections folder,
+    /// file to copy or bytes): the registry as it is now and every module it names. Read
+    /// models are left out: they are derived, and rebuilt from the log after a restore.
+    pub async fn backup_files(&self) -> anyhow::Result<Vec<(String, BackupItem)>> {
+        let registry = self.inner.registry.lock().await;
+        let mut files = vec![(
+            "registry.json".to_owned(),
+            BackupItem::Bytes(serde_json::to_vec_pretty(&*registry)?),
+        )];
+        let mut modules: Vec<&str> = registry
+            .projections
+            .values()
+            .flat_map(|e| std::iter::once(&e.current).chain(e.rebuild.as_ref()))
+            .map(|g| g.module_sha256.as_str())
+            .collect();
+        modules.sort_unstable();
+        modules.dedup();
+        for sha in modules {
+            files.push((
+                format!("modules/{sha}.wasm"),
+                BackupItem::File(self.inner.layout.module(sha)),
+            ));
+        }
+        Ok(files)
     }
 
     /// Stops every runner after its current batch and makes the read models durable.

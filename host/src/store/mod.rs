@@ -87,6 +87,36 @@ pub enum StoreError {
     Index(#[from] redb::Error),
 }
 
+/// The committed part of the log at one moment: read it as `events.log` of a backup.
+pub struct LogSnapshot {
+    /// The last position it holds.
+    pub head: u64,
+    /// Its length in bytes.
+    pub len: u64,
+    file: Arc<File>,
+    offset: u64,
+}
+
+impl std::io::Read for LogSnapshot {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let left = self.len - self.offset;
+        if left == 0 {
+            return Ok(0);
+        }
+        let want = buf.len().min(left as usize);
+        let got = self.file.read_at(&mut buf[..want], self.offset)?;
+        if got == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the log is shorter than its committed end",
+            ));
+        }
+        self.offset += got as u64;
+        Ok(got)
+    }
+}
+
 /// Something wrong with the store that an operator should know about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -522,6 +552,18 @@ impl Store {
             }
         }
         Ok(slice)
+    }
+
+    /// The committed log as of now, for an online backup: its head and a reader of exactly its
+    /// bytes. The bytes never change (the log is append-only), so appends may go on meanwhile.
+    pub fn log_snapshot(&self) -> Result<LogSnapshot, StoreError> {
+        let (_, committed) = self.inner.index.seek(u64::MAX)?;
+        Ok(LogSnapshot {
+            head: committed.head_position,
+            len: committed.end_offset,
+            file: self.inner.file.clone(),
+            offset: 0,
+        })
     }
 
     /// What is wrong with the store now; empty when all is well.
