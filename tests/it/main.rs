@@ -15,6 +15,7 @@ mod rebuild;
 mod sandbox;
 mod storage_faults;
 mod subscribe;
+mod torture;
 
 use reqwest::StatusCode;
 use serde_json::Value;

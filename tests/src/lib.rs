@@ -1,6 +1,8 @@
 //! Helpers shared by Lantern's integration tests: servers in process (on port 0) and as real
 //! processes.
 
+pub mod torture;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
