@@ -135,8 +135,10 @@ pub async fn run(options: &TortureOptions) -> anyhow::Result<TortureSummary> {
             }
         }
         // 2. The log is exactly the model.
-        check_log(&client, &url, &model.lock().expect("model").log).await?;
-        let head = model.lock().expect("model").log.len() as u64;
+        // The appenders are stopped: a copy of the model is what the server must hold.
+        let acknowledged = model.lock().expect("model").log.clone();
+        check_log(&client, &url, &acknowledged).await?;
+        let head = acknowledged.len() as u64;
         // 3. The subscriber resumes with no gap and no duplicate.
         summary.subscribed += resume_subscriber(&client, &url, &mut subscriber_last, head).await?;
         // 4. Read models equal the fold.
