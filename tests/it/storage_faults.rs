@@ -313,3 +313,79 @@ fn free_bytes(path: &Path) -> u64 {
         .and_then(|line| line.trim().parse().ok())
         .expect("df prints the free bytes")
 }
+
+/// An I/O error on the log's fsync (injected below the writer): the group is not acknowledged,
+/// appends stop with 503 `storage_unavailable` until a restart, reads go on, and after the
+/// restart everything acknowledged is there and nothing of the failed group.
+#[tokio::test]
+async fn an_io_error_on_fsync_stops_appends_until_a_restart_and_loses_nothing() {
+    use lantern::store::{ExpectedRevision, NewEvent};
+
+    let other = tempfile::tempdir().unwrap();
+    let dir = other.path().join("failpoint-store");
+    let store = Store::open(&dir, StoreOptions::default()).unwrap();
+    let projections = Projections::open(
+        store.clone(),
+        &other.path().join("projections"),
+        shared_compile_cache(WasmConfig::default()),
+    )
+    .await
+    .unwrap();
+    let router = app(AppState::new(
+        store.clone(),
+        projections.clone(),
+        AccessControl::in_memory(),
+    ));
+    for batch in 0..3 {
+        let (status, _) = call(&router, append_request("io-1", batch)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    fail::cfg("log-fsync", "return").unwrap();
+    let (status, body) = call(&router, append_request("io-1", 3)).await;
+    fail::remove("log-fsync");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "storage_unavailable");
+    // The disk works again, but the store does not trust the file until a restart.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, body) = call(&router, append_request("io-2", 0)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (_, health) = call(
+        &router,
+        Request::get("/health").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["problems"][0]["code"], "storage_unavailable");
+    let (status, page) = call(
+        &router,
+        Request::get("/streams/io-1?limit=100")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "reads go on");
+    assert_eq!(page["events"].as_array().unwrap().len(), 30);
+
+    projections.shutdown().await;
+    drop(projections);
+    drop(router);
+    store.close();
+    drop(store);
+    let store = Store::open(&dir, StoreOptions::default()).unwrap();
+    assert_eq!(store.head(), 30, "the failed group left no trace");
+    let outcome = store
+        .append(
+            "io-2",
+            ExpectedRevision::NoStream,
+            vec![NewEvent {
+                id: None,
+                event_type: "After".into(),
+                data: "{}".into(),
+                metadata: None,
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.first_position, 31);
+    store.close();
+}

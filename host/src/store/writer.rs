@@ -352,6 +352,12 @@ impl Writer {
 
     fn write(&self, buffer: &[u8]) -> std::io::Result<()> {
         self.file.write_all_at(buffer, self.committed.end_offset)?;
+        // Tests inject an I/O error of the disk here, for stores in folders named `failpoint-*`.
+        fail::fail_point!(
+            "log-fsync",
+            self.path.to_string_lossy().contains("failpoint-"),
+            |_| Err(std::io::Error::from_raw_os_error(5))
+        );
         if self.sync {
             self.file.sync_data()?;
         }
