@@ -1,6 +1,7 @@
 //! Helpers shared by Lantern's integration tests: servers in process (on port 0) and as real
 //! processes.
 
+pub mod fuzzing;
 pub mod torture;
 
 use std::io::{BufRead, BufReader};
