@@ -194,6 +194,11 @@ impl ServerProcess {
         })
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no chance to flush or clean up.
     pub fn kill(mut self) -> anyhow::Result<()> {
         self.child.kill()?;
