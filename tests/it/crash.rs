@@ -570,3 +570,51 @@ async fn wait_for(url: &str, done: impl Fn(&Value) -> bool) -> Value {
     }
     panic!("order-totals never reached the expected status");
 }
+
+/// A new file is durable only once its folder entry is: the log's folder is fsync'd after the log
+/// is created, before any append in it is acknowledged. Observed with strace (CI installs it), as
+/// only a power cut would show it otherwise; the store is created and used by `lantern bench`.
+#[test]
+fn the_log_folder_is_fsynced_after_the_log_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.txt");
+    let status = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=openat,fsync,fdatasync", "-o"])
+        .arg(&trace)
+        .arg(server_binary())
+        .args(["bench", "--only", "store", "--events", "2000", "--dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("strace runs (apt-get install strace)");
+    assert!(status.success());
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let lines: Vec<&str> = trace.lines().collect();
+    let created = lines
+        .iter()
+        .position(|l| l.contains("events.log\"") && l.contains("O_CREAT"))
+        .expect("the log is created");
+    let log_path = lines[created].split('"').nth(1).unwrap();
+    let folder = Path::new(log_path).parent().unwrap().to_str().unwrap();
+    let quoted = format!("\"{folder}\"");
+    let fd_of = |line: &str| line.rsplit("= ").next().unwrap().trim().to_owned();
+    let first_append_sync = lines[created..]
+        .iter()
+        .position(|l| l.contains("fdatasync("))
+        .map(|i| created + i)
+        .expect("appends are fsync'd");
+    let folder_synced = lines[created..first_append_sync]
+        .iter()
+        .filter(|l| l.contains("openat(") && l.contains(&quoted))
+        .any(|open| {
+            let fd = fd_of(open);
+            lines[created..first_append_sync]
+                .iter()
+                .any(|l| l.contains(&format!("fsync({fd})")))
+        });
+    assert!(
+        folder_synced,
+        "{folder} is fsync'd after {log_path} is created and before the first append's fsync"
+    );
+}
