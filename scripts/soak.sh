@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Soak: MINUTES (default 30) of mixed load on a real release server (appends, subscribers coming and
 # going, queries, a live redeploy every minute), sampling its RSS, open file descriptors and threads
-# every 10 s. Exits non-zero if any grows by 10% or more after the warm-up (5 minutes).
+# every 10 s. Exits non-zero if any grows by 10% or more after the warm-up (10 minutes: the
+# in-memory index tail and the read models' caches fill up over the first minutes, then stay).
 #   ./scripts/soak.sh [MINUTES]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -46,7 +46,7 @@ fn sample(pid: u32, started: Instant) -> Option<Sample> {
 
 fn main() -> ExitCode {
     let mut minutes = 30u64;
-    let mut warmup = 5u64;
+    let mut warmup = 10u64;
     let mut server = PathBuf::from("target/release/lantern");
     let mut module = torture::guests_dir().join("order_totals.wasm");
     let mut args = std::env::args().skip(1);
