@@ -51,6 +51,24 @@ impl Drop for SmallDisk {
     }
 }
 
+/// A durable store in `store_dir` (projections in `other`) and the API over it, without a socket.
+async fn serve(store_dir: &Path, other: &Path) -> (Store, Projections, axum::Router) {
+    let store = Store::open(store_dir, StoreOptions::default()).unwrap();
+    let projections = Projections::open(
+        store.clone(),
+        &other.join("projections"),
+        shared_compile_cache(WasmConfig::default()),
+    )
+    .await
+    .unwrap();
+    let router = app(AppState::new(
+        store.clone(),
+        projections.clone(),
+        AccessControl::in_memory(),
+    ));
+    (store, projections, router)
+}
+
 async fn call(router: &axum::Router, request: Request<Body>) -> (StatusCode, Value) {
     let response = router.clone().oneshot(request).await.unwrap();
     let status = response.status();
@@ -82,19 +100,7 @@ async fn a_full_disk_refuses_appends_loses_nothing_and_recovers_when_space_retur
     std::fs::write(&ballast, vec![7u8; 2 << 20]).unwrap();
     let store_dir = disk.path().join("store");
     let other = tempfile::tempdir().unwrap();
-    let store = Store::open(&store_dir, StoreOptions::default()).unwrap();
-    let projections = Projections::open(
-        store.clone(),
-        &other.path().join("projections"),
-        shared_compile_cache(WasmConfig::default()),
-    )
-    .await
-    .unwrap();
-    let router = app(AppState::new(
-        store.clone(),
-        projections.clone(),
-        AccessControl::in_memory(),
-    ));
+    let (store, projections, router) = serve(&store_dir, other.path()).await;
 
     // Fill the disk: every answered append is remembered; the first refusal must be storage_full.
     let mut acknowledged: Vec<(u64, u64)> = Vec::new(); // (batch, first position)
@@ -323,19 +329,7 @@ async fn an_io_error_on_fsync_stops_appends_until_a_restart_and_loses_nothing() 
 
     let other = tempfile::tempdir().unwrap();
     let dir = other.path().join("failpoint-store");
-    let store = Store::open(&dir, StoreOptions::default()).unwrap();
-    let projections = Projections::open(
-        store.clone(),
-        &other.path().join("projections"),
-        shared_compile_cache(WasmConfig::default()),
-    )
-    .await
-    .unwrap();
-    let router = app(AppState::new(
-        store.clone(),
-        projections.clone(),
-        AccessControl::in_memory(),
-    ));
+    let (store, projections, router) = serve(&dir, other.path()).await;
     for batch in 0..3 {
         let (status, _) = call(&router, append_request("io-1", batch)).await;
         assert_eq!(status, StatusCode::OK);

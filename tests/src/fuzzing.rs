@@ -104,7 +104,6 @@ fn server() -> &'static Server {
 
 /// Turns `bytes` into a request (method, path and query, headers, body: lines) and sends it.
 pub fn http_request(bytes: &[u8]) {
-    use tower::ServiceExt;
     let text = String::from_utf8_lossy(bytes);
     let mut lines = text.split('\n');
     let method = match lines.next().unwrap_or_default() {
@@ -142,32 +141,66 @@ pub fn http_request(bytes: &[u8]) {
     for token in server.access.tokens.list() {
         let _ = server.access.tokens.revoke(&token.name);
     }
-    let (status, content_type, body) = server.runtime.block_on(async {
-        let response = server
-            .router
-            .clone()
-            .oneshot(request)
+    let answer = server
+        .runtime
+        .block_on(answer_of(server.router.clone(), request));
+    check_answer(method, &answer);
+}
+
+/// What the API answered: status, content type and, for an error, its body (a success may be an
+/// endless stream, and is not read).
+#[derive(Debug)]
+pub struct Answer {
+    /// The status.
+    pub status: axum::http::StatusCode,
+    /// The content type.
+    pub content_type: String,
+    /// The body of an error.
+    pub body: Vec<u8>,
+}
+
+/// Sends `request` to `router`.
+pub async fn answer_of(
+    router: axum::Router,
+    request: axum::http::Request<axum::body::Body>,
+) -> Answer {
+    use tower::ServiceExt;
+    let response = router.oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = if status.is_success() {
+        Vec::new()
+    } else {
+        axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
-            .expect("infallible");
-        let status = response.status();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        if status.is_success() {
-            return (status, content_type, Vec::new()); // may be an endless stream
-        }
-        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .expect("a body");
-        (status, content_type, body.to_vec())
-    });
-    assert_ne!(status.as_u16(), 500, "{}", String::from_utf8_lossy(&body));
-    if !status.is_success() && method != "HEAD" {
-        assert_eq!(content_type, "application/json");
-        let error: serde_json::Value = serde_json::from_slice(&body).expect("an error is JSON");
+            .expect("an error's body")
+            .to_vec()
+    };
+    Answer {
+        status,
+        content_type,
+        body,
+    }
+}
+
+/// The contract for any request: never a 500, and every error is the contract's JSON.
+pub fn check_answer(method: &str, answer: &Answer) {
+    assert_ne!(
+        answer.status.as_u16(),
+        500,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    if !answer.status.is_success() && method != "HEAD" {
+        assert_eq!(answer.content_type, "application/json");
+        let error: serde_json::Value =
+            serde_json::from_slice(&answer.body).expect("an error is JSON");
         assert!(error["error"]["code"].is_string(), "{error}");
+        assert!(error["error"]["message"].is_string(), "{error}");
     }
 }

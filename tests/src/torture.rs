@@ -328,6 +328,21 @@ async fn check_log(
     Ok(())
 }
 
+/// Takes the complete NDJSON lines out of `pending` and returns their events' positions
+/// (heartbeats, empty lines, are skipped).
+fn take_positions(pending: &mut Vec<u8>) -> anyhow::Result<Vec<u64>> {
+    let mut positions = Vec::new();
+    while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+        let line: Vec<u8> = pending.drain(..=end).collect();
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let event: Value = serde_json::from_slice(&line)?;
+        positions.push(event["position"].as_u64().context("position")?);
+    }
+    Ok(positions)
+}
+
 /// Follows `/subscribe` live from after `last` until the connection breaks (the kill), checking
 /// order; returns how many events came and the last position seen.
 async fn live_subscriber(
@@ -359,13 +374,7 @@ async fn live_subscriber(
         };
         let Some(Ok(chunk)) = chunk else { break };
         pending.extend_from_slice(&chunk);
-        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let event: Value = serde_json::from_slice(&line)?;
-            let position = event["position"].as_u64().context("position")?;
+        for position in take_positions(&mut pending)? {
             ensure!(
                 position == seen + 1,
                 "the subscription went from {seen} to {position}"
@@ -412,13 +421,7 @@ async fn resume_subscriber(
             .context("the subscription went quiet")?
             .context("the subscription ended")??;
         pending.extend_from_slice(&chunk);
-        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let event: Value = serde_json::from_slice(&line)?;
-            let position = event["position"].as_u64().context("position")?;
+        for position in take_positions(&mut pending)? {
             ensure!(
                 position == *last + 1,
                 "after the restart the subscription went from {last} to {position}"
