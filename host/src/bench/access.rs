@@ -151,8 +151,13 @@ async fn single_appends(address: &str, header: &str, duration: Duration) -> anyh
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Point queries from 32 clients for `duration`: queries per second.
-async fn point_queries(address: &str, header: &str, duration: Duration) -> anyhow::Result<f64> {
+/// Point queries of `order-totals` from 32 clients for `duration`, each request with `header`
+/// (header lines, or nothing): queries per second.
+pub(super) async fn point_queries(
+    address: &str,
+    header: &str,
+    duration: Duration,
+) -> anyhow::Result<f64> {
     let until = Instant::now() + duration;
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();

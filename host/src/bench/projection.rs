@@ -10,7 +10,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::{RawConnection, Report};
+use super::Report;
 use crate::http::AppState;
 use crate::projection::{MinPosition, Projections};
 use crate::store::{ExpectedRevision, Filter, NewEvent, Store, StoreOptions};
@@ -169,30 +169,11 @@ pub(super) async fn run(
         ),
         shutdown.clone().cancelled_owned(),
     ));
-    let until = Instant::now() + Duration::from_secs(options.seconds);
-    let started = Instant::now();
-    let mut clients = tokio::task::JoinSet::new();
-    for client in 0..32u64 {
-        let address = address.clone();
-        clients.spawn(async move {
-            let mut connection = RawConnection::open(&address).await?;
-            let mut done = 0u64;
-            while Instant::now() < until {
-                let customer = (client * 7919 + done * 31) % CUSTOMERS;
-                let path = format!("/projections/order-totals/state/customer:c-{customer}");
-                connection.request("GET", &path, b"").await?;
-                done += 1;
-            }
-            anyhow::Ok(done)
-        });
-    }
-    let mut queries = 0;
-    while let Some(done) = clients.join_next().await {
-        queries += done??;
-    }
+    let rate =
+        super::access::point_queries(&address, "", Duration::from_secs(options.seconds)).await?;
     report.record(
         "projection_point_queries_http_32_clients",
-        queries as f64 / started.elapsed().as_secs_f64(),
+        rate,
         "queries/s",
     );
     shutdown.cancel();
