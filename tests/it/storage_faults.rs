@@ -251,10 +251,9 @@ async fn a_full_read_model_disk_is_a_storage_fault_that_heals() {
     let fault = status.state.fault.expect("a fault");
     assert_eq!(fault.cause, FaultCause::Storage, "{fault:?}");
     assert!(fault.message.contains("No space left"), "{fault:?}");
-    assert!(
-        fault.position <= status.position + 1,
-        "no event past the checkpoint is blamed: {fault:?}"
-    );
+    // Where it stopped, not an event found guilty: at most the log's end (after the reopen the
+    // read model may be back at its last durable commit, below the batch that failed).
+    assert!((1..=customers + 1).contains(&fault.position), "{fault:?}");
     // The store and the other reads go on.
     assert_eq!(store.head(), customers);
 
