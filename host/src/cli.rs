@@ -859,18 +859,29 @@ impl Client {
         let mut partial = file.as_os_str().to_owned();
         partial.push(".partial");
         let partial = std::path::PathBuf::from(partial);
-        let mut out = tokio::fs::File::create(&partial)
-            .await
-            .with_context(|| format!("creating {}", partial.display()))?;
-        let mut body = response.bytes_stream();
-        let mut bytes = 0u64;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.context("the backup stream broke off")?;
-            bytes += chunk.len() as u64;
-            tokio::io::AsyncWriteExt::write_all(&mut out, &chunk).await?;
+        let written = async {
+            let mut out = tokio::fs::File::create(&partial)
+                .await
+                .with_context(|| format!("creating {}", partial.display()))?;
+            let mut body = response.bytes_stream();
+            let mut bytes = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.context("the backup stream broke off")?;
+                bytes += chunk.len() as u64;
+                tokio::io::AsyncWriteExt::write_all(&mut out, &chunk).await?;
+            }
+            out.sync_all().await?;
+            anyhow::Ok(bytes)
         }
-        out.sync_all().await?;
-        drop(out);
+        .await;
+        let bytes = match written {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                // An incomplete archive is no backup: nothing is left behind.
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(error);
+            }
+        };
         tokio::fs::rename(&partial, file).await?;
         if self.json {
             println!(
