@@ -22,6 +22,7 @@ pub mod http;
 pub mod maintenance;
 pub mod projection;
 pub mod readmodel;
+mod redb_file;
 pub mod server;
 pub mod store;
 pub mod subscription;

@@ -55,10 +55,7 @@ pub fn read_checkpoint(path: &Path) -> Result<u64, ReadModelError> {
 
 /// Opens (or creates) the file and reads its checkpoint.
 fn open_database(path: &Path) -> Result<(Database, u64), ReadModelError> {
-    let db = Database::builder()
-        .set_cache_size(32 << 20)
-        .create(path)
-        .map_err(storage)?;
+    let db = crate::redb_file::create(path, 32 << 20).map_err(storage)?;
     let txn = db.begin_write().map_err(storage)?;
     let checkpoint = {
         txn.open_table(STATE).map_err(storage)?;

@@ -382,3 +382,207 @@ async fn an_io_error_on_fsync_stops_appends_until_a_restart_and_loses_nothing() 
     assert_eq!(outcome.first_position, 31);
     store.close();
 }
+
+/// `n` orders, customer `c-{i % 100}`, amount `i % 7 + 1`, one append per ten.
+async fn place_orders(store: &Store, from: u64, n: u64) {
+    use lantern::store::{ExpectedRevision, NewEvent};
+    for start in (from..from + n).step_by(10) {
+        let events = (start..start + 10)
+            .map(|i| NewEvent {
+                id: None,
+                event_type: "OrderPlaced".into(),
+                data: format!(r#"{{"customer":"c-{}","amount":{}}}"#, i % 100, i % 7 + 1).into(),
+                metadata: None,
+            })
+            .collect();
+        store
+            .append(
+                &format!("order-{}", start % 30),
+                ExpectedRevision::Any,
+                events,
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// An I/O error below redb (injected in its storage backend) while a read model is written: the
+/// projection faults with a storage error that blames no event, reads answer 503 or the last
+/// good state, never a wrong one; when the disk works again the projection heals by itself and
+/// its read model is exactly the fold of the log.
+#[tokio::test]
+async fn an_io_error_below_a_read_model_faults_its_projection_and_heals() {
+    use lantern::projection::{FaultCause, Phase};
+    use lantern_tests::{guest, test_store_options};
+
+    let other = tempfile::tempdir().unwrap();
+    let store = Store::open(&other.path().join("store"), test_store_options(false)).unwrap();
+    let projections = Projections::open(
+        store.clone(),
+        &other.path().join("failpoint-redb-projections"),
+        shared_compile_cache(WasmConfig::default()),
+    )
+    .await
+    .unwrap();
+    projections
+        .deploy("totals", guest("order_totals"))
+        .await
+        .unwrap();
+    place_orders(&store, 0, 500).await;
+    wait_until(&projections, |s| s.position == 500).await;
+
+    fail::cfg("redb-write", "return").unwrap();
+    place_orders(&store, 500, 500).await;
+    let status = wait_until(&projections, |s| s.state.phase == Phase::Faulted).await;
+    let fault = status.state.fault.expect("a fault");
+    assert_eq!(fault.cause, FaultCause::Storage, "{fault:?}");
+    assert!(fault.message.contains("os error 5"), "{fault:?}");
+    // Reads never see a state that disagrees with its checkpoint: a value with the checkpoint
+    // it reflects (at most the last durable commit's), or 503.
+    match projections.get("totals", "customer:c-1", None).await {
+        Ok((value, position)) => {
+            let value: Value = serde_json::from_slice(&value).unwrap();
+            let orders = (0..position).filter(|i| i % 100 == 1).count();
+            assert_eq!(value["orders"], orders as u64, "at {position}");
+        }
+        Err(error) => assert!(
+            matches!(
+                error,
+                lantern::projection::ProjectionError::Storage(_)
+                    | lantern::projection::ProjectionError::Unavailable { .. }
+            ),
+            "{error:?}"
+        ),
+    }
+    assert_eq!(store.head(), 1000, "appends go on");
+
+    fail::remove("redb-write");
+    let status = wait_until(&projections, |s| {
+        s.state.phase == Phase::Running && s.position == 1000
+    })
+    .await;
+    assert!(status.state.fault.is_none());
+    for customer in 0..100u64 {
+        let (value, _) = projections
+            .get("totals", &format!("customer:c-{customer}"), None)
+            .await
+            .unwrap();
+        let value: Value = serde_json::from_slice(&value).unwrap();
+        let amounts: Vec<u64> = (0..1000u64)
+            .filter(|i| i % 100 == customer)
+            .map(|i| i % 7 + 1)
+            .collect();
+        assert_eq!(value["orders"], amounts.len() as u64, "c-{customer}");
+        assert_eq!(value["total"], amounts.iter().sum::<u64>(), "c-{customer}");
+    }
+    projections.shutdown().await;
+}
+
+/// An I/O error below redb in the store's index: appends are still acknowledged (the log is the
+/// truth and it is durable), reads stay complete from the in-memory tail, `/health` says the
+/// indexer stopped; a restart indexes the log again and `lantern check` finds it whole.
+#[tokio::test]
+async fn an_io_error_below_the_index_stops_indexing_not_appends() {
+    use lantern::store::Direction;
+    use lantern_tests::test_store_options;
+
+    let other = tempfile::tempdir().unwrap();
+    let dir = other.path().join("failpoint-redb-store");
+    let store = Store::open(&dir, test_store_options(false)).unwrap();
+    place_orders(&store, 0, 300).await;
+    fail::cfg("redb-sync", "return").unwrap();
+    place_orders(&store, 300, 700).await;
+    let mut problems = store.problems();
+    for _ in 0..100 {
+        if !problems.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        problems = store.problems();
+    }
+    fail::remove("redb-sync");
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].code, "indexer_stopped");
+    assert!(problems[0].message.contains("os error 5"), "{problems:?}");
+    assert_eq!(store.head(), 1000);
+    let count = |store: &Store| {
+        [0, 10, 20]
+            .iter()
+            .map(|s| {
+                store
+                    .read_stream(&format!("order-{s}"), None, Direction::Forward, 10_000)
+                    .unwrap()
+                    .events
+                    .len()
+            })
+            .sum::<usize>()
+    };
+    assert_eq!(count(&store), 1000, "reads are complete");
+    store.close();
+    drop(store);
+
+    let store = Store::open(&dir, test_store_options(false)).unwrap();
+    assert!(store.problems().is_empty());
+    assert_eq!(store.head(), 1000);
+    assert_eq!(count(&store), 1000);
+    store.close();
+    drop(store);
+    let report = lantern::store::check::check(&dir).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.events, 1000);
+}
+
+/// A deploy that meets a full disk is refused with 507 `storage_full`, leaves nothing behind (no
+/// registry entry, no part of a file) and works once there is space.
+#[tokio::test]
+async fn a_deploy_on_a_full_disk_is_refused_with_507_and_changes_nothing() {
+    let disk = SmallDisk::mount("16m");
+    let other = tempfile::tempdir().unwrap();
+    let (store, projections, router) = serve(&other.path().join("store"), disk.path()).await;
+    let ballast = disk.path().join("ballast");
+    let free = free_bytes(disk.path());
+    std::fs::write(&ballast, vec![1u8; (free - (1 << 20)) as usize]).unwrap();
+    let deploy = || {
+        Request::put("/projections/totals")
+            .header("content-type", "application/wasm")
+            .body(Body::from(lantern_tests::guest("order_totals")))
+            .unwrap()
+    };
+    let list = || Request::get("/projections").body(Body::empty()).unwrap();
+
+    let (status, body) = call(&router, deploy()).await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
+    assert_eq!(body["error"]["code"], "storage_full");
+    let (_, listed) = call(&router, list()).await;
+    assert_eq!(listed["projections"], json!([]));
+    let leftovers: Vec<_> = walkdir(&disk.path().join("projections"))
+        .into_iter()
+        .filter(|path| path.extension().is_some_and(|e| e == "tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    std::fs::remove_file(&ballast).unwrap();
+    let (status, body) = call(&router, deploy()).await;
+    assert!(status.is_success(), "{status} {body}");
+    let (_, listed) = call(&router, list()).await;
+    assert_eq!(listed["projections"][0]["name"], "totals");
+    projections.shutdown().await;
+    store.close();
+}
+
+/// Every file under `dir`.
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut folders = vec![dir.to_owned()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                folders.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}

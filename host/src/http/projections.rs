@@ -52,6 +52,9 @@ impl From<ProjectionError> for ApiError {
                     message,
                 )
             }
+            ProjectionError::StorageFull(_) => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", message)
+            }
             ProjectionError::Unavailable { .. } => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "projection_unavailable",

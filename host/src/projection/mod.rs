@@ -75,6 +75,9 @@ pub enum ProjectionError {
     /// The read model could not be read or written.
     #[error("read model storage: {0}")]
     Storage(String),
+    /// The disk holding the projections is full: a deploy or rebuild could not write its files.
+    #[error("the disk holding the projections is full: {0}")]
+    StorageFull(String),
     /// Anything else: storage, I/O.
     #[error("{0}")]
     Internal(String),
@@ -82,6 +85,27 @@ pub enum ProjectionError {
 
 fn internal(error: impl std::fmt::Display) -> ProjectionError {
     ProjectionError::Internal(error.to_string())
+}
+
+/// A failure to write the projections' files (modules, registry, new read models): `StorageFull`
+/// when the disk is full, `Storage` for another I/O error, `Internal` for anything else.
+fn disk(error: impl Into<anyhow::Error>) -> ProjectionError {
+    let error = error.into();
+    let io = error.chain().find_map(|cause| {
+        cause.downcast_ref::<std::io::Error>().or_else(|| {
+            match cause.downcast_ref::<redb::Error>() {
+                Some(redb::Error::Io(io)) => Some(io),
+                _ => None,
+            }
+        })
+    });
+    match io {
+        Some(io) if crate::durable::is_full(io) => {
+            ProjectionError::StorageFull(format!("{error:#}"))
+        }
+        Some(_) => ProjectionError::Storage(format!("{error:#}")),
+        None => internal(format!("{error:#}")),
+    }
 }
 
 /// One file of a backup.
@@ -380,7 +404,7 @@ impl Projections {
                 ModuleError::TooLarge { .. } => ProjectionError::TooLarge(e.to_string()),
                 _ => ProjectionError::InvalidModule(e.to_string()),
             })?;
-            registry::write_once(&layout.module(&sha_owned), &bytes).map_err(internal)?;
+            registry::write_once(&layout.module(&sha_owned), &bytes).map_err(disk)?;
             Ok::<_, ProjectionError>(Arc::new(module))
         })
         .await
@@ -452,12 +476,10 @@ impl Projections {
         let generation = self
             .load_generation(name, &entry.current, Some(module))
             .await
-            .map_err(internal)?;
+            .map_err(disk)?;
         let version = entry.current.version;
         registry.projections.insert(name.to_owned(), entry);
-        registry
-            .save(&self.inner.layout.registry())
-            .map_err(internal)?;
+        registry.save(&self.inner.layout.registry()).map_err(disk)?;
         generation.set_serving();
         generation.start(self.inner.store.clone(), None, None);
         self.inner.slots.write().insert(
@@ -560,11 +582,9 @@ impl Projections {
         let generation = self
             .load_generation(name, &rebuild, module)
             .await
-            .map_err(internal)?;
+            .map_err(disk)?;
         registry.projections.insert(name.to_owned(), entry);
-        registry
-            .save(&self.inner.layout.registry())
-            .map_err(internal)?;
+        registry.save(&self.inner.layout.registry()).map_err(disk)?;
         tracing::info!(
             projection = name,
             version,
@@ -779,9 +799,7 @@ impl Projections {
         if registry.projections.remove(name).is_none() {
             return Err(ProjectionError::NotFound(name.to_owned()));
         }
-        registry
-            .save(&self.inner.layout.registry())
-            .map_err(internal)?;
+        registry.save(&self.inner.layout.registry()).map_err(disk)?;
         let slot = self.inner.slots.write().remove(name);
         if let Some(slot) = slot {
             if let Serving::Loaded(current) = slot.current {

@@ -84,10 +84,17 @@ pub(crate) fn write_once(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let temporary = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
+    let written = (|| {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    if written.is_err() {
+        // A full disk must not keep the part that was written.
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written?;
     // The registry will name this file: its folder entry must be durable before that.
     crate::durable::sync_parent(path)
 }

@@ -142,10 +142,7 @@ pub(crate) struct Index {
 impl Index {
     /// Opens (or creates) the index file and returns it with its `Committed` high-water mark.
     pub(crate) fn open(path: &Path, chunk_events: usize) -> Result<(Self, Committed), StoreError> {
-        let db = Database::builder()
-            .set_cache_size(64 << 20)
-            .create(path)
-            .map_err(redb::Error::from)?;
+        let db = crate::redb_file::create(path, 64 << 20).map_err(redb::Error::from)?;
         let txn = db.begin_write().map_err(redb::Error::from)?;
         let indexed = {
             // Create every table so read transactions never meet a missing one.

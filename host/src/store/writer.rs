@@ -281,10 +281,7 @@ impl Writer {
 
     /// After a failed write or fsync: cut the group off, refuse appends, report it.
     fn fail(&mut self, error: &std::io::Error) {
-        let full = matches!(
-            error.kind(),
-            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-        );
+        let full = crate::durable::is_full(error);
         // Leave no trace of the group; whatever the file holds now, recovery cuts it again.
         let _ = self.file.set_len(self.committed.end_offset);
         let (failure, problem) = if full {
