@@ -68,12 +68,17 @@ pub struct ServeOptions {
     /// when it opened or got its last answer; slower connections are closed.
     #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().header_timeout.as_secs())]
     pub header_timeout: u64,
+    /// MiB of the index's page cache: the largest part of the server's memory besides the read
+    /// models' caches (32 MiB each).
+    #[arg(long, value_name = "MIB", default_value_t = StoreOptions::default().index_cache_bytes >> 20)]
+    pub index_cache_mib: usize,
 }
 
 /// Runs the server until Ctrl-C or SIGTERM.
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let store_options = StoreOptions {
         sync: !options.relaxed_durability,
+        index_cache_bytes: options.index_cache_mib << 20,
         ..StoreOptions::default()
     };
     let data = options.data.clone();

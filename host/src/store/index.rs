@@ -141,8 +141,12 @@ pub(crate) struct Index {
 
 impl Index {
     /// Opens (or creates) the index file and returns it with its `Committed` high-water mark.
-    pub(crate) fn open(path: &Path, chunk_events: usize) -> Result<(Self, Committed), StoreError> {
-        let db = crate::redb_file::create(path, 64 << 20).map_err(redb::Error::from)?;
+    pub(crate) fn open(
+        path: &Path,
+        chunk_events: usize,
+        cache_bytes: usize,
+    ) -> Result<(Self, Committed), StoreError> {
+        let db = crate::redb_file::create(path, cache_bytes).map_err(redb::Error::from)?;
         let txn = db.begin_write().map_err(redb::Error::from)?;
         let indexed = {
             // Create every table so read transactions never meet a missing one.

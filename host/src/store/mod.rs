@@ -270,6 +270,9 @@ pub struct StoreOptions {
     /// Most events one `read_all` examines, so a selective filter cannot scan the whole log in
     /// one call.
     pub scan_budget: usize,
+    /// Bytes of the index's page cache (redb's; it fills as the index is read and written, then
+    /// stays at this size).
+    pub index_cache_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -280,6 +283,7 @@ impl Default for StoreOptions {
             chunk_events: 65_536,
             max_pending_chunks: 8,
             scan_budget: 100_000,
+            index_cache_bytes: 64 << 20,
         }
     }
 }
@@ -318,7 +322,11 @@ impl Store {
             // The file's folder entry must be durable before any append in it is acknowledged.
             File::open(dir)?.sync_all()?;
         }
-        let (index, indexed) = Index::open(&dir.join("index.redb"), options.chunk_events)?;
+        let (index, indexed) = Index::open(
+            &dir.join("index.redb"),
+            options.chunk_events,
+            options.index_cache_bytes,
+        )?;
         let index = Arc::new(index);
         let health = Arc::new(Mutex::new(Health::default()));
         let (chunks_tx, chunks_rx) = mpsc::sync_channel(options.max_pending_chunks);

@@ -1,7 +1,8 @@
 //! `lantern-soak`: mixed load on a real server for a while, sampling its memory, open file
 //! descriptors and threads every 10 s; after the warm-up they must stay flat (growth under 10%).
 //!
-//! `lantern-soak [--minutes N] [--server PATH] [--module PATH] [--warmup-minutes N]`
+//! `lantern-soak [--minutes N] [--server PATH] [--module PATH] [--warmup-minutes N]
+//! [--index-cache-mib N]` (the last is passed to the server)
 //!
 //! The load: appenders (a bounded set of customers, so read models stop growing), subscribers
 //! that come and go, point, prefix and module queries, and a redeploy (a live rebuild) every
@@ -49,6 +50,7 @@ fn main() -> ExitCode {
     let mut warmup = 10u64;
     let mut server = PathBuf::from("target/release/lantern");
     let mut module = torture::guests_dir().join("order_totals.wasm");
+    let mut server_args: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().unwrap_or_default();
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
             "--warmup-minutes" => warmup = value.parse().unwrap_or(warmup),
             "--server" => server = PathBuf::from(value),
             "--module" => module = PathBuf::from(value),
+            "--index-cache-mib" => server_args.extend(["--index-cache-mib".into(), value]),
             _ => {
                 eprintln!("error: unknown flag {flag}");
                 return ExitCode::from(2);
@@ -64,7 +67,7 @@ fn main() -> ExitCode {
         }
     }
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    match runtime.block_on(soak(server, module, minutes, warmup)) {
+    match runtime.block_on(soak(server, &server_args, module, minutes, warmup)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(error) => {
@@ -76,12 +79,14 @@ fn main() -> ExitCode {
 
 async fn soak(
     server: PathBuf,
+    server_args: &[String],
     module_path: PathBuf,
     minutes: u64,
     warmup: u64,
 ) -> anyhow::Result<bool> {
     let dir = tempfile::tempdir()?;
-    let process = ServerProcess::start(&server, &dir.path().join("data"))?;
+    let args: Vec<&str> = server_args.iter().map(String::as_str).collect();
+    let process = ServerProcess::start_with(&server, &dir.path().join("data"), &args, &[])?;
     let pid = process.pid();
     let url = process.url.clone();
     let client = reqwest::Client::builder()
