@@ -1,5 +1,5 @@
 //! Online backups: a tar archive of what a data folder needs, taken while the server serves. It
-//! holds the log up to one committed position, the tokens, the audit trail, the projection
+//! holds the log up to one committed position, the store's id, the tokens, the audit trail, the projection
 //! registry and its modules; entries are paths relative to the data folder, so unpacking it into
 //! an empty folder and serving that folder restores the store. The index and the read models are
 //! derived: the restored server rebuilds them from the log.
@@ -31,6 +31,10 @@ impl Backup {
     ) -> anyhow::Result<Backup> {
         let log = store.log_snapshot()?;
         let mut files = vec![
+            (
+                "store-id".to_owned(),
+                BackupItem::Bytes(format!("{}\n", store.id()).into_bytes()),
+            ),
             (
                 "tokens.json".to_owned(),
                 BackupItem::Bytes(access.tokens.stored_bytes()),

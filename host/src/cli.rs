@@ -252,7 +252,7 @@ pub fn main() -> ExitCode {
 
 /// The HTTP client of every command: the token as a default header, rustls for `https://`,
 /// trusting `--ca-cert` alone when it is given.
-fn http_client(
+pub(crate) fn http_client(
     token: Option<&str>,
     ca_cert: Option<&std::path::Path>,
 ) -> anyhow::Result<reqwest::Client> {
@@ -282,7 +282,11 @@ fn http_client(
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(options) => return server::serve(options).await,
+        Command::Serve(mut options) => {
+            options.follow_token = cli.token.clone();
+            options.follow_ca_cert = cli.ca_cert.clone();
+            return server::serve(options).await;
+        }
         Command::Check { data } => {
             let healthy = crate::maintenance::check(&data, &mut std::io::stdout().lock())?;
             anyhow::ensure!(healthy, "the data folder {} has problems", data.display());

@@ -23,6 +23,7 @@ pub mod maintenance;
 pub mod projection;
 pub mod readmodel;
 mod redb_file;
+pub mod replication;
 pub mod server;
 pub mod store;
 pub mod subscription;

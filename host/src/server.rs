@@ -72,6 +72,17 @@ pub struct ServeOptions {
     /// models' caches (32 MiB each).
     #[arg(long, value_name = "MIB", default_value_t = StoreOptions::default().index_cache_bytes >> 20)]
     pub index_cache_mib: usize,
+    /// Run as a follower of the leader at this URL: copy its log, projections and tokens, answer
+    /// reads, refuse writes with 421 and the leader's URL. Needs an admin token of the leader
+    /// when it has tokens (the global `--token`).
+    #[arg(long, value_name = "URL")]
+    pub follow: Option<String>,
+    /// The global `--token`, for `--follow`.
+    #[arg(skip)]
+    pub follow_token: Option<String>,
+    /// The global `--ca-cert`, for `--follow`.
+    #[arg(skip)]
+    pub follow_ca_cert: Option<PathBuf>,
 }
 
 /// Runs the server until Ctrl-C or SIGTERM.
@@ -79,6 +90,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let store_options = StoreOptions {
         sync: !options.relaxed_durability,
         index_cache_bytes: options.index_cache_mib << 20,
+        replica: options.follow.is_some(),
         ..StoreOptions::default()
     };
     let data = options.data.clone();
@@ -93,7 +105,10 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     .await
     .context("loading the deployed projections")?;
     let stop_watching = tokio_util::sync::CancellationToken::new();
-    let watcher = match &options.watch {
+    if options.follow.is_some() && options.watch.is_some() {
+        tracing::warn!("--watch is ignored on a follower: its projections are its leader's");
+    }
+    let watcher = match options.watch.as_ref().filter(|_| options.follow.is_none()) {
         Some(dir) => {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating the modules folder {}", dir.display()))?;
@@ -108,6 +123,33 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         None => None,
     };
     let access = open_access(&options)?;
+    let follower = match &options.follow {
+        Some(leader) => {
+            let http = crate::cli::http_client(
+                options.follow_token.as_deref(),
+                options.follow_ca_cert.as_deref(),
+            )?;
+            let follower = crate::replication::Follower::new(
+                crate::replication::FollowerOptions {
+                    leader: leader.clone(),
+                    http,
+                },
+                store.clone(),
+                projections.clone(),
+                access.clone(),
+            );
+            let tasks = follower.start(stop_watching.clone());
+            // The leader's tokens decide who may read here: give them a moment to arrive.
+            for _ in 0..50 {
+                if !access.tokens.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Some((follower, tasks))
+        }
+        None => None,
+    };
     let tls = options
         .tls_cert
         .as_deref()
@@ -134,6 +176,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     };
     let mut state =
         AppState::new(store.clone(), projections.clone(), access.clone()).with_limits(limits);
+    state.follower = follower.as_ref().map(|(follower, _)| follower.clone());
     state.cors_origins = options
         .cors_origins
         .iter()
@@ -149,12 +192,16 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         durable = !options.relaxed_durability,
         tls = tls.is_some(),
         tokens = access.tokens.list().len(),
+        follows = options.follow.as_deref().unwrap_or("(none: this is a leader)"),
         "lantern is serving"
     );
     http::run_with(listener, state, tls, shutdown_signal()).await?;
     stop_watching.cancel();
     if let Some(watcher) = watcher {
         watcher.await?;
+    }
+    if let Some((_, tasks)) = follower {
+        tasks.await?;
     }
     tracing::info!("shutting down: committing the projections' last batches");
     projections.shutdown().await;

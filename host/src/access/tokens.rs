@@ -435,15 +435,74 @@ impl Tokens {
         Ok((*token.info).clone())
     }
 
-    /// The tokens file as it would be written now (hashes only), for a backup.
-    pub fn stored_bytes(&self) -> Vec<u8> {
-        Self::encode(&self.inner.read())
+    /// Makes the tokens those of `stored`, a tokens file as [`Tokens::stored_bytes`] gives it (a
+    /// leader's, on its follower). Tokens that are gone or changed are revoked: their open
+    /// subscriptions end. True if anything changed.
+    pub fn replace_all(&self, stored: &[u8]) -> Result<bool, TokenError> {
+        let invalid = |why: String| TokenError::Invalid(format!("the leader's tokens: {why}"));
+        let file: StoredFile =
+            serde_json::from_slice(stored).map_err(|e| invalid(e.to_string()))?;
+        let mut wanted = Vec::with_capacity(file.tokens.len());
+        for token in file.tokens {
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(&token.sha256, &mut hash).map_err(|e| invalid(e.to_string()))?;
+            wanted.push((token.info, hash));
+        }
+        let mut inner = self.inner.write();
+        let unchanged = inner.tokens.len() == wanted.len()
+            && inner
+                .tokens
+                .iter()
+                .zip(&wanted)
+                .all(|(token, (info, hash))| *token.info == *info && token.hash == *hash);
+        if unchanged {
+            return Ok(false);
+        }
+        // Tokens that stay keep their revocation handle (their subscriptions go on).
+        let next: Vec<LiveToken> = wanted
+            .into_iter()
+            .map(|(info, hash)| {
+                match inner
+                    .tokens
+                    .iter()
+                    .find(|token| token.hash == hash && *token.info == info)
+                {
+                    Some(kept) => LiveToken {
+                        info: kept.info.clone(),
+                        hash,
+                        revoked: kept.revoked.clone(),
+                    },
+                    None => LiveToken::new(info, hash),
+                }
+            })
+            .collect();
+        self.save_tokens(&next)?;
+        let was_open = inner.tokens.is_empty();
+        let old = std::mem::replace(&mut inner.tokens, next);
+        inner.reindex();
+        for token in old {
+            if !inner
+                .tokens
+                .iter()
+                .any(|t| Arc::ptr_eq(&t.revoked, &token.revoked))
+            {
+                token.revoked.cancel();
+            }
+        }
+        if was_open && !inner.tokens.is_empty() {
+            inner.end_open_mode();
+        }
+        Ok(true)
     }
 
-    fn encode(inner: &Inner) -> Vec<u8> {
+    /// The tokens file as it would be written now (hashes only), for a backup.
+    pub fn stored_bytes(&self) -> Vec<u8> {
+        Self::encode(&self.inner.read().tokens)
+    }
+
+    fn encode(tokens: &[LiveToken]) -> Vec<u8> {
         let stored = StoredFile {
-            tokens: inner
-                .tokens
+            tokens: tokens
                 .iter()
                 .map(|t| StoredToken {
                     info: (*t.info).clone(),
@@ -455,10 +514,14 @@ impl Tokens {
     }
 
     fn save(&self, inner: &Inner) -> Result<(), TokenError> {
+        self.save_tokens(&inner.tokens)
+    }
+
+    fn save_tokens(&self, tokens: &[LiveToken]) -> Result<(), TokenError> {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        let bytes = Self::encode(inner);
+        let bytes = Self::encode(tokens);
         crate::durable::replace(path, &bytes).map_err(|source| TokenError::Io {
             path: path.clone(),
             source,

@@ -158,6 +158,11 @@ pub(super) async fn check(
     if let Err(refusal) = authorize(&principal, rule, projection) {
         return refusal.into_response();
     }
+    if let Some(follower) = &state.follower
+        && parts.method != axum::http::Method::GET
+    {
+        return ApiError::not_leader(follower.leader()).into_response();
+    }
     parts.extensions.insert(principal);
     let request = Request::from_parts(parts, body);
     next.run(request).await

@@ -36,6 +36,16 @@ impl ApiError {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
     }
 
+    /// 421 `not_leader`: this node is a follower; writes go to `leader`.
+    pub fn not_leader(leader: &str) -> Self {
+        ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "not_leader",
+            format!("this node is a follower: send writes to the leader, {leader}"),
+        )
+        .with("leader", serde_json::Value::from(leader))
+    }
+
     /// 500 `internal`: logs the cause, tells the client only that it happened.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(%cause, "internal error answering a request");
@@ -109,6 +119,9 @@ impl From<StoreError> for ApiError {
                 "storage_unavailable",
                 message,
             ),
+            StoreError::NotLeader => {
+                ApiError::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", message)
+            }
             StoreError::Corrupt(_) => {
                 tracing::error!(%message, "damaged data in the store");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt", message)

@@ -24,6 +24,8 @@ pub struct Metrics {
     append_seconds: Histogram,
     subscribers: Gauge,
     head: Gauge<u64, AtomicU64>,
+    replication_lag_events: Gauge<u64, AtomicU64>,
+    replication_lag_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -56,6 +58,19 @@ impl Default for Metrics {
         );
         registry.register("subscribers", "Open subscriptions", subscribers.clone());
         registry.register("head_position", "Last committed position", head.clone());
+        let replication_lag_events = Gauge::<u64, AtomicU64>::default();
+        let replication_lag_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "replication_lag_events",
+            "On a follower: events it lacks, as of the leader's last heartbeat (0 on a leader)",
+            replication_lag_events.clone(),
+        );
+        registry.register_with_unit(
+            "replication_lag",
+            "On a follower: how long it has been behind the leader (0 when caught up, and on a leader)",
+            prometheus_client::registry::Unit::Seconds,
+            replication_lag_seconds.clone(),
+        );
         Metrics {
             registry,
             appends,
@@ -65,6 +80,8 @@ impl Default for Metrics {
             append_seconds,
             subscribers,
             head,
+            replication_lag_events,
+            replication_lag_seconds,
         }
     }
 }
@@ -100,6 +117,13 @@ impl Drop for SubscriberGuard {
 
 pub(super) async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     state.metrics.head.set(state.store.head());
+    if let Some(follower) = &state.follower {
+        state.metrics.replication_lag_events.set(follower.lag());
+        state
+            .metrics
+            .replication_lag_seconds
+            .set(follower.lag_seconds());
+    }
     let mut text = String::new();
     encode(&mut text, &state.metrics.registry).map_err(ApiError::internal)?;
     Ok((

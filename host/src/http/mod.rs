@@ -10,6 +10,7 @@ mod extract;
 mod json;
 mod metrics;
 mod projections;
+mod replicate;
 mod serve;
 mod streams;
 mod subscribe;
@@ -85,6 +86,8 @@ pub struct AppState {
     pub subscribers: Arc<Semaphore>,
     /// Cancelled when the server shuts down, which ends open subscriptions.
     pub shutdown: CancellationToken,
+    /// Set on a follower: writes answer 421 with its leader's URL.
+    pub follower: Option<Arc<crate::replication::Follower>>,
 }
 
 impl AppState {
@@ -99,6 +102,7 @@ impl AppState {
             cors_origins: Vec::new(),
             subscribers: Arc::new(Semaphore::new(Limits::default().max_subscribers)),
             shutdown: CancellationToken::new(),
+            follower: None,
         }
     }
 
@@ -183,6 +187,14 @@ pub fn routes(limits: &Limits) -> Vec<Route> {
         ),
         Route::new(M::GET, "/audit", Store(Admin), admin::audit),
         Route::new(M::GET, "/backup", Store(Admin), admin::backup),
+        Route::new(M::GET, "/replicate", Store(Admin), replicate::replicate),
+        Route::new(M::GET, "/replicate/state", Store(Admin), replicate::state),
+        Route::new(
+            M::GET,
+            "/replicate/modules/{sha256}",
+            Store(Admin),
+            replicate::module,
+        ),
     ]
 }
 

@@ -251,12 +251,19 @@ pub(super) async fn health(State(state): State<AppState>) -> impl IntoResponse {
         .store
         .problems()
         .into_iter()
+        .chain(state.follower.as_ref().and_then(|f| f.problem()))
         .map(|p| serde_json::json!({"code": p.code, "message": p.message}))
         .collect();
-    axum::Json(serde_json::json!({
+    let mut health = serde_json::json!({
         "status": if problems.is_empty() { "ok" } else { "degraded" },
         "head": state.store.head(),
         "version": env!("CARGO_PKG_VERSION"),
         "problems": problems,
-    }))
+        "role": if state.follower.is_some() { "follower" } else { "leader" },
+    });
+    if let Some(follower) = &state.follower {
+        health["leader"] = Value::from(follower.leader());
+        health["lag"] = Value::from(follower.lag());
+    }
+    axum::Json(health)
 }

@@ -840,6 +840,42 @@ impl Projections {
         Ok(files)
     }
 
+    /// Each projection's newest generation (the rebuild if there is one, else the current one):
+    /// what a follower must run.
+    pub async fn wanted(
+        &self,
+    ) -> std::collections::BTreeMap<String, crate::replication::WantedProjection> {
+        let registry = self.inner.registry.lock().await;
+        registry
+            .projections
+            .iter()
+            .map(|(name, entry)| {
+                let newest = entry.rebuild.as_ref().unwrap_or(&entry.current);
+                (
+                    name.clone(),
+                    crate::replication::WantedProjection {
+                        version: newest.version,
+                        module_sha256: newest.module_sha256.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The bytes of a deployed module, by its SHA-256 (hex); `None` if there is no such module.
+    pub async fn module_bytes(&self, sha256: &str) -> Result<Option<Vec<u8>>, ProjectionError> {
+        let valid = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit());
+        if !valid {
+            return Ok(None);
+        }
+        let path = self.inner.layout.module(&sha256.to_ascii_lowercase());
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(disk(error)),
+        }
+    }
+
     /// Stops every runner after its current batch and makes the read models durable.
     pub async fn shutdown(&self) {
         let generations: Vec<Arc<Generation>> = {

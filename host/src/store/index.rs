@@ -258,6 +258,11 @@ impl Index {
         lookup(&chunks, &txn, tail.committed)
     }
 
+    /// The committed end of the log now.
+    pub(crate) fn committed(&self) -> Committed {
+        self.tail.read().committed
+    }
+
     /// The revision of the stream's last event, `None` for a stream with no events.
     pub(crate) fn stream_head(&self, stream: &str) -> Result<Option<u64>, StoreError> {
         self.snapshot(|chunks, txn, _| {

@@ -10,6 +10,7 @@ mod damage;
 mod index;
 mod log;
 mod record;
+mod replica;
 mod writer;
 
 use std::collections::HashSet;
@@ -26,6 +27,8 @@ use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
 pub use record::{RecordedEvent, category_of};
+pub use replica::LogReader;
+pub use writer::Replicated;
 
 use index::{Committed, Index, Indexed, Location};
 use log::{ScanItem, Scanner};
@@ -85,6 +88,12 @@ pub enum StoreError {
     /// An error from the index database.
     #[error("index error: {0}")]
     Index(#[from] redb::Error),
+    /// This store is a follower's copy: appends go to the leader.
+    #[error("this store is a follower's copy of the leader's; appends go to the leader")]
+    NotLeader,
+    /// A follower refused what its leader sent (a damaged record, a gap, another store's log).
+    #[error("replication refused: {0}")]
+    Replication(String),
 }
 
 /// The committed part of the log at one moment: read it as `events.log` of a backup.
@@ -273,6 +282,9 @@ pub struct StoreOptions {
     /// Bytes of the index's page cache (redb's; it fills as the index is read and written, then
     /// stays at this size).
     pub index_cache_bytes: usize,
+    /// A follower's copy: appends are refused, records come from the leader
+    /// ([`Store::replicate`]).
+    pub replica: bool,
 }
 
 impl Default for StoreOptions {
@@ -284,6 +296,7 @@ impl Default for StoreOptions {
             max_pending_chunks: 8,
             scan_budget: 100_000,
             index_cache_bytes: 64 << 20,
+            replica: false,
         }
     }
 }
@@ -301,6 +314,9 @@ struct Inner {
     options: StoreOptions,
     jobs: Mutex<Option<mpsc::Sender<writer::Job>>>,
     head: watch::Receiver<u64>,
+    /// The store's id (`store-id`): the same on a leader and its followers.
+    id: Mutex<Uuid>,
+    dir: std::path::PathBuf,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -347,6 +363,7 @@ impl Store {
                 })?
         };
         let committed = recover(&file, &index, indexed, &chunks_tx)?;
+        let id = replica::load_or_create_id(dir)?;
         let (head_tx, head_rx) = watch::channel(committed.head_position);
         let (jobs_tx, jobs_rx) = mpsc::channel();
         let writer = writer::Writer {
@@ -372,6 +389,8 @@ impl Store {
                 options,
                 jobs: Mutex::new(Some(jobs_tx)),
                 head: head_rx,
+                id: Mutex::new(id),
+                dir: dir.to_owned(),
                 // Joined in this order: the writer hands its last chunk over, then the indexer drains.
                 threads: Mutex::new(vec![writer, indexer]),
             }),
@@ -385,25 +404,34 @@ impl Store {
         expected: ExpectedRevision,
         events: Vec<NewEvent>,
     ) -> Result<AppendOutcome, StoreError> {
+        if self.inner.options.replica {
+            return Err(StoreError::NotLeader);
+        }
         validate_stream_name(stream).map_err(StoreError::InvalidRequest)?;
         self.validate_events(&events)?;
         let (reply, answer) = oneshot::channel();
-        let job = writer::Job {
+        self.send(writer::Job::Append(writer::Append {
             stream: stream.to_owned(),
             expected,
             events,
             reply,
-        };
+        }))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the writer stopped".into()))?
+    }
+
+    /// Hands a job to the writer.
+    fn send(&self, job: writer::Job) -> Result<(), StoreError> {
         let sent = match &*self.inner.jobs.lock() {
             Some(jobs) => jobs.send(job).is_ok(),
             None => false,
         };
-        if !sent {
-            return Err(StoreError::Unavailable("the store is shutting down".into()));
+        if sent {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable("the store is shutting down".into()))
         }
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the writer stopped".into()))?
     }
 
     fn validate_events(&self, events: &[NewEvent]) -> Result<(), StoreError> {

@@ -110,12 +110,30 @@ pub(crate) fn encode(fields: &RecordFields<'_>, out: &mut Vec<u8>) {
     out[frame_start + 4..frame_start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Marks the record framed at `frame[0..]` as the last of its group, and re-seals its CRC.
-pub(crate) fn mark_end_of_group(frame: &mut [u8]) {
-    frame[FLAGS_AT] |= FLAG_END_OF_GROUP;
+/// Marks the record framed at `frame[0..]` as the last of its group or not, and re-seals its CRC.
+pub(crate) fn set_end_of_group(frame: &mut [u8], end: bool) {
+    if end {
+        frame[FLAGS_AT] |= FLAG_END_OF_GROUP;
+    } else {
+        frame[FLAGS_AT] &= !FLAG_END_OF_GROUP;
+    }
     let len = frame_len(frame).expect("a framed record");
     let crc = crc32fast::hash(&frame[FRAME_HEADER..len]);
     frame[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Whether two framed records are the same record: the same bytes but for the end-of-group flag,
+/// which says where a node's writer fsynced, and the CRC that covers it.
+pub(crate) fn same_record(a: &[u8], b: &[u8]) -> bool {
+    let body = |frame: &[u8]| {
+        let mut body = frame.get(FRAME_HEADER..)?.to_vec();
+        *body.get_mut(FLAGS_AT - FRAME_HEADER)? &= !FLAG_END_OF_GROUP;
+        Some((frame_len(frame)?, body))
+    };
+    match (body(a), body(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// Why bytes at some offset are not a record. Recovery cuts the log at the first one.

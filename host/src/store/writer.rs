@@ -4,6 +4,9 @@
 //! the earlier appends of the same group, frames the survivors into one buffer, writes it at the
 //! end of the log, fsyncs once, publishes the new head, and only then answers every caller. A
 //! failed check fails that append alone and writes nothing of it.
+//!
+//! On a follower the jobs are batches of the leader's records instead (`replicate`): checked
+//! (CRC, positions, revisions), then written, fsynced and published the same way.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -25,7 +28,26 @@ use super::{AppendOutcome, ExpectedRevision, Health, NewEvent, Problem, StoreErr
 /// A group stops taking appends once its buffer reaches this size.
 const MAX_GROUP_BYTES: usize = 32 << 20;
 
-pub(crate) struct Job {
+pub(crate) enum Job {
+    Append(Append),
+    /// A follower's batch of the leader's records, in their stored form.
+    Replicate {
+        frames: bytes::Bytes,
+        reply: oneshot::Sender<Result<Replicated, StoreError>>,
+    },
+}
+
+/// What a follower's batch wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replicated {
+    /// Bytes of the batch written: its whole appends. The rest (the start of an append whose
+    /// other records are still to come) must be sent again, followed by them.
+    pub consumed: usize,
+    /// The head after the batch.
+    pub head: u64,
+}
+
+pub(crate) struct Append {
     pub stream: String,
     pub expected: ExpectedRevision,
     pub events: Vec<NewEvent>,
@@ -94,6 +116,15 @@ impl Writer {
             let mut group = Group::default();
             let mut next = Some(first);
             while let Some(job) = next.take() {
+                let job = match job {
+                    Job::Append(append) => append,
+                    Job::Replicate { frames, reply } => {
+                        self.commit(std::mem::take(&mut group));
+                        let _ = reply.send(self.replicate(&frames));
+                        next = jobs.try_recv().ok();
+                        continue;
+                    }
+                };
                 // A retry of an append still in this group must see it committed first.
                 if job
                     .events
@@ -115,7 +146,7 @@ impl Writer {
         }
     }
 
-    fn stage(&mut self, group: &mut Group, job: Job) {
+    fn stage(&mut self, group: &mut Group, job: Append) {
         let answer = match self.check_and_frame(group, &job) {
             Ok(answer) => answer,
             Err(error) => Answer::Decided(Err(error)),
@@ -123,14 +154,17 @@ impl Writer {
         group.answers.push((job.reply, answer));
     }
 
-    fn check_and_frame(&mut self, group: &mut Group, job: &Job) -> Result<Answer, StoreError> {
+    /// Whether the log may be written: not after a failure (a full disk is tried again).
+    fn check_writable(&mut self) -> Result<(), StoreError> {
         match self.failed.clone() {
-            Some(Failure::Full(why)) if !self.try_resume() => {
-                return Err(StoreError::StorageFull(why));
-            }
-            Some(Failure::Io(why)) => return Err(StoreError::StorageUnavailable(why)),
-            _ => {}
+            Some(Failure::Full(why)) if !self.try_resume() => Err(StoreError::StorageFull(why)),
+            Some(Failure::Io(why)) => Err(StoreError::StorageUnavailable(why)),
+            _ => Ok(()),
         }
+    }
+
+    fn check_and_frame(&mut self, group: &mut Group, job: &Append) -> Result<Answer, StoreError> {
+        self.check_writable()?;
         if let Some(original) = self.find_retry(job)? {
             return Ok(Answer::Decided(Ok(original)));
         }
@@ -196,7 +230,7 @@ impl Writer {
     /// `Some(original outcome)` when every event of `job` carries an id and those ids were
     /// written, in the same order, by one earlier append to the same stream. An error when some
     /// id was used otherwise. `None` when no id of the job exists yet.
-    fn find_retry(&self, job: &Job) -> Result<Option<AppendOutcome>, StoreError> {
+    fn find_retry(&self, job: &Append) -> Result<Option<AppendOutcome>, StoreError> {
         let mut found = Vec::with_capacity(job.events.len());
         let mut first_used = None;
         for event in &job.events {
@@ -237,7 +271,87 @@ impl Writer {
         }))
     }
 
-    fn commit(&mut self, group: Group) {
+    /// Writes a follower's batch: the whole appends at its start, each record checked first (its
+    /// CRC, the position after the head, the revision after its stream's). The leader's
+    /// end-of-group marks are cleared: this writer marks where it fsyncs. Nothing is written when
+    /// a record fails a check.
+    fn replicate(&mut self, frames: &bytes::Bytes) -> Result<Replicated, StoreError> {
+        self.check_writable()?;
+        let refuse = |why: String| Err(StoreError::Replication(why));
+        let mut group = Group::default();
+        let mut stream_slots: HashMap<String, usize> = HashMap::new();
+        let (mut at, mut consumed, mut whole_bytes, mut whole_records) = (0, 0, 0, 0);
+        while at < frames.len() {
+            let position = self.committed.head_position + group.staged.len() as u64 + 1;
+            let (decoded, len) = match record::decode(&frames.slice(at..)) {
+                Ok(decoded) => decoded,
+                Err(record::FrameError::Incomplete) => break,
+                Err(record::FrameError::Corrupt(why)) => {
+                    return refuse(format!(
+                        "the leader sent a damaged record for position {position}: {why}"
+                    ));
+                }
+            };
+            let event = &decoded.event;
+            if event.position != position {
+                return refuse(format!(
+                    "the leader sent position {} where position {position} was expected",
+                    event.position
+                ));
+            }
+            let actual = match group.heads.get(&event.stream) {
+                Some(revision) => Some(*revision),
+                None => self.index.stream_head(&event.stream)?,
+            };
+            let revision = actual.map_or(0, |r| r + 1);
+            if event.revision != revision {
+                return refuse(format!(
+                    "the leader's record at position {position} has revision {} of stream {:?}, whose next revision here is {revision}",
+                    event.revision, event.stream
+                ));
+            }
+            let start = group.buffer.len();
+            group.buffer.extend_from_slice(&frames[at..at + len]);
+            if decoded.end_of_group {
+                record::set_end_of_group(&mut group.buffer[start..], false);
+            }
+            let stream = *stream_slots.entry(event.stream.clone()).or_insert_with(|| {
+                group.streams.push(event.stream.clone());
+                group.streams.len() - 1
+            });
+            group.heads.insert(event.stream.clone(), revision);
+            group.staged.push(Staged {
+                stream,
+                revision,
+                id: event.id,
+                location: Location {
+                    position,
+                    offset: self.committed.end_offset + start as u64,
+                },
+            });
+            at += len;
+            if decoded.end_of_append {
+                (consumed, whole_bytes, whole_records) =
+                    (at, group.buffer.len(), group.staged.len());
+            }
+        }
+        group.buffer.truncate(whole_bytes);
+        group.staged.truncate(whole_records);
+        if !group.staged.is_empty() && !self.commit(group) {
+            return Err(match self.failed.clone() {
+                Some(Failure::Full(why)) => StoreError::StorageFull(why),
+                Some(Failure::Io(why)) => StoreError::StorageUnavailable(why),
+                None => StoreError::StorageUnavailable("writing the log failed".into()),
+            });
+        }
+        Ok(Replicated {
+            consumed,
+            head: self.committed.head_position,
+        })
+    }
+
+    /// Writes and fsyncs the group, publishes it, answers its callers. False if the write failed.
+    fn commit(&mut self, group: Group) -> bool {
         let Group {
             mut buffer,
             streams,
@@ -247,7 +361,7 @@ impl Writer {
         } = group;
         if let Some(last) = staged.last() {
             let start = (last.location.offset - self.committed.end_offset) as usize;
-            record::mark_end_of_group(&mut buffer[start..]);
+            record::set_end_of_group(&mut buffer[start..], true);
         }
         let written = if buffer.is_empty() {
             Ok(())
@@ -273,10 +387,11 @@ impl Writer {
             if let Some(chunk) = sealed {
                 index::hand_over(&self.indexer, chunk);
             }
-            return;
+            return true;
         }
         let failure = self.failed.clone();
         answer_all(answers, &written, failure.as_ref());
+        written.is_ok()
     }
 
     /// After a failed write or fsync: cut the group off, refuse appends, report it.
