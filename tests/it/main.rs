@@ -13,6 +13,7 @@ mod network;
 mod projections;
 mod read;
 mod rebuild;
+mod replication;
 mod sandbox;
 mod storage_faults;
 mod subscribe;

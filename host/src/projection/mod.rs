@@ -855,6 +855,7 @@ impl Projections {
                     name.clone(),
                     crate::replication::WantedProjection {
                         version: newest.version,
+                        generation: newest.generation,
                         module_sha256: newest.module_sha256.clone(),
                     },
                 )

@@ -333,8 +333,8 @@ impl Follower {
     }
 
     async fn follow_state(self: Arc<Self>, stop: CancellationToken) {
-        // The leader's version of each projection last acted on: a new one with the same module
-        // is a rebuild the leader was asked for.
+        // The leader's generation of each projection last acted on: a new one with the same
+        // module is a rebuild the leader was asked for.
         let mut seen: HashMap<String, u64> = HashMap::new();
         let mut last_error = String::new();
         loop {
@@ -375,10 +375,11 @@ impl Follower {
             .tokens
             .replace_all(&serde_json::to_vec(&state.tokens)?)?;
         let own = self.projections.wanted().await;
+        tracing::debug!(?own, leader = ?state.projections, ?seen, "copying the leader's projections");
         for (name, wanted) in &state.projections {
             match own.get(name) {
                 Some(mine) if mine.module_sha256 == wanted.module_sha256 => match seen.get(name) {
-                    Some(version) if *version < wanted.version => {
+                    Some(generation) if *generation < wanted.generation => {
                         tracing::info!(projection = %name, "the leader rebuilt it: rebuilding");
                         self.projections.rebuild(name).await?;
                     }
@@ -390,7 +391,7 @@ impl Follower {
                     self.projections.deploy(name, bytes).await?;
                 }
             }
-            seen.insert(name.clone(), wanted.version);
+            seen.insert(name.clone(), wanted.generation);
         }
         for name in own.keys() {
             if !state.projections.contains_key(name) {

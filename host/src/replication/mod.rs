@@ -95,8 +95,10 @@ impl Message {
 /// The newest generation of a leader's projection: the one a follower must run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WantedProjection {
-    /// The leader's version number of it (a new one means a deploy or a rebuild).
+    /// The leader's version number of it.
     pub version: u64,
+    /// The leader's generation number of it: a new one with the same module is a rebuild.
+    pub generation: u64,
     /// Its module.
     pub module_sha256: String,
 }
