@@ -139,13 +139,6 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 access.clone(),
             );
             let tasks = follower.start(stop_watching.clone());
-            // The leader's tokens decide who may read here: give them a moment to arrive.
-            for _ in 0..50 {
-                if !access.tokens.is_empty() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
             Some((follower, tasks))
         }
         None => None,
@@ -160,6 +153,15 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", options.listen))?;
     let address = listener.local_addr()?;
+    if follower.is_some() && !address.ip().is_loopback() {
+        // The leader's tokens decide who may read here: give them a moment to arrive.
+        for _ in 0..50 {
+            if !access.tokens.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     if access.tokens.is_empty() && !address.ip().is_loopback() && !options.insecure {
         anyhow::bail!(
             "refusing to listen on {address}: no access token exists, so anyone who reaches the port could deploy code and change data. \

@@ -440,3 +440,111 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The follower's store checks each record it is given (CRC, position, revision), writes only
+/// whole appends, and refuses appends of its own.
+#[tokio::test]
+async fn a_follower_store_checks_every_record_and_writes_whole_appends_only() {
+    use lantern::store::{ExpectedRevision, Filter, NewEvent, Store, StoreError, StoreOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Store::open(
+        &dir.path().join("leader"),
+        lantern_tests::test_store_options(false),
+    )
+    .unwrap();
+    let event = |i: u64| NewEvent {
+        id: None,
+        event_type: "E".into(),
+        data: format!(r#"{{"i":{i}}}"#).into(),
+        metadata: None,
+    };
+    for (stream, size) in [("a-1", 2u64), ("b-1", 3), ("a-1", 1)] {
+        leader
+            .append(
+                stream,
+                ExpectedRevision::Any,
+                (0..size).map(event).collect(),
+            )
+            .await
+            .unwrap();
+    }
+    let frames = leader
+        .log_reader(1)
+        .unwrap()
+        .read(&leader, 1 << 20)
+        .unwrap();
+    // Record boundaries, from the documented frame layout: length (u32 LE) + 8 header bytes.
+    let mut ends = Vec::new();
+    let mut at = 0;
+    while at < frames.len() {
+        at += 8 + u32::from_le_bytes(frames[at..at + 4].try_into().unwrap()) as usize;
+        ends.push(at);
+    }
+    assert_eq!(ends.len(), 6);
+
+    let follower = Store::open(
+        &dir.path().join("follower"),
+        StoreOptions {
+            replica: true,
+            ..lantern_tests::test_store_options(false)
+        },
+    )
+    .unwrap();
+    let refused = |result: Result<lantern::store::Replicated, StoreError>| match result {
+        Err(StoreError::Replication(why)) => why,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let mut damaged = frames.to_vec();
+    damaged[ends[3] - 2] ^= 1;
+    let why = refused(follower.replicate(damaged.into()).await);
+    assert!(why.contains("damaged record for position 4"), "{why}");
+    let why = refused(follower.replicate(frames.slice(ends[0]..)).await);
+    assert!(why.contains("position 2 where position 1"), "{why}");
+    assert_eq!(follower.head(), 0, "nothing of a refused batch is written");
+
+    // Two whole records and part of the next append: only the first append is written.
+    let written = follower.replicate(frames.slice(..ends[3])).await.unwrap();
+    assert_eq!((written.consumed, written.head), (ends[1], 2));
+    let written = follower.replicate(frames.slice(ends[1]..)).await.unwrap();
+    assert_eq!(
+        (written.consumed, written.head),
+        (frames.len() - ends[1], 6)
+    );
+    let all = |store: &Store| store.read_all(1, 100, &Filter::default()).unwrap().events;
+    assert_eq!(all(&follower), all(&leader));
+    assert!(matches!(
+        follower
+            .append("c-1", ExpectedRevision::Any, vec![event(0)])
+            .await,
+        Err(StoreError::NotLeader)
+    ));
+    // Records that do not continue a stream's revisions are refused.
+    let other = Store::open(
+        &dir.path().join("other"),
+        lantern_tests::test_store_options(false),
+    )
+    .unwrap();
+    other
+        .append(
+            "a-1",
+            ExpectedRevision::Any,
+            vec![
+                event(9),
+                event(9),
+                event(9),
+                event(9),
+                event(9),
+                event(9),
+                event(9),
+            ],
+        )
+        .await
+        .unwrap();
+    let frames = other.log_reader(7).unwrap().read(&other, 1 << 20).unwrap();
+    let why = refused(follower.replicate(frames).await);
+    assert!(why.contains("revision 6 of stream \"a-1\""), "{why}");
+    for store in [leader, follower, other] {
+        store.close();
+    }
+}

@@ -43,10 +43,14 @@ pub struct BenchOptions {
     /// Events in the projection catch-up benchmark.
     #[arg(long, default_value_t = 1_000_000)]
     pub projection_events: u64,
+    /// Events the replication benchmark appends on the leader (then a follower copies them).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub replication_events: u64,
 }
 
 mod access;
 mod projection;
+mod replication;
 
 struct Figure {
     bench: String,
@@ -173,6 +177,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     if module_built && wanted("access") {
         access::run(base.path(), &options, &mut report).await?;
     }
+    if wanted("replication") {
+        replication::run(base.path(), &options, &mut report).await?;
+    }
     report.print_table();
     Ok(())
 }
@@ -283,6 +290,20 @@ async fn bench_http_batched(
     options: &BenchOptions,
     report: &mut Report,
 ) -> anyhow::Result<()> {
+    let events = options.events.min(1_000_000);
+    let rate = http_batched_appends(address, options, events, "http").await?;
+    report.record("http_append_batched_durable", rate, "events/s");
+    Ok(())
+}
+
+/// Appends `events` in batches of `options.batch` from 4 keep-alive connections, to streams
+/// `{prefix}-{n}`; returns the rate in events per second.
+pub(crate) async fn http_batched_appends(
+    address: &str,
+    options: &BenchOptions,
+    events: u64,
+    prefix: &str,
+) -> anyhow::Result<f64> {
     const CLIENTS: u64 = 4;
     let bodies: Vec<Bytes> = (0..16u64)
         .map(|variant| {
@@ -297,18 +318,19 @@ async fn bench_http_batched(
             Bytes::from(serde_json::to_vec(&serde_json::json!({ "events": events })).expect("JSON"))
         })
         .collect();
-    let appends = options.events.min(1_000_000).div_ceil(options.batch as u64);
+    let appends = events.div_ceil(options.batch as u64);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for worker in 0..CLIENTS {
         let bodies = bodies.clone();
         let address = address.to_owned();
         let streams = options.streams;
+        let prefix = prefix.to_owned();
         tasks.spawn(async move {
             let mut connection = RawConnection::open(&address).await?;
             let mut append = worker;
             while append < appends {
-                let path = format!("/streams/http-{}", append % streams);
+                let path = format!("/streams/{prefix}-{}", append % streams);
                 connection
                     .post(&path, &bodies[(append % 16) as usize])
                     .await?;
@@ -320,12 +342,7 @@ async fn bench_http_batched(
     while let Some(done) = tasks.join_next().await {
         done??;
     }
-    report.record(
-        "http_append_batched_durable",
-        (appends * options.batch as u64) as f64 / started.elapsed().as_secs_f64(),
-        "events/s",
-    );
-    Ok(())
+    Ok((appends * options.batch as u64) as f64 / started.elapsed().as_secs_f64())
 }
 
 /// Single-event durable appends from 64 concurrent HTTP clients.
@@ -399,18 +416,18 @@ impl RawConnection {
         self
     }
 
-    /// Sends one POST and waits for a 200 answer.
-    async fn post(&mut self, path: &str, body: &[u8]) -> anyhow::Result<()> {
+    /// Sends one POST and waits for a 200 answer; returns its body.
+    pub(crate) async fn post(&mut self, path: &str, body: &[u8]) -> anyhow::Result<Vec<u8>> {
         self.request("POST", path, body).await
     }
 
-    /// Sends one request and waits for a 200 answer.
+    /// Sends one request and waits for a 200 answer; returns its body.
     pub(crate) async fn request(
         &mut self,
         method: &str,
         path: &str,
         body: &[u8],
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Vec<u8>> {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n{}Content-Length: {}\r\n\r\n",
@@ -447,7 +464,7 @@ impl RawConnection {
             "{method} {path} answered {status:?}: {}",
             String::from_utf8_lossy(&answer)
         );
-        Ok(())
+        Ok(answer)
     }
 }
 

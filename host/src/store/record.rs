@@ -159,8 +159,21 @@ pub(crate) struct Decoded {
     pub end_of_group: bool,
 }
 
-/// Decodes the frame at the start of `buf`, which shares its memory with the returned payloads.
-pub(crate) fn decode(buf: &Bytes) -> Result<(Decoded, usize), FrameError> {
+/// A frame's fields, checked (length, CRC, layout, UTF-8 names), as offsets into the frame.
+struct Layout {
+    len: usize,
+    position: u64,
+    revision: u64,
+    recorded_at_micros: u64,
+    id: Uuid,
+    flags: u8,
+    stream: std::ops::Range<usize>,
+    event_type: std::ops::Range<usize>,
+    data: std::ops::Range<usize>,
+    metadata: std::ops::Range<usize>,
+}
+
+fn layout(buf: &[u8]) -> Result<Layout, FrameError> {
     let len = frame_len(buf).ok_or(FrameError::Incomplete)?;
     if len < FRAME_HEADER + BODY_FIXED {
         return Err(FrameError::Corrupt("frame shorter than a record header"));
@@ -176,11 +189,6 @@ pub(crate) fn decode(buf: &Bytes) -> Result<(Decoded, usize), FrameError> {
     let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
     let u32_at = |at: usize| u32::from_le_bytes(body[at..at + 4].try_into().expect("4 bytes"));
     let u16_at = |at: usize| u16::from_le_bytes(body[at..at + 2].try_into().expect("2 bytes"));
-    let position = u64_at(0);
-    let revision = u64_at(8);
-    let recorded_at_micros = u64_at(16);
-    let id = Uuid::from_bytes(body[24..40].try_into().expect("16 bytes"));
-    let flags = body[40];
     let stream_len = u16_at(41) as usize;
     let type_len = u16_at(43) as usize;
     let data_len = u32_at(45) as usize;
@@ -194,28 +202,75 @@ pub(crate) fn decode(buf: &Bytes) -> Result<(Decoded, usize), FrameError> {
     let type_at = stream_at + stream_len;
     let data_at = type_at + type_len;
     let metadata_at = data_at + data_len;
-    let text = |range: std::ops::Range<usize>| {
-        std::str::from_utf8(&buf[range])
-            .map(str::to_owned)
-            .map_err(|_| FrameError::Corrupt("name is not UTF-8"))
-    };
+    if std::str::from_utf8(&buf[stream_at..type_at]).is_err()
+        || std::str::from_utf8(&buf[type_at..data_at]).is_err()
+    {
+        return Err(FrameError::Corrupt("name is not UTF-8"));
+    }
+    Ok(Layout {
+        len,
+        position: u64_at(0),
+        revision: u64_at(8),
+        recorded_at_micros: u64_at(16),
+        id: Uuid::from_bytes(body[24..40].try_into().expect("16 bytes")),
+        flags: body[40],
+        stream: stream_at..type_at,
+        event_type: type_at..data_at,
+        data: data_at..metadata_at,
+        metadata: metadata_at..len,
+    })
+}
+
+/// The names in a checked layout (their UTF-8 was checked by `layout`).
+fn text(buf: &[u8], range: std::ops::Range<usize>) -> &str {
+    std::str::from_utf8(&buf[range]).unwrap_or_default()
+}
+
+/// What a follower checks of a leader's record, read in place: checked as `decode` checks it.
+pub(crate) struct Peeked<'a> {
+    pub len: usize,
+    pub position: u64,
+    pub revision: u64,
+    pub id: Uuid,
+    pub stream: &'a str,
+    pub end_of_append: bool,
+    pub end_of_group: bool,
+}
+
+/// Reads the frame at the start of `buf` without copying it.
+pub(crate) fn peek(buf: &[u8]) -> Result<Peeked<'_>, FrameError> {
+    let layout = layout(buf)?;
+    Ok(Peeked {
+        len: layout.len,
+        position: layout.position,
+        revision: layout.revision,
+        id: layout.id,
+        stream: text(buf, layout.stream),
+        end_of_append: layout.flags & FLAG_END_OF_APPEND != 0,
+        end_of_group: layout.flags & FLAG_END_OF_GROUP != 0,
+    })
+}
+
+/// Decodes the frame at the start of `buf`, which shares its memory with the returned payloads.
+pub(crate) fn decode(buf: &Bytes) -> Result<(Decoded, usize), FrameError> {
+    let layout = layout(buf)?;
     let event = RecordedEvent {
-        position,
-        stream: text(stream_at..type_at)?,
-        revision,
-        id,
-        event_type: text(type_at..data_at)?,
-        data: buf.slice(data_at..metadata_at),
-        metadata: (flags & FLAG_HAS_METADATA != 0).then(|| buf.slice(metadata_at..len)),
-        recorded_at_micros,
+        position: layout.position,
+        stream: text(buf, layout.stream).to_owned(),
+        revision: layout.revision,
+        id: layout.id,
+        event_type: text(buf, layout.event_type).to_owned(),
+        data: buf.slice(layout.data),
+        metadata: (layout.flags & FLAG_HAS_METADATA != 0).then(|| buf.slice(layout.metadata)),
+        recorded_at_micros: layout.recorded_at_micros,
     };
     Ok((
         Decoded {
             event,
-            end_of_append: flags & FLAG_END_OF_APPEND != 0,
-            end_of_group: flags & FLAG_END_OF_GROUP != 0,
+            end_of_append: layout.flags & FLAG_END_OF_APPEND != 0,
+            end_of_group: layout.flags & FLAG_END_OF_GROUP != 0,
         },
-        len,
+        layout.len,
     ))
 }
 

@@ -283,8 +283,8 @@ impl Writer {
         let (mut at, mut consumed, mut whole_bytes, mut whole_records) = (0, 0, 0, 0);
         while at < frames.len() {
             let position = self.committed.head_position + group.staged.len() as u64 + 1;
-            let (decoded, len) = match record::decode(&frames.slice(at..)) {
-                Ok(decoded) => decoded,
+            let record = match record::peek(&frames[at..]) {
+                Ok(record) => record,
                 Err(record::FrameError::Incomplete) => break,
                 Err(record::FrameError::Corrupt(why)) => {
                     return refuse(format!(
@@ -292,45 +292,53 @@ impl Writer {
                     ));
                 }
             };
-            let event = &decoded.event;
-            if event.position != position {
+            if record.position != position {
                 return refuse(format!(
                     "the leader sent position {} where position {position} was expected",
-                    event.position
+                    record.position
                 ));
             }
-            let actual = match group.heads.get(&event.stream) {
+            let actual = match group.heads.get(record.stream) {
                 Some(revision) => Some(*revision),
-                None => self.index.stream_head(&event.stream)?,
+                None => self.index.stream_head(record.stream)?,
             };
             let revision = actual.map_or(0, |r| r + 1);
-            if event.revision != revision {
+            if record.revision != revision {
                 return refuse(format!(
                     "the leader's record at position {position} has revision {} of stream {:?}, whose next revision here is {revision}",
-                    event.revision, event.stream
+                    record.revision, record.stream
                 ));
             }
             let start = group.buffer.len();
-            group.buffer.extend_from_slice(&frames[at..at + len]);
-            if decoded.end_of_group {
+            group.buffer.extend_from_slice(&frames[at..at + record.len]);
+            if record.end_of_group {
                 record::set_end_of_group(&mut group.buffer[start..], false);
             }
-            let stream = *stream_slots.entry(event.stream.clone()).or_insert_with(|| {
-                group.streams.push(event.stream.clone());
-                group.streams.len() - 1
-            });
-            group.heads.insert(event.stream.clone(), revision);
+            let stream = match stream_slots.get(record.stream) {
+                Some(slot) => *slot,
+                None => {
+                    group.streams.push(record.stream.to_owned());
+                    stream_slots.insert(record.stream.to_owned(), group.streams.len() - 1);
+                    group.streams.len() - 1
+                }
+            };
+            match group.heads.get_mut(record.stream) {
+                Some(head) => *head = revision,
+                None => {
+                    group.heads.insert(record.stream.to_owned(), revision);
+                }
+            }
             group.staged.push(Staged {
                 stream,
                 revision,
-                id: event.id,
+                id: record.id,
                 location: Location {
                     position,
                     offset: self.committed.end_offset + start as u64,
                 },
             });
-            at += len;
-            if decoded.end_of_append {
+            at += record.len;
+            if record.end_of_append {
                 (consumed, whole_bytes, whole_records) =
                     (at, group.buffer.len(), group.staged.len());
             }
