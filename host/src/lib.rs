@@ -7,6 +7,7 @@
 //! - [`access`]: tokens with roles and the audit trail of admin actions.
 //! - [`http`]: the HTTP API (axum); the only part that knows JSON shapes and status codes; it
 //!   decides access for every route in one place.
+//! - [`replication`]: followers, copies of a leader's log, projections and tokens.
 //! - [`server`]: wires the store and the HTTP API into `lantern serve`.
 //! - [`cli`]: the `lantern` command line, a client of a running server.
 //! - [`backup`]: online backups (a tar of the log, tokens, audit trail, registry and modules).
