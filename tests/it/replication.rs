@@ -548,3 +548,75 @@ async fn a_follower_store_checks_every_record_and_writes_whole_appends_only() {
         store.close();
     }
 }
+
+/// A follower that stops reading (its stream fills the TCP buffers) and one whose token is not an
+/// admin's: the leader's appends go on, and the refused follower says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_follower_does_not_hold_the_leader_back_and_a_reader_token_cannot_replicate() {
+    use tokio::io::AsyncWriteExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let lead = leader(&dir.path().join("leader"), None);
+    place_orders(&lead.url, "a", 100).await;
+    // A replication stream that is never read.
+    let address = lead.url.trim_start_matches("http://").to_owned();
+    let mut stuck = tokio::net::TcpStream::connect(&address).await.unwrap();
+    stuck
+        .write_all(
+            format!(
+                "GET /replicate?from=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // Far more than socket buffers hold: 20,000 events of 1 KiB.
+    let http = client();
+    let pad = "x".repeat(1000);
+    for batch in 0..40 {
+        let events: Vec<Value> = (0..500)
+            .map(|i| json!({"type": "Big", "data": {"batch": batch, "i": i, "pad": pad}}))
+            .collect();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(30),
+            send(
+                http.post(format!("{}/streams/big-{batch}", lead.url))
+                    .json(&json!({ "events": events })),
+            ),
+        )
+        .await
+        .expect("appends are not held back by a follower that does not read");
+        assert_eq!(answer.0, StatusCode::OK, "{}", answer.1);
+    }
+    assert_eq!(health(&lead.url).await["head"], 20_100);
+    drop(stuck);
+
+    let (_, created) = send(
+        client()
+            .post(format!("{}/tokens", lead.url))
+            .json(&json!({"name": "reader", "role": "reader"})),
+    )
+    .await;
+    let reader_token = created["token"].as_str().unwrap().to_owned();
+    let copy = ServerProcess::start_with(
+        binary(),
+        &dir.path().join("follower"),
+        &["--follow", &lead.url, "--token", &reader_token],
+        &[],
+    )
+    .unwrap();
+    let problem = eventually("the follower to report its refused token", || async {
+        let h = send(reqwest::Client::new().get(format!("{}/health", copy.url)))
+            .await
+            .1;
+        (h["status"] == "degraded").then(|| h["problems"][0].clone())
+    })
+    .await;
+    assert_eq!(problem["code"], "replication_unauthorized", "{problem}");
+    assert_eq!(
+        send(reqwest::Client::new().get(format!("{}/health", copy.url)))
+            .await
+            .1["head"],
+        0
+    );
+}
