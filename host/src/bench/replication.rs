@@ -3,7 +3,9 @@
 //!
 //! - the leader's batched appends alone (which also fills it);
 //! - a follower catching up from zero on those events, and its rate over the leader's;
-//! - the leader's batched appends with two followers attached, over its rate alone;
+//! - the leader's batched appends with two followers attached, over its rate alone: with two
+//!   follower processes (which on this machine share its cores), and with two replication streams
+//!   read and dropped by the benchmark (the leader's own cost of followers on other machines);
 //! - the live lag at 1,000 single-event appends per second: from the leader's answer to the event
 //!   reaching a subscriber of the follower (so after the follower's fsync).
 
@@ -122,6 +124,53 @@ pub(super) async fn run(
     let total = head(&http, &leader).await?;
     wait_for_head(&http, &first, total).await?;
     wait_for_head(&http, &second, total).await?;
+    drop(second);
+
+    // The leader's own cost: two streams from its head, read and dropped as they come.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut sinks = tokio::task::JoinSet::new();
+    let from = head(&http, &leader).await? + 1;
+    for _ in 0..2 {
+        let response = http
+            .get(format!("{}/replicate?from={from}", leader.url()))
+            .send()
+            .await?;
+        anyhow::ensure!(response.status().is_success(), "opening a replication stream");
+        let stop = stop.clone();
+        sinks.spawn(async move {
+            let mut body = response.bytes_stream();
+            let mut bytes = 0usize;
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return bytes,
+                    chunk = body.next() => match chunk {
+                        Some(Ok(chunk)) => bytes += chunk.len(),
+                        _ => return bytes,
+                    },
+                }
+            }
+        });
+    }
+    let with_streams = http_batched_appends(&leader.address, options, events, "repl-c").await?;
+    stop.cancel();
+    while sinks.join_next().await.is_some() {}
+    // Alone again, on a store as large: the ratio is over the mean of the two runs alone.
+    let alone_again = http_batched_appends(&leader.address, options, events, "repl-d").await?;
+    report.record(
+        "replication_leader_append_batched_alone_again",
+        alone_again,
+        "events/s",
+    );
+    report.record(
+        "replication_leader_append_batched_two_streams",
+        with_streams,
+        "events/s",
+    );
+    report.record(
+        "replication_leader_append_two_streams_over_alone",
+        with_streams / ((alone + alone_again) / 2.0),
+        "ratio",
+    );
 
     let mut lags = live_lag(&leader, &first, options.seconds).await?;
     report.record_percentiles("replication_live_lag_1000_per_s", &mut lags);
