@@ -12,8 +12,9 @@ fi
 rustup target add wasm32-wasip2
 target="${CARGO_TARGET_DIR:-target}"
 cargo build --release -p lantern
-cargo build --release --target wasm32-wasip2 -p order-totals -p carts
+cargo build --release --target wasm32-wasip2 -p order-totals -p orders-per-day -p carts
 mkdir -p lantern-modules
 cp "$target/wasm32-wasip2/release/order_totals.wasm" lantern-modules/order-totals.wasm
+cp "$target/wasm32-wasip2/release/orders_per_day.wasm" lantern-modules/orders-per-day.wasm
 cp "$target/wasm32-wasip2/release/carts.wasm" lantern-modules/carts.wasm
 exec "$target/release/lantern" serve --watch lantern-modules "$@"

@@ -4,7 +4,13 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const GUESTS: [&str; 4] = ["order-totals", "carts", "hostile", "not-a-projection"];
+const GUESTS: [&str; 5] = [
+    "order-totals",
+    "orders-per-day",
+    "carts",
+    "hostile",
+    "not-a-projection",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));

@@ -1,5 +1,7 @@
 //! An event handed to a projection.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use lantern_wire::EventView;
 use serde::de::DeserializeOwned;
 
@@ -20,6 +22,22 @@ impl<'a> Event<'a> {
     /// Revision in its stream, from 0.
     pub fn revision(&self) -> u64 {
         self.view.revision
+    }
+
+    /// The event's id: unique in the store; the one the writer gave, or one the store made.
+    pub fn id(&self) -> EventId {
+        EventId(self.view.id)
+    }
+
+    /// When the store recorded the event (the leader's clock at its append). Use this, never the
+    /// clock (which a projection does not have: it must fold the same way on every replay).
+    pub fn recorded_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_micros(self.view.recorded_at_micros)
+    }
+
+    /// [`Event::recorded_at`] in microseconds since the Unix epoch.
+    pub fn recorded_at_micros(&self) -> u64 {
+        self.view.recorded_at_micros
     }
 
     /// The stream's name.
@@ -59,5 +77,48 @@ impl<'a> Event<'a> {
             None => Ok(None),
             Some(bytes) => Ok(Some(serde_json::from_slice(bytes)?)),
         }
+    }
+}
+
+/// An event's id: a UUID, shown in its usual form (`0192f4c5-...`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId(pub [u8; 16]);
+
+impl EventId {
+    /// The UUID's 16 bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, byte) in self.0.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EventId({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EventId;
+
+    #[test]
+    fn ids_print_as_uuids() {
+        let id = EventId([
+            0x01, 0x92, 0xf4, 0xc5, 0x7a, 0x00, 0x70, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x2a,
+        ]);
+        assert_eq!(id.to_string(), "0192f4c5-7a00-7000-8000-00000000002a");
     }
 }

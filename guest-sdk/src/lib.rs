@@ -81,7 +81,7 @@ pub mod __guest;
 
 use std::collections::BTreeMap;
 
-pub use event::Event;
+pub use event::{Event, EventId};
 pub use log::{Level, log};
 pub use serde_json::{Value, json};
 pub use state::State;

@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lantern_wire::{BatchEncoder, EventView, WriteView};
 use serde_json::Value;
@@ -45,6 +46,10 @@ pub struct TestEvent {
     pub data: Value,
     /// The metadata.
     pub metadata: Option<Value>,
+    /// When it was recorded; by default the harness's clock (see [`Harness::batch`]).
+    pub recorded_at: Option<SystemTime>,
+    /// Its id; by default one made from its position.
+    pub id: Option<[u8; 16]>,
 }
 
 impl TestEvent {
@@ -55,9 +60,26 @@ impl TestEvent {
             event_type: event_type.into(),
             data,
             metadata: None,
+            recorded_at: None,
+            id: None,
         }
     }
+
+    /// The same event, recorded at `time`.
+    pub fn at(mut self, time: SystemTime) -> Self {
+        self.recorded_at = Some(time);
+        self
+    }
+
+    /// The same event, with this id.
+    pub fn with_id(mut self, id: [u8; 16]) -> Self {
+        self.id = Some(id);
+        self
+    }
 }
+
+/// Where the harness's clock starts: 2026-01-01T00:00:00Z.
+const CLOCK_START_SECS: u64 = 1_767_225_600;
 
 /// A projection with an in-memory read model and a log of its own.
 pub struct Harness<P> {
@@ -90,12 +112,16 @@ impl<P: Projection> Harness<P> {
     }
 
     /// Appends events and folds them as one batch, as the host does: only subscribed events
-    /// reach the projection, and if one fails, none of the batch's writes are kept.
+    /// reach the projection, and if one fails, none of the batch's writes are kept. An event
+    /// without a time of its own is recorded at 2026-01-01T00:00:00Z plus its position in
+    /// milliseconds; one without an id gets the position's bytes as its id.
     pub fn batch(&mut self, events: Vec<TestEvent>) -> Result<()> {
         let subscription = P::subscription();
         struct Placed<'a> {
             position: u64,
             revision: u64,
+            id: [u8; 16],
+            recorded_at_micros: u64,
             event: &'a TestEvent,
             data: Vec<u8>,
             metadata: Option<Vec<u8>>,
@@ -107,9 +133,20 @@ impl<P: Projection> Harness<P> {
                 let next_revision = self.revisions.entry(event.stream.clone()).or_insert(0);
                 let revision = *next_revision;
                 *next_revision += 1;
+                let recorded_at = event.recorded_at.unwrap_or_else(|| {
+                    UNIX_EPOCH
+                        + Duration::from_secs(CLOCK_START_SECS)
+                        + Duration::from_millis(self.position)
+                });
                 Placed {
                     position: self.position,
                     revision,
+                    id: event
+                        .id
+                        .unwrap_or_else(|| u128::from(self.position).to_be_bytes()),
+                    recorded_at_micros: recorded_at
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_micros() as u64),
                     event,
                     data: serde_json::to_vec(&event.data).expect("JSON values serialize"),
                     metadata: event
@@ -125,6 +162,8 @@ impl<P: Projection> Harness<P> {
                 encoder.push(&EventView {
                     position: placed.position,
                     revision: placed.revision,
+                    id: placed.id,
+                    recorded_at_micros: placed.recorded_at_micros,
                     stream: &placed.event.stream,
                     event_type: &placed.event.event_type,
                     data: &placed.data,

@@ -5,8 +5,11 @@
 //! in as bytes, and the batch's writes come out as bytes.
 //!
 //! All integers are little-endian. Strings and byte strings are a `u32` length then the bytes.
-//! - batch: `u32 count`, then per event: `u64 position`, `u64 revision`, `str stream`,
-//!   `str type`, `bytes data`, `u8 has_metadata`, [`bytes metadata`].
+//! - batch: `u32 count`, then per event: `u64 position`, `u64 revision`, `[u8; 16] id`,
+//!   `u64 recorded_at_micros`, `str stream`, `str type`, `bytes data`, `u8 has_metadata`,
+//!   [`bytes metadata`].
+//! - legacy batch, for modules built against WIT `lantern:projection@0.1.0`: the same without
+//!   `id` and `recorded_at_micros` ([`BatchEncoder::legacy`]).
 //! - writes: `u32 count`, then per write: `u8 kind` (1 put, 0 delete), `str key`, [`bytes value`].
 #![deny(missing_docs)]
 
@@ -17,6 +20,10 @@ pub struct EventView<'a> {
     pub position: u64,
     /// Revision in its stream.
     pub revision: u64,
+    /// The event's id (a UUID's 16 bytes).
+    pub id: [u8; 16],
+    /// When it was recorded: microseconds since the Unix epoch.
+    pub recorded_at_micros: u64,
     /// The stream's name.
     pub stream: &'a str,
     /// The event type.
@@ -54,10 +61,17 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// Builds an encoded batch.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BatchEncoder {
     out: Vec<u8>,
     count: u32,
+    legacy: bool,
+}
+
+impl Default for BatchEncoder {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl BatchEncoder {
@@ -66,6 +80,16 @@ impl BatchEncoder {
         BatchEncoder {
             out: vec![0; 4],
             count: 0,
+            legacy: false,
+        }
+    }
+
+    /// An empty batch in the legacy encoding (no id, no recorded time), for modules built
+    /// against WIT `lantern:projection@0.1.0`.
+    pub fn legacy() -> Self {
+        BatchEncoder {
+            legacy: true,
+            ..Self::new()
         }
     }
 
@@ -73,6 +97,11 @@ impl BatchEncoder {
     pub fn push(&mut self, event: &EventView<'_>) {
         self.out.extend_from_slice(&event.position.to_le_bytes());
         self.out.extend_from_slice(&event.revision.to_le_bytes());
+        if !self.legacy {
+            self.out.extend_from_slice(&event.id);
+            self.out
+                .extend_from_slice(&event.recorded_at_micros.to_le_bytes());
+        }
         put_bytes(&mut self.out, event.stream.as_bytes());
         put_bytes(&mut self.out, event.event_type.as_bytes());
         put_bytes(&mut self.out, event.data);
@@ -188,11 +217,13 @@ impl<'a> Reader<'a> {
 pub fn decode_batch(bytes: &[u8]) -> Result<Vec<EventView<'_>>, DecodeError> {
     let mut reader = Reader { bytes };
     let count = reader.u32()? as usize;
-    // Every event takes at least 33 bytes: do not trust `count` for the allocation.
-    let mut events = Vec::with_capacity(count.min(bytes.len() / 33));
+    // Every event takes at least 57 bytes: do not trust `count` for the allocation.
+    let mut events = Vec::with_capacity(count.min(bytes.len() / 57));
     for _ in 0..count {
         let position = reader.u64()?;
         let revision = reader.u64()?;
+        let id = reader.take(16)?.try_into().expect("16 bytes");
+        let recorded_at_micros = reader.u64()?;
         let stream = reader.str()?;
         let event_type = reader.str()?;
         let data = reader.bytes()?;
@@ -204,6 +235,8 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Vec<EventView<'_>>, DecodeError> {
         events.push(EventView {
             position,
             revision,
+            id,
+            recorded_at_micros,
             stream,
             event_type,
             data,
@@ -245,6 +278,8 @@ mod tests {
             EventView {
                 position: 1,
                 revision: 0,
+                id: [7; 16],
+                recorded_at_micros: 1_700_000_000_000_000,
                 stream: "order-1",
                 event_type: "OrderPlaced",
                 data: b"{\"a\":1}",
@@ -253,6 +288,8 @@ mod tests {
             EventView {
                 position: 9,
                 revision: 4,
+                id: [0; 16],
+                recorded_at_micros: 0,
                 stream: "cart-é",
                 event_type: "",
                 data: b"null",
@@ -268,6 +305,31 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(decode_batch(&bytes[..cut]).is_err(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn legacy_batches_leave_out_the_id_and_the_time() {
+        let event = EventView {
+            position: 3,
+            revision: 1,
+            id: [9; 16],
+            recorded_at_micros: 5,
+            stream: "s",
+            event_type: "t",
+            data: b"1",
+            metadata: None,
+        };
+        let mut current = BatchEncoder::new();
+        current.push(&event);
+        let mut legacy = BatchEncoder::legacy();
+        legacy.push(&event);
+        let (current, legacy) = (current.finish(), legacy.finish());
+        assert_eq!(current.len(), legacy.len() + 24);
+        // The 0.1.0 layout: count, position, revision, then the stream right away.
+        assert_eq!(&legacy[..4], &1u32.to_le_bytes());
+        assert_eq!(&legacy[4..12], &3u64.to_le_bytes());
+        assert_eq!(&legacy[12..20], &1u64.to_le_bytes());
+        assert_eq!(&legacy[20..25], &[1, 0, 0, 0, b's']);
     }
 
     #[test]

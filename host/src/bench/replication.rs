@@ -135,7 +135,10 @@ pub(super) async fn run(
             .get(format!("{}/replicate?from={from}", leader.url()))
             .send()
             .await?;
-        anyhow::ensure!(response.status().is_success(), "opening a replication stream");
+        anyhow::ensure!(
+            response.status().is_success(),
+            "opening a replication stream"
+        );
         let stop = stop.clone();
         sinks.spawn(async move {
             let mut body = response.bytes_stream();

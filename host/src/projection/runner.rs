@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use lantern_wire::{BatchEncoder, EventView};
+use lantern_wire::EventView;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +33,8 @@ fn view(event: &RecordedEvent) -> EventView<'_> {
     EventView {
         position: event.position,
         revision: event.revision,
+        id: event.id.into_bytes(),
+        recorded_at_micros: event.recorded_at_micros,
         stream: &event.stream,
         event_type: &event.event_type,
         data: &event.data,
@@ -329,7 +331,7 @@ impl Generation {
                 continue;
             }
             let subscription_spec = self.module.subscription();
-            let mut batch = BatchEncoder::new();
+            let mut batch = self.module.batch_encoder();
             let mut first_delivered = None;
             let mut delivered = 0;
             for event in &events {
@@ -413,7 +415,7 @@ impl Generation {
             .instantiate()
             .map_err(|e| fault(e.to_string(), first))?;
         for event in events {
-            let mut batch = BatchEncoder::new();
+            let mut batch = self.module.batch_encoder();
             batch.push(&view(event));
             let pinned = |error: BatchError| match error {
                 BatchError::Storage(message) => storage_fault(message, event.position),

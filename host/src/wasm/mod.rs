@@ -254,11 +254,16 @@ impl Runtime {
                 e,
             )
         })?;
+        let legacy_batches = component
+            .component_type()
+            .imports(&self.engine)
+            .any(|(import, _)| import == HOST_0_1_0);
         let mut module = Module {
             runtime: self.clone(),
             pre,
             name: Arc::from(name),
             subscription: SubscriptionSpec::default(),
+            legacy_batches,
         };
         let mut instance = module
             .instantiate()
@@ -286,12 +291,26 @@ pub struct Module {
     pre: ProjectionPre<GuestState>,
     name: Arc<str>,
     subscription: SubscriptionSpec,
+    legacy_batches: bool,
 }
+
+/// The host interface a module built against WIT 0.1.0 imports: it decodes batches without ids
+/// and recorded times.
+const HOST_0_1_0: &str = "lantern:projection/host@0.1.0";
 
 impl Module {
     /// What the module subscribes to.
     pub fn subscription(&self) -> &SubscriptionSpec {
         &self.subscription
+    }
+
+    /// An empty batch in the encoding this module decodes.
+    pub fn batch_encoder(&self) -> lantern_wire::BatchEncoder {
+        if self.legacy_batches {
+            lantern_wire::BatchEncoder::legacy()
+        } else {
+            lantern_wire::BatchEncoder::new()
+        }
     }
 
     /// A fresh instance in its own sandboxed store.
