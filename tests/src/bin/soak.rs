@@ -223,7 +223,22 @@ async fn soak(
         .filter(|s| s.at >= Duration::from_secs(warmup * 60))
         .collect();
     anyhow::ensure!(after.len() >= 2, "too few samples after the warm-up");
+    // Growth is a trend: the median of the last five minutes over the median of the first five
+    // after the warm-up (a third of the samples each when the run is shorter). A single sample
+    // (a connection open for a moment, a page cache refill) is noise, not growth; the peak over
+    // the first sample is printed too.
+    let window = (after.len() / 3).clamp(1, 30);
+    let median = |samples: &[&Sample], value: fn(&Sample) -> u64| {
+        let mut values: Vec<u64> = samples.iter().map(|s| value(s)).collect();
+        values.sort_unstable();
+        values[values.len() / 2] as f64
+    };
     let growth = |value: fn(&Sample) -> u64| {
+        let first = median(&after[..window], value);
+        let last = median(&after[after.len() - window..], value);
+        (last - first) / first.max(1.0)
+    };
+    let peak = |value: fn(&Sample) -> u64| {
         let base = value(after[0]) as f64;
         let peak = after.iter().map(|s| value(s)).max().unwrap_or(0) as f64;
         (peak - base) / base.max(1.0)
@@ -235,7 +250,7 @@ async fn soak(
     );
     let flat = rss < 0.10 && fds < 0.10 && threads < 0.10;
     println!(
-        "soak: {minutes} min, {} appends of 10 events, {} queries, {} subscriptions, {} redeploys; after a {warmup}-minute warm-up, peak over first sample: RSS {:+.1}%, fds {:+.1}%, threads {:+.1}%: {}",
+        "soak: {minutes} min, {} appends of 10 events, {} queries, {} subscriptions, {} redeploys; after a {warmup}-minute warm-up, growth (median of the last {window} samples over the first {window}): RSS {:+.1}%, fds {:+.1}%, threads {:+.1}% (peak over the first sample: RSS {:+.1}%, fds {:+.1}%, threads {:+.1}%): {}",
         counters[0].load(Ordering::Relaxed),
         counters[1].load(Ordering::Relaxed),
         counters[2].load(Ordering::Relaxed),
@@ -243,6 +258,9 @@ async fn soak(
         rss * 100.0,
         fds * 100.0,
         threads * 100.0,
+        peak(|s| s.rss_kib) * 100.0,
+        peak(|s| s.fds) * 100.0,
+        peak(|s| s.threads) * 100.0,
         if flat { "flat" } else { "NOT FLAT" }
     );
     Ok(flat)
