@@ -125,6 +125,9 @@ pub(super) async fn run(
     wait_for_head(&http, &first, total).await?;
     wait_for_head(&http, &second, total).await?;
     drop(second);
+    let mut lags = live_lag(&leader, &first, options.seconds).await?;
+    report.record_percentiles("replication_live_lag_1000_per_s", &mut lags);
+    drop(first);
 
     // The leader's own cost: two streams from its head, read and dropped as they come.
     let stop = tokio_util::sync::CancellationToken::new();
@@ -174,9 +177,6 @@ pub(super) async fn run(
         with_streams / ((alone + alone_again) / 2.0),
         "ratio",
     );
-
-    let mut lags = live_lag(&leader, &first, options.seconds).await?;
-    report.record_percentiles("replication_live_lag_1000_per_s", &mut lags);
     Ok(())
 }
 
