@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -13,6 +13,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use super::extract::{Path, Query};
 use super::{ApiError, AppState};
 use crate::replication::{CONTENT_TYPE, LeaderState, Message, STORE_ID_HEADER};
 use crate::store::{LogReader, Store};
