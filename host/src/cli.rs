@@ -199,6 +199,19 @@ enum Command {
     },
     /// Run the benchmark program and print its figures.
     Bench(BenchOptions),
+    /// Make a new projection crate NAME (in its own folder, outside any workspace): a handler,
+    /// a query, a native test and a README with the build and deploy commands.
+    New {
+        /// The projection's name (also the crate's): [a-z0-9][a-z0-9_-]*.
+        name: String,
+        /// The folder to create it in.
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+        /// The `guest-sdk` folder of a Lantern checkout (by default the one this binary was
+        /// built from).
+        #[arg(long, value_name = "PATH")]
+        sdk: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -287,6 +300,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             options.follow_ca_cert = cli.ca_cert.clone();
             return server::serve(options).await;
         }
+        Command::New { name, dir, sdk } => {
+            let made = crate::scaffold::new_projection(&name, &dir, sdk.as_deref())?;
+            println!(
+                "created {}: cd into it, then `cargo test`; its README says how to build and deploy it",
+                made.display()
+            );
+            return Ok(());
+        }
         Command::Check { data } => {
             let healthy = crate::maintenance::check(&data, &mut std::io::stdout().lock())?;
             anyhow::ensure!(healthy, "the data folder {} has problems", data.display());
@@ -312,7 +333,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         json: cli.json,
     };
     match cli.command {
-        Command::Serve(_) | Command::Check { .. } | Command::Repair { .. } => {
+        Command::Serve(_)
+        | Command::Check { .. }
+        | Command::Repair { .. }
+        | Command::New { .. } => {
             unreachable!("run above")
         }
         Command::Token(command) => client.token(command).await,

@@ -13,6 +13,7 @@
 //! - [`backup`]: online backups (a tar of the log, tokens, audit trail, registry and modules).
 //! - [`maintenance`]: `lantern check` and `lantern repair`, offline tools for a data folder.
 //! - [`bench`]: the benchmark program behind `lantern bench`.
+//! - [`scaffold`]: `lantern new`, a projection crate to start from.
 
 pub mod access;
 pub mod backup;
@@ -25,6 +26,7 @@ pub mod projection;
 pub mod readmodel;
 mod redb_file;
 pub mod replication;
+pub mod scaffold;
 pub mod server;
 pub mod store;
 pub mod subscription;

@@ -15,6 +15,7 @@ mod read;
 mod rebuild;
 mod replication;
 mod sandbox;
+mod scaffold;
 mod storage_faults;
 mod subscribe;
 mod torture;

@@ -1,0 +1,97 @@
+//! `lantern new`: the crate it makes passes its own test, builds for `wasm32-wasip2`, and the
+//! module it builds deploys and answers on a real server.
+
+use std::path::Path;
+use std::process::Command;
+
+use lantern_tests::TestServer;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use super::{append, get};
+use crate::projections::{deploy, wait_status};
+
+fn lantern(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_lantern-under-test"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `cargo ARGS` in `dir`, in a target folder the test runs share (so only the first one compiles
+/// the SDK's dependencies), with the outer build's flags removed.
+fn cargo(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(dir)
+        .args(args)
+        .env(
+            "CARGO_TARGET_DIR",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/scaffold"),
+        )
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO_BUILD_TARGET")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lantern_new_makes_a_crate_that_tests_builds_and_serves() {
+    let parent = tempfile::tempdir().unwrap();
+    let folder = parent.path().to_str().unwrap();
+    let made = lantern(&["new", "visits", "--dir", folder]);
+    assert!(made.status.success(), "{made:?}");
+    let crate_dir = parent.path().join("visits");
+    for file in ["Cargo.toml", "src/lib.rs", "README.md"] {
+        assert!(crate_dir.join(file).exists(), "{file}");
+    }
+    // Refusals: an existing crate, a name a projection cannot have.
+    let again = lantern(&["new", "visits", "--dir", folder]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+    let bad = lantern(&["new", "Visits", "--dir", folder]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("must match"));
+
+    let tested = cargo(&crate_dir, &["test"]);
+    let out = String::from_utf8_lossy(&tested.stdout);
+    assert!(
+        tested.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&tested.stderr)
+    );
+    assert!(out.contains("counts_events_per_type ... ok"), "{out}");
+    let built = cargo(
+        &crate_dir,
+        &["build", "--release", "--target", "wasm32-wasip2"],
+    );
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let module = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/scaffold/wasm32-wasip2/release/visits.wasm"),
+    )
+    .unwrap();
+
+    let server = TestServer::start().await.unwrap();
+    let url = &server.url;
+    let (status, body) = deploy(url, "visits", module).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for event_type in ["PageViewed", "PageViewed", "SignedUp"] {
+        append(
+            url,
+            "site-1",
+            json!({"events": [{"type": event_type, "data": {}}]}),
+        )
+        .await;
+    }
+    wait_status(url, "visits", |s| s["position"] == 3).await;
+    let (status, answer) = get(url, "/projections/visits/query/count?type=PageViewed").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer, json!({"type": "PageViewed", "events": 2}));
+}
