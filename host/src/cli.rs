@@ -199,6 +199,15 @@ enum Command {
     },
     /// Run the benchmark program and print its figures.
     Bench(BenchOptions),
+    /// Rebuild a projection crate on every save and deploy it to the server (Ctrl-C to stop).
+    Dev {
+        /// The crate's folder.
+        #[arg(default_value = ".")]
+        dir: std::path::PathBuf,
+        /// The projection's name (by default the crate's).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Make a new projection crate NAME (in its own folder, outside any workspace): a handler,
     /// a query, a native test and a README with the build and deploy commands.
     New {
@@ -340,6 +349,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             unreachable!("run above")
         }
         Command::Token(command) => client.token(command).await,
+        Command::Dev { dir, name } => client.dev(&dir, name).await,
         Command::Audit { after, limit } => client.audit(after, limit).await,
         Command::Backup { file } => client.backup(&file).await,
         Command::Bench(options) => bench::run(options).await,
@@ -723,6 +733,64 @@ impl Client {
             }
         }
         bail!("the server ended the subscription")
+    }
+
+    /// `lantern dev`: build and deploy, then again after every save under `src/` or to the
+    /// manifest, printing how long each save took to serve.
+    async fn dev(&self, dir: &std::path::Path, name: Option<String>) -> anyhow::Result<()> {
+        use notify::{RecursiveMode, Watcher};
+        let krate = crate::scaffold::DevCrate::locate(dir)?;
+        let name = name.unwrap_or_else(|| krate.package.clone());
+        let (saved_tx, mut saved) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event
+                    .is_ok_and(|e| e.kind.is_modify() || e.kind.is_create() || e.kind.is_remove())
+                {
+                    let _ = saved_tx.send(());
+                }
+            })?;
+        watcher.watch(&dir.join("src"), RecursiveMode::Recursive)?;
+        watcher.watch(&dir.join("Cargo.toml"), RecursiveMode::NonRecursive)?;
+        println!(
+            "watching {} for changes; deploying as {name} to {}",
+            dir.display(),
+            self.url
+        );
+        loop {
+            let started = std::time::Instant::now();
+            if krate.build().await? {
+                let bytes = std::fs::read(&krate.module)
+                    .with_context(|| format!("reading {}", krate.module.display()))?;
+                let request = self
+                    .http
+                    .put(format!("{}/projections/{}", self.url, encode_path(&name)))
+                    .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+                    .body(bytes);
+                let deployed = match self.send(request).await {
+                    Ok(response) => {
+                        let answer: Value = response.json().await?;
+                        self.follow_deploy(&name, answer, false).await
+                    }
+                    Err(error) => Err(error),
+                };
+                match deployed {
+                    Ok(()) => println!(
+                        "serving {:.1} s after the change",
+                        started.elapsed().as_secs_f64()
+                    ),
+                    Err(error) => eprintln!("error: {error:#}"),
+                }
+            } else {
+                eprintln!("the build failed; waiting for the next save");
+            }
+            if saved.recv().await.is_none() {
+                bail!("the file watcher stopped");
+            }
+            // One save often touches a file several times: wait for the burst to end.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            while saved.try_recv().is_ok() {}
+        }
     }
 
     /// After a deploy or rebuild request: a progress bar until the new version serves (or fails),

@@ -169,6 +169,7 @@ Build the WebAssembly component and deploy it to a running server:
 rustup target add wasm32-wasip2      # once
 cargo build --release --target wasm32-wasip2
 lantern deploy {{name}} target/wasm32-wasip2/release/{{crate}}.wasm
+lantern dev .                        # or: build and deploy again on every save
 ```
 
 Then read it:
@@ -182,3 +183,70 @@ lantern query {{name}} --query count --param type=OrderPlaced
 Deploying a changed module rebuilds the read model beside the serving one, which answers until the
 new one has caught up.
 "#;
+
+/// What `lantern dev` builds in a projection crate: its name and where its module lands.
+pub struct DevCrate {
+    /// The crate's folder.
+    pub dir: PathBuf,
+    /// The package name (also the projection's name unless another is given).
+    pub package: String,
+    /// The module `cargo build --release --target wasm32-wasip2` makes.
+    pub module: PathBuf,
+}
+
+impl DevCrate {
+    /// Reads the crate's package name and target folder with `cargo metadata`.
+    pub fn locate(dir: &Path) -> anyhow::Result<DevCrate> {
+        let output = std::process::Command::new(cargo())
+            .current_dir(dir)
+            .args(["metadata", "--format-version", "1", "--no-deps"])
+            .output()
+            .context("running cargo metadata")?;
+        anyhow::ensure!(
+            output.status.success(),
+            "{} is not a crate: {}",
+            dir.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        let manifest = dir.canonicalize()?.join("Cargo.toml");
+        let package = metadata["packages"]
+            .as_array()
+            .and_then(|packages| {
+                packages.iter().find(|p| {
+                    p["manifest_path"]
+                        .as_str()
+                        .is_some_and(|path| Path::new(path) == manifest)
+                })
+            })
+            .and_then(|p| p["name"].as_str())
+            .context("cargo metadata names no package for this folder")?
+            .to_owned();
+        let target = metadata["target_directory"]
+            .as_str()
+            .context("cargo metadata has no target folder")?;
+        let module = Path::new(target)
+            .join("wasm32-wasip2/release")
+            .join(format!("{}.wasm", package.replace('-', "_")));
+        Ok(DevCrate {
+            dir: dir.to_owned(),
+            package,
+            module,
+        })
+    }
+
+    /// Builds the module; the compiler's messages go to the terminal. True if it built.
+    pub async fn build(&self) -> anyhow::Result<bool> {
+        let status = tokio::process::Command::new(cargo())
+            .current_dir(&self.dir)
+            .args(["build", "--release", "--target", "wasm32-wasip2"])
+            .status()
+            .await
+            .context("running cargo build")?;
+        Ok(status.success())
+    }
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}

@@ -228,6 +228,17 @@ async fn followers_copy_the_log_projections_and_tokens_and_refuse_writes() {
     assert!(!cli.status.success());
     let stderr = String::from_utf8_lossy(&cli.stderr);
     assert!(stderr.contains(&lead.url), "{stderr}");
+    // A whole module upload refused: the CLI still reads the answer, not a broken pipe.
+    let module = Path::new(env!("LANTERN_GUESTS")).join("order_totals.wasm");
+    let cli = tokio::process::Command::new(binary())
+        .args(["--url", f, "--token", ADMIN, "deploy", "other"])
+        .arg(&module)
+        .output()
+        .await
+        .unwrap();
+    assert!(!cli.status.success());
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert!(stderr.contains("not_leader"), "{stderr}");
 
     let h = health(f).await;
     assert_eq!(h["role"], "follower");

@@ -94,4 +94,41 @@ async fn lantern_new_makes_a_crate_that_tests_builds_and_serves() {
     let (status, answer) = get(url, "/projections/visits/query/count?type=PageViewed").await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer, json!({"type": "PageViewed", "events": 2}));
+
+    // `lantern dev`: deploys the crate, then every saved change, as a live rebuild.
+    let mut dev = tokio::process::Command::new(env!("CARGO_BIN_EXE_lantern-under-test"))
+        .args(["--url", url, "dev", "--name", "live"])
+        .arg(&crate_dir)
+        .env(
+            "CARGO_TARGET_DIR",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/scaffold"),
+        )
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let first = wait_status(url, "live", |s| {
+        s["status"] == "running" && s["position"] == 3
+    })
+    .await;
+    let lib = crate_dir.join("src/lib.rs");
+    let source = std::fs::read_to_string(&lib).unwrap();
+    assert!(source.contains(r#"format!("type:{}""#));
+    std::fs::write(
+        &lib,
+        source.replace(r#"format!("type:{}""#, r#"format!("kind:{}""#),
+    )
+    .unwrap();
+    wait_status(url, "live", |s| {
+        s["version"].as_u64() > first["version"].as_u64() && s["rebuild"].is_null()
+    })
+    .await;
+    let (status, page) = get(url, "/projections/live/state?prefix=kind:").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["items"][0]["key"], "kind:PageViewed");
+    assert_eq!(page["items"][0]["value"], json!({"events": 2}));
+    dev.kill().await.unwrap();
 }

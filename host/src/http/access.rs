@@ -161,6 +161,14 @@ pub(super) async fn check(
     if let Some(follower) = &state.follower
         && parts.method != axum::http::Method::GET
     {
+        // Read what the (authorized) client sends before answering, so it reads the answer
+        // instead of a broken pipe halfway through a module upload.
+        let limit = state
+            .limits
+            .max_module_bytes
+            .max(state.limits.max_body_bytes)
+            + 1;
+        let _ = axum::body::to_bytes(body, limit).await;
         return ApiError::not_leader(follower.leader()).into_response();
     }
     parts.extensions.insert(principal);
