@@ -60,10 +60,54 @@
 //! assert_eq!(harness.query("customer", &[("id", "c-1")]).unwrap(), json!(350));
 //! ```
 //!
-//! Events arrive in batches; [`State`] reads see the read model as of the start of the batch plus
-//! the batch's own writes, and the writes are handed to the host once per batch, which commits them
-//! with the projection's checkpoint in one transaction. A projection must be a deterministic
-//! function of the events: it has no clock, no randomness, no files and no network.
+//! # The model
+//!
+//! **Subscription.** [`Projection::subscription`] names the events the projection wants: by
+//! category (the part of the stream name before the first `-`: `order-42` is in `order`), by
+//! stream, and by event type; lists combine as "any category or stream listed, and any type
+//! listed"; [`Subscription::all`] alone is every event. The host filters before the module runs,
+//! so unwanted events cost nothing.
+//!
+//! **Events.** An [`Event`] has its place in the log ([`Event::position`], global and gapless
+//! from 1; [`Event::revision`] in its stream, from 0), its [`Event::stream`] and
+//! [`Event::category`], [`Event::event_type`], [`Event::id`], [`Event::recorded_at`] (the store's
+//! clock when it was appended), and its JSON [`Event::data`] and [`Event::metadata`], decoded into
+//! your types with serde.
+//!
+//! **Batches and what a read sees.** The host hands events over in batches (up to 32,768, or
+//! one at a time while live). During a batch, [`State::get`] and [`State::scan`] see the read
+//! model as of the batch's start plus the batch's own writes; the writes reach the host once, at
+//! the end of the batch, which commits them with the projection's checkpoint in one transaction:
+//! the read model is always exactly the fold of the log up to its checkpoint. Clients that wrote
+//! an event read their own write by passing its position as `min_position`.
+//!
+//! **Determinism.** A projection is rebuilt from position 1 whenever a new version is deployed
+//! (beside the serving one, which answers until the new one has caught up), and followers run it
+//! over their copy of the log. It must therefore be a function of the events alone: it has no
+//! clock (use [`Event::recorded_at`]), no randomness, no files, no network and no environment.
+//!
+//! **Queries.** [`Projection::query`] answers `GET /projections/{name}/query/{query}?a=1&b=x`
+//! with JSON; [`Params`] holds the query string. It reads a consistent snapshot and cannot write.
+//! Return [`QueryError::NotFound`] for an unknown name (404), [`QueryError::Failed`] or any
+//! [`Error`] (via `?`) for a bad request (400). Plain key and prefix reads need no code:
+//! `GET /projections/{name}/state/{key}` and `?prefix=`.
+//!
+//! **Errors and faults.** An `Err` from [`Projection::handle`] fails the whole batch: none of its
+//! writes are kept, the host retries the batch one event at a time to find the failing event, and
+//! the projection stops as `faulted` with that event's position and your message (its read model
+//! keeps answering, with every event before the failing one folded). A panic or trap, running out of memory, or a call
+//! longer than the time limit is a fault the same way; it never affects other projections or the
+//! server. Deploy a fixed module to rebuild.
+//!
+//! **Testing.** [`testing::Harness`] runs the projection natively under `cargo test` with the
+//! host's batch semantics (subscription filtering, all-or-nothing batches, the wire encoding);
+//! give events a time with [`testing::TestEvent::at`].
+//!
+//! **Limits** (per instance, the server's defaults): 64 MiB of linear memory, 5 s per call into
+//! the module, 32 MiB for the module and for one batch's writes.
+//!
+//! `lantern new NAME` makes a crate to start from; `docs/projections.md` walks from there to a
+//! live rebuild.
 #![deny(missing_docs)]
 
 // The generated bindings name this crate by its public path, inside it too.
