@@ -10,6 +10,7 @@ mod hostile_http;
 mod maintenance;
 mod malformed;
 mod network;
+mod openapi;
 mod projections;
 mod read;
 mod rebuild;

@@ -9,6 +9,7 @@ mod error;
 mod extract;
 mod json;
 mod metrics;
+mod openapi;
 mod projections;
 mod replicate;
 mod serve;
@@ -34,6 +35,7 @@ use crate::store::Store;
 pub use access::{Route, Rule};
 pub use error::ApiError;
 pub use metrics::Metrics;
+pub use openapi::document as openapi_document;
 pub use serve::{Tls, run, run_with};
 
 /// Request and connection limits; the defaults are the contract's and `lantern serve`'s.
@@ -124,6 +126,7 @@ pub fn routes(limits: &Limits) -> Vec<Route> {
     vec![
         Route::new(M::GET, "/health", Public, streams::health),
         Route::new(M::GET, "/metrics", Store(Reader), metrics::metrics),
+        Route::new(M::GET, "/openapi.json", Public, openapi::openapi),
         Route::new(M::POST, "/streams/{stream}", Store(Writer), streams::append),
         Route::new(
             M::GET,
