@@ -205,22 +205,10 @@ async fn a_full_disk_refuses_appends_loses_nothing_and_recovers_when_space_retur
 async fn a_full_read_model_disk_is_a_storage_fault_that_heals() {
     use lantern::projection::{FaultCause, Phase};
     use lantern::store::{ExpectedRevision, NewEvent};
-    use lantern_tests::{guest, test_store_options};
 
     let disk = SmallDisk::mount("64m");
     let other = tempfile::tempdir().unwrap();
-    let store = Store::open(&other.path().join("store"), test_store_options(false)).unwrap();
-    let projections = Projections::open(
-        store.clone(),
-        &disk.path().join("projections"),
-        shared_compile_cache(WasmConfig::default()),
-    )
-    .await
-    .unwrap();
-    projections
-        .deploy("totals", guest("order_totals"))
-        .await
-        .unwrap();
+    let (store, projections) = with_totals(other.path(), &disk.path().join("projections")).await;
     // Leave a quarter of a MiB free.
     let ballast = disk.path().join("ballast");
     let free = free_bytes(disk.path());
@@ -285,6 +273,24 @@ async fn a_full_read_model_disk_is_a_storage_fault_that_heals() {
     }
     assert_eq!(seen, customers);
     projections.shutdown().await;
+}
+
+/// A store in `dir` (without fsync) and projections in `projections` with `order_totals`
+/// deployed as `totals`.
+async fn with_totals(dir: &Path, projections: &Path) -> (Store, Projections) {
+    let store = Store::open(&dir.join("store"), lantern_tests::test_store_options(false)).unwrap();
+    let projections = Projections::open(
+        store.clone(),
+        projections,
+        shared_compile_cache(WasmConfig::default()),
+    )
+    .await
+    .unwrap();
+    projections
+        .deploy("totals", lantern_tests::guest("order_totals"))
+        .await
+        .unwrap();
+    (store, projections)
 }
 
 async fn wait_until(
@@ -413,21 +419,13 @@ async fn place_orders(store: &Store, from: u64, n: u64) {
 #[tokio::test]
 async fn an_io_error_below_a_read_model_faults_its_projection_and_heals() {
     use lantern::projection::{FaultCause, Phase};
-    use lantern_tests::{guest, test_store_options};
 
     let other = tempfile::tempdir().unwrap();
-    let store = Store::open(&other.path().join("store"), test_store_options(false)).unwrap();
-    let projections = Projections::open(
-        store.clone(),
+    let (store, projections) = with_totals(
+        other.path(),
         &other.path().join("failpoint-redb-projections"),
-        shared_compile_cache(WasmConfig::default()),
     )
-    .await
-    .unwrap();
-    projections
-        .deploy("totals", guest("order_totals"))
-        .await
-        .unwrap();
+    .await;
     place_orders(&store, 0, 500).await;
     wait_until(&projections, |s| s.position == 500).await;
 

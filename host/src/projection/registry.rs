@@ -2,7 +2,6 @@
 //! (write, fsync, rename), so a restart resumes every projection where it was.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -83,18 +82,6 @@ pub(crate) fn write_once(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let temporary = path.with_extension("tmp");
-    let written = (|| {
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)
-    })();
-    if written.is_err() {
-        // A full disk must not keep the part that was written.
-        let _ = std::fs::remove_file(&temporary);
-    }
-    written?;
-    // The registry will name this file: its folder entry must be durable before that.
-    crate::durable::sync_parent(path)
+    // Atomic and durable, folder entry included: the registry will name this file.
+    crate::durable::replace(path, bytes)
 }
