@@ -207,6 +207,9 @@ impl Follower {
         // The network and the disk work at once: one task reads messages, this one writes.
         let (batches, mut received) = mpsc::channel::<Bytes>(16);
         let reader = self.read_messages(response, batches);
+        // The writer ends when the reader has ended and everything it passed on is written (or
+        // at the first error): a reconnection never starts while a write is still in flight,
+        // which would ask the leader for records that write is about to add.
         let writer = async {
             let mut pending = BytesMut::new();
             let mut check_overlap = head > 0;
@@ -219,14 +222,13 @@ impl Follower {
                     }
                 }
                 if check_overlap {
-                    let frames = pending.clone().freeze();
-                    match self.store.verify_overlap(&frames) {
+                    match self.store.verify_overlap(&Bytes::copy_from_slice(&pending)) {
                         Ok(None) => continue,
                         Ok(Some(len)) => {
                             let _ = pending.split_to(len);
                             check_overlap = false;
                         }
-                        Err(error) => return Ended::Refused(error.to_string()),
+                        Err(error) => return Some(Ended::Refused(error.to_string())),
                     }
                 }
                 if pending.is_empty() {
@@ -238,18 +240,27 @@ impl Follower {
                         pending.extend_from_slice(&frames[written.consumed..]);
                         self.note_progress();
                     }
-                    Err(StoreError::Replication(why)) => return Ended::Refused(why),
+                    Err(StoreError::Replication(why)) => return Some(Ended::Refused(why)),
                     Err(error) => {
-                        return Ended::Retry(format!("writing the leader's records: {error}"));
+                        return Some(Ended::Retry(format!(
+                            "writing the leader's records: {error}"
+                        )));
                     }
                 }
             }
-            Ended::Retry("the leader closed the stream".into())
+            None
         };
-        tokio::pin!(reader);
-        tokio::select! {
-            ended = &mut reader => ended,
-            ended = writer => ended,
+        tokio::pin!(reader, writer);
+        let mut reader_ended = None;
+        loop {
+            tokio::select! {
+                ended = &mut reader, if reader_ended.is_none() => reader_ended = Some(ended),
+                failed = &mut writer => {
+                    return failed.or(reader_ended).unwrap_or_else(|| {
+                        Ended::Retry("the leader closed the stream".into())
+                    });
+                }
+            }
         }
     }
 
