@@ -70,6 +70,7 @@ async fn every_route_answers_as_the_openapi_document_says() {
             call("POST", "/streams/{stream}", "/streams/order-2"),
             json!({"events": [{"type": "OrderPlaced", "data": {"customer": "c-9", "amount": 9}, "metadata": {"m": 1}}]}),
         ),
+        call("GET", "/streams", "/streams?prefix=order&limit=1"),
         call("GET", "/streams/{stream}", "/streams/order-1?limit=3"),
         call("GET", "/all", "/all?limit=3"),
         call("GET", "/subscribe", "/subscribe?from=1"),

@@ -90,6 +90,35 @@ async fn streams_read_forward_and_backward_in_pages() {
 }
 
 #[tokio::test]
+async fn streams_are_listed_by_name_in_pages() {
+    let server = TestServer::start().await.unwrap();
+    let url = &server.url;
+    seed(url).await;
+    let (status, page) = get(url, "/streams").await;
+    assert_eq!(status, StatusCode::OK);
+    // seed() interleaves order-1 (5 events), order-2 (3), cart-1 (2): positions 1..=10.
+    assert_eq!(
+        page,
+        json!({"streams": [
+            {"name": "cart-1", "last_revision": 1, "last_position": 6},
+            {"name": "order-1", "last_revision": 4, "last_position": 10},
+            {"name": "order-2", "last_revision": 2, "last_position": 8},
+        ], "next": null})
+    );
+    let (_, page) = get(url, "/streams?prefix=order&limit=1").await;
+    assert_eq!(page["streams"][0]["name"], "order-1");
+    assert_eq!(page["next"], "order-1");
+    let (_, page) = get(url, "/streams?prefix=order&limit=1&after=order-1").await;
+    assert_eq!(page["streams"][0]["name"], "order-2");
+    assert_eq!(page["next"], Value::Null);
+    let (_, page) = get(url, "/streams?prefix=zzz").await;
+    assert_eq!(page, json!({"streams": [], "next": null}));
+    let (status, body) = get(url, "/streams?limit=0").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "invalid_request");
+}
+
+#[tokio::test]
 async fn the_global_log_reads_in_order_with_filters() {
     let server = TestServer::start().await.unwrap();
     let url = &server.url;
@@ -213,6 +242,64 @@ mod model {
                     prop_assert_eq!(read.events, expected);
                     prop_assert_eq!(read.next, next);
                 }
+                Ok(())
+            })?;
+        }
+
+        /// Paging through `list_streams` by `next`, for any prefix and page size, gives every
+        /// stream with that prefix once, in byte order, with the last revision and position its
+        /// appends were answered with, whether the stream sits in the tail, in redb, or both.
+        #[test]
+        fn stream_list_pages_match_the_appends(
+            appends in proptest::collection::vec((0usize..7, 1usize..90), 1..40),
+            prefix in 0usize..5,
+            start_after in proptest::option::of(0usize..7),
+            limit in 1usize..5,
+            reopen in any::<bool>(),
+        ) {
+            const NAMES: [&str; 7] = ["a", "a-1", "ab-2", "a-10", "b-1", "b", "\u{e9}t\u{e9}-3"];
+            const PREFIXES: [&str; 5] = ["", "a", "a-1", "b", "z"];
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let mut store = Store::open(dir.path(), test_store_options(false)).unwrap();
+                let mut model = std::collections::BTreeMap::new();
+                for (stream, size) in &appends {
+                    let events = (0..*size)
+                        .map(|_| NewEvent {
+                            id: None,
+                            event_type: "T".into(),
+                            data: Bytes::from_static(b"0"),
+                            metadata: None,
+                        })
+                        .collect();
+                    let outcome = store.append(NAMES[*stream], ExpectedRevision::Any, events).await.unwrap();
+                    model.insert(NAMES[*stream].to_owned(), (outcome.last_revision, outcome.last_position));
+                }
+                if reopen {
+                    store.close();
+                    drop(store);
+                    store = Store::open(dir.path(), test_store_options(false)).unwrap();
+                }
+                let prefix = PREFIXES[prefix];
+                let mut after = start_after.map(|i| NAMES[i].to_owned());
+                let expected: Vec<(String, u64, u64)> = model
+                    .iter()
+                    .filter(|(name, _)| name.starts_with(prefix) && after.as_ref().is_none_or(|a| *name > a))
+                    .map(|(name, (revision, position))| (name.clone(), *revision, *position))
+                    .collect();
+                let mut listed = Vec::new();
+                loop {
+                    let (page, more) = store.list_streams(prefix, after.as_deref(), limit).unwrap();
+                    prop_assert!(page.len() <= limit);
+                    listed.extend(page.iter().map(|s| (s.name.clone(), s.last_revision, s.last_position)));
+                    if !more {
+                        break;
+                    }
+                    prop_assert_eq!(page.len(), limit);
+                    after = page.last().map(|s| s.name.clone());
+                }
+                prop_assert_eq!(listed, expected);
                 Ok(())
             })?;
         }

@@ -127,6 +127,7 @@ pub fn routes(limits: &Limits) -> Vec<Route> {
         Route::new(M::GET, "/health", Public, streams::health),
         Route::new(M::GET, "/metrics", Store(Reader), metrics::metrics),
         Route::new(M::GET, "/openapi.json", Store(Reader), openapi::openapi),
+        Route::new(M::GET, "/streams", Store(Reader), streams::list_streams),
         Route::new(M::POST, "/streams/{stream}", Store(Writer), streams::append),
         Route::new(
             M::GET,

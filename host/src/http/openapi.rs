@@ -83,6 +83,22 @@ fn doc(method: &Method, path: &str) -> Option<Doc> {
             &[(200, Media("application/openmetrics-text"))],
         ),
         ("GET", "/openapi.json") => doc("This document", &[], None, &[(200, Schema("OpenApi"))]),
+        ("GET", "/streams") => doc(
+            "List streams by name (byte order), for browsing",
+            &[
+                ("prefix", "only names starting with this"),
+                (
+                    "after",
+                    "only names after this one (the previous page's next)",
+                ),
+                (
+                    "limit",
+                    "at most this many streams (default 100, capped at 10,000)",
+                ),
+            ],
+            None,
+            &[(200, Schema("StreamList"))],
+        ),
         ("POST", "/streams/{stream}") => doc(
             "Append events atomically",
             &[],
@@ -350,6 +366,20 @@ fn schemas() -> Value {
             "properties": {
                 "stream": string, "first_revision": int, "last_revision": int,
                 "first_position": int, "last_position": int,
+            },
+            "additionalProperties": false,
+        },
+        "StreamList": {
+            "type": "object",
+            "required": ["streams", "next"],
+            "properties": {
+                "streams": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["name", "last_revision", "last_position"],
+                    "properties": {"name": string, "last_revision": int, "last_position": int},
+                    "additionalProperties": false,
+                }},
+                "next": {"type": ["string", "null"]},
             },
             "additionalProperties": false,
         },

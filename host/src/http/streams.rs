@@ -185,6 +185,40 @@ pub(super) async fn read_stream(
     Ok(json_response(body))
 }
 
+#[derive(Deserialize)]
+pub(super) struct ListStreamsParams {
+    #[serde(default)]
+    prefix: String,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /streams`: stream names in byte order, for browsing.
+pub(super) async fn list_streams(
+    State(state): State<AppState>,
+    Query(params): Query<ListStreamsParams>,
+) -> Result<Response, ApiError> {
+    let limit = read_limit(&state, params.limit)?;
+    let store = state.store.clone();
+    let (streams, more) =
+        blocking(move || store.list_streams(&params.prefix, params.after.as_deref(), limit))
+            .await?;
+    let next = more
+        .then(|| streams.last().map(|s| s.name.clone()))
+        .flatten();
+    let streams: Vec<Value> = streams
+        .into_iter()
+        .map(|s| {
+            serde_json::json!({
+                "name": s.name,
+                "last_revision": s.last_revision,
+                "last_position": s.last_position,
+            })
+        })
+        .collect();
+    Ok(axum::Json(serde_json::json!({"streams": streams, "next": next})).into_response())
+}
+
 /// Parameters of `/all` and `/subscribe` (which ignores `limit`). One flat struct: serde's
 /// `flatten` would stop numbers parsing from query strings.
 #[derive(Deserialize)]

@@ -36,6 +36,17 @@ pub(crate) const POSITION_STRIDE: u64 = 64;
 /// Longest run of one stream entry: a read scans at most this many records to reach its event.
 const MAX_RUN: u64 = 64;
 
+/// A stream's name and where its last event is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSummary {
+    /// The stream's name.
+    pub name: String,
+    /// Revision of its last event.
+    pub last_revision: u64,
+    /// Position of its last event.
+    pub last_position: u64,
+}
+
 /// Where an event lives: its position and the byte offset of its frame in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Location {
@@ -352,6 +363,69 @@ impl Index {
                 );
             }
             Ok(out)
+        })
+    }
+
+    /// Up to `limit` streams whose names start with `prefix` and sort strictly after `after`
+    /// (byte order), each with its last revision and position.
+    pub(crate) fn stream_list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StreamSummary>, StoreError> {
+        let wanted = |name: &str| name.starts_with(prefix) && after.is_none_or(|a| name > a);
+        self.snapshot(|chunks, txn, _| {
+            // The tail's streams (their newest entry wins: chunks come newest first)...
+            let mut found: std::collections::BTreeMap<String, StreamSummary> = Default::default();
+            for chunk in chunks {
+                for (name, entries) in &chunk.streams {
+                    if let (true, Some(last)) = (wanted(name), entries.last()) {
+                        found.entry(name.clone()).or_insert(StreamSummary {
+                            name: name.clone(),
+                            last_revision: last.revision,
+                            last_position: last.location.position,
+                        });
+                    }
+                }
+            }
+            // ...merged with the first `limit` of redb's, one seek per stream.
+            use std::ops::Bound::{Excluded, Included, Unbounded};
+            let table = txn.open_table(STREAMS).map_err(redb::Error::from)?;
+            // Where the scan continues: after every row of `cursor`'s stream (revisions never
+            // reach u64::MAX), or from the prefix's first row.
+            let mut cursor: Option<String> = after.filter(|a| *a >= prefix).map(str::to_owned);
+            for _ in 0..limit {
+                let start = match &cursor {
+                    Some(name) => Excluded((name.as_str(), u64::MAX)),
+                    None => Included((prefix, 0)),
+                };
+                let next = table
+                    .range::<(&str, u64)>((start, Unbounded))
+                    .map_err(redb::Error::from)?
+                    .next()
+                    .transpose()
+                    .map_err(redb::Error::from)?
+                    .map(|(key, _)| key.value().0.to_owned());
+                let Some(name) = next.filter(|name| name.starts_with(prefix)) else {
+                    break;
+                };
+                let last = table
+                    .range((name.as_str(), 0)..=(name.as_str(), u64::MAX))
+                    .map_err(redb::Error::from)?
+                    .next_back()
+                    .map(stream_run)
+                    .transpose()?;
+                if let Some(last) = last {
+                    found.entry(name.clone()).or_insert(StreamSummary {
+                        name: name.clone(),
+                        last_revision: last.last_revision(),
+                        last_position: last.location.position + last.count - 1,
+                    });
+                }
+                cursor = Some(name);
+            }
+            Ok(found.into_values().take(limit).collect())
         })
     }
 

@@ -30,6 +30,7 @@ pub use record::{RecordedEvent, category_of};
 pub use replica::LogReader;
 pub use writer::Replicated;
 
+pub use index::StreamSummary;
 use index::{Committed, Index, Indexed, Location};
 use log::{ScanItem, Scanner};
 
@@ -538,6 +539,24 @@ impl Store {
             events.push(event);
         }
         Ok(events)
+    }
+
+    /// Up to `limit` streams whose names start with `prefix` and sort strictly after `after`,
+    /// in byte order, and whether more follow.
+    pub fn list_streams(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<StreamSummary>, bool), StoreError> {
+        let mut streams = self.noting(self.inner.index.stream_list(
+            prefix,
+            after,
+            limit.saturating_add(1),
+        ))?;
+        let more = streams.len() > limit;
+        streams.truncate(limit);
+        Ok((streams, more))
     }
 
     /// Reads up to `limit` events matching `filter` from position `from` (inclusive).
