@@ -8,12 +8,18 @@ if ! command -v cargo >/dev/null; then
 fi
 rustup target add wasm32-wasip2
 # The storage tests mount a small tmpfs (a real full disk) and trace fsyncs with strace: both need
-# root, which CI has.
-if ! command -v strace >/dev/null; then
+# root, which CI has. The dashboard test drives Debian's chromium through its chromedriver with
+# Debian's selenium (never a browser downloaded at run time).
+packages=()
+command -v strace >/dev/null || packages+=(strace)
+[ -x /usr/bin/chromium ] || packages+=(chromium)
+[ -x /usr/bin/chromedriver ] || packages+=(chromium-driver)
+/usr/bin/python3 -c 'import selenium' 2>/dev/null || packages+=(python3-selenium)
+if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq strace
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}"
   else
-    echo "error: the tests need strace (apt-get install strace) and root (for mount -t tmpfs)" >&2
+    echo "error: the tests need ${packages[*]} (apt-get install ${packages[*]}) and root (for mount -t tmpfs)" >&2
     exit 1
   fi
 fi

@@ -5,6 +5,7 @@ mod append;
 mod backup;
 mod cli;
 mod crash;
+mod dashboard;
 mod fuzz_corpus;
 mod hostile_http;
 mod maintenance;

@@ -66,6 +66,9 @@ async fn every_route_answers_as_the_openapi_document_says() {
         call("GET", "/health", "/health"),
         call("GET", "/metrics", "/metrics"),
         call("GET", "/openapi.json", "/openapi.json"),
+        call("GET", "/ui", "/ui"),
+        call("GET", "/ui/", "/ui/"),
+        call("GET", "/ui/{file}", "/ui/app.js"),
         with_json(
             call("POST", "/streams/{stream}", "/streams/order-2"),
             json!({"events": [{"type": "OrderPlaced", "data": {"customer": "c-9", "amount": 9}, "metadata": {"m": 1}}]}),
@@ -123,7 +126,11 @@ async fn every_route_answers_as_the_openapi_document_says() {
 
     let mut token: Option<String> = None;
     let mut covered = BTreeSet::new();
-    let http = reqwest::Client::new();
+    // Redirects are answers of their own route, documented there: not followed.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     for call in calls {
         let mut request = http.request(call.method.parse().unwrap(), format!("{url}{}", call.path));
         if let Some(secret) = &token {
@@ -144,7 +151,7 @@ async fn every_route_answers_as_the_openapi_document_says() {
         let operation = &document["paths"][call.template][call.method.to_ascii_lowercase()];
         assert!(operation.is_object(), "{what}: not in the document");
         covered.insert((call.template, call.method));
-        let documented = if status.is_success() {
+        let documented = if status.is_success() || status.is_redirection() {
             &operation["responses"][status.as_str()]
         } else {
             &operation["responses"]["default"]
@@ -154,16 +161,15 @@ async fn every_route_answers_as_the_openapi_document_says() {
             "{what}: this status is not documented"
         );
         let Some(content) = documented["content"].as_object() else {
-            assert_eq!(
-                status,
-                StatusCode::NO_CONTENT,
+            assert!(
+                status == StatusCode::NO_CONTENT || status.is_redirection(),
                 "{what}: a body that is not documented"
             );
             continue;
         };
         let (media, media_doc) = content.iter().next().unwrap();
         assert!(
-            content_type.starts_with(media.as_str()),
+            media == "*/*" || content_type.starts_with(media.trim_end_matches('*')),
             "{what}: {content_type}, documented {media}"
         );
         if media != "application/json" {

@@ -15,6 +15,7 @@ mod replicate;
 mod serve;
 mod streams;
 mod subscribe;
+mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,6 +128,9 @@ pub fn routes(limits: &Limits) -> Vec<Route> {
         Route::new(M::GET, "/health", Public, streams::health),
         Route::new(M::GET, "/metrics", Store(Reader), metrics::metrics),
         Route::new(M::GET, "/openapi.json", Store(Reader), openapi::openapi),
+        Route::new(M::GET, "/ui", Public, ui::redirect),
+        Route::new(M::GET, "/ui/", Public, ui::index),
+        Route::new(M::GET, "/ui/{file}", Public, ui::asset),
         Route::new(M::GET, "/streams", Store(Reader), streams::list_streams),
         Route::new(M::POST, "/streams/{stream}", Store(Writer), streams::append),
         Route::new(

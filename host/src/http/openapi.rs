@@ -83,6 +83,24 @@ fn doc(method: &Method, path: &str) -> Option<Doc> {
             &[(200, Media("application/openmetrics-text"))],
         ),
         ("GET", "/openapi.json") => doc("This document", &[], None, &[(200, Schema("OpenApi"))]),
+        ("GET", "/ui") => doc(
+            "Redirects to the dashboard, /ui/",
+            &[],
+            None,
+            &[(308, NoContent)],
+        ),
+        ("GET", "/ui/") => doc(
+            "The dashboard (a page; it calls this API with the token typed into it)",
+            &[],
+            None,
+            &[(200, Media("text/html"))],
+        ),
+        ("GET", "/ui/{file}") => doc(
+            "The dashboard's files (app.js, style.css, favicon.svg)",
+            &[],
+            None,
+            &[(200, Media("*/*"))],
+        ),
         ("GET", "/streams") => doc(
             "List streams by name (byte order), for browsing",
             &[

@@ -1,5 +1,6 @@
 //! Misbehaves on the event type's command: `Trap` panics, `Loop` never returns, `Grow` eats
-//! memory, `Flood` writes a huge write set, `Fail` returns an error. Anything else counts the
+//! memory, `Flood` writes a huge write set, `Fail` returns an error, `Slow` spins `data` times
+//! (a number) before counting, so a rebuild takes long enough to watch. Anything else counts the
 //! event under `count`, so tests can see it working between faults.
 
 use lantern_sdk::{Event, Projection, State, Subscription};
@@ -36,6 +37,14 @@ impl Projection for Hostile {
                 Ok(())
             }
             "Fail" => Err(lantern_sdk::Error::new("told to fail")),
+            "Slow" => {
+                let spins: u64 = event.data()?;
+                let mut done = 0u64;
+                while std::hint::black_box(done) < spins {
+                    done += 1;
+                }
+                state.update("count", |n: &mut u64| *n += 1)
+            }
             _ => state.update("count", |n: &mut u64| *n += 1),
         }
     }

@@ -1,0 +1,314 @@
+#!/usr/bin/python3
+"""The dashboard in a real browser: Debian's chromium, headless, driven through the system
+chromedriver by selenium (Debian's python3-selenium), against a running Lantern server.
+
+Run by tests/it/dashboard.rs, which starts the server with an admin token and passes:
+  --url URL --admin TOKEN --guests DIR (the built .wasm files) --screenshots DIR
+
+What the page shows is checked against the API's own answers, read over HTTP by this script:
+the page must show what the server says, and react to what happens on the server.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--url", required=True)
+parser.add_argument("--admin", required=True)
+parser.add_argument("--guests", required=True)
+parser.add_argument("--screenshots", required=True)
+args = parser.parse_args()
+URL = args.url.rstrip("/")
+os.makedirs(args.screenshots, exist_ok=True)
+
+
+# --- the API, for setting up and as the oracle --------------------------------------------------
+
+def call(method, path, body=None, token=None, content_type="application/json"):
+    token = token or args.admin
+    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+    request = urllib.request.Request(URL + path, data=data, method=method)
+    request.add_header("Authorization", "Bearer " + token)
+    if data is not None:
+        request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            raw = response.read()
+            return response.status, (json.loads(raw) if raw else None)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def ok(method, path, body=None, **kw):
+    status, answer = call(method, path, body, **kw)
+    assert 200 <= status < 300, f"{method} {path} -> {status} {answer}"
+    return answer
+
+
+def append(stream, events):
+    return ok("POST", f"/streams/{stream}", {"events": events})
+
+
+def deploy(name, guest):
+    with open(os.path.join(args.guests, guest + ".wasm"), "rb") as f:
+        return ok("PUT", f"/projections/{name}", f.read(), content_type="application/wasm")
+
+
+def wait_until(what, predicate, timeout=120, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except (StaleElementReferenceException, AssertionError):
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def caught_up(name):
+    p = ok("GET", f"/projections/{name}")
+    if p["status"] == "faulted":
+        raise RuntimeError(f"{name} faulted: {p['error']}")
+    return p["status"] == "running" and p["lag"] == 0 and p["rebuild"] is None
+
+
+def step(message):
+    print(f"[dashboard] {message}", flush=True)
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+step("seeding the store")
+reader = ok("POST", "/tokens", {"name": "viewer", "role": "reader"})["token"]
+for i in range(40):
+    append(f"order-{i}", [
+        {"type": "OrderPlaced", "data": {"customer": f"c-{i % 7}", "amount": 100 + i}},
+        {"type": "OrderPaid", "data": {"amount": 100 + i}},
+    ])
+for i in range(5):
+    append(f"cart-{i}", [{"type": "ItemAdded", "data": {"sku": f"sku-{i}", "quantity": 1, "price": 250}}])
+# A projection slow enough to watch rebuild: each Slow event spins in the guest. Several
+# batches' worth of events, so its progress has intermediate values.
+SLOW_EVENTS = 240_000
+for chunk in range(SLOW_EVENTS // 10_000):
+    append("hostile-1", [{"type": "Slow", "data": 20_000}] * 10_000)
+for name, guest in [("order-totals", "order_totals"), ("orders-per-day", "orders_per_day"),
+                    ("carts", "carts"), ("slow", "hostile")]:
+    deploy(name, guest)
+for name in ["order-totals", "orders-per-day", "carts", "slow"]:
+    wait_until(f"{name} to catch up", lambda: caught_up(name), timeout=300, interval=0.5)
+
+
+# --- the browser -----------------------------------------------------------------------------------
+
+options = webdriver.ChromeOptions()
+options.binary_location = "/usr/bin/chromium"
+for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-dev-shm-usage", "--window-size=1400,1000"]:
+    options.add_argument(flag)
+options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+driver.set_page_load_timeout(30)
+
+
+def shot(name):
+    path = os.path.join(args.screenshots, name + ".png")
+    driver.save_screenshot(path)
+    step(f"screenshot {path}")
+
+
+def css(selector):
+    return driver.find_elements(By.CSS_SELECTOR, selector)
+
+
+def text(selector):
+    found = css(selector)
+    return found[0].text if found else None
+
+
+def type_and_submit(selector, value):
+    field = css(selector)[0]
+    field.send_keys(value)
+    field.submit()
+
+
+def go(hash_route):
+    driver.get(f"{URL}/ui/#{hash_route}")
+
+
+def browser_errors():
+    return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"
+            # Refusals the page asks for on purpose: before the token is typed (401), and the
+            # role probe (GET /tokens answers 403 to a reader).
+            and "401 (Unauthorized)" not in e["message"]
+            and not ("/tokens - " in e["message"] and "403 (Forbidden)" in e["message"])]
+
+
+try:
+    # 1. Without a token the page says what it needs; with one it works, and keeps it for the tab.
+    step("token")
+    driver.get(f"{URL}/ui")  # the redirect to /ui/
+    assert driver.current_url.endswith("/ui/"), driver.current_url
+    wait_until("the token banner", lambda: "needs a token" in (text("#banner") or ""))
+    shot("0-needs-token")
+    css("#token")[0].send_keys(args.admin)
+    css("#token-form button[type=submit]")[0].click()
+    wait_until("the admin role", lambda: text("#who") == "admin")
+
+    # 2. Overview: the head the server reports, the rate once appends happen, subscribers.
+    step("overview")
+    head = ok("GET", "/health")["head"]
+    wait_until("the head", lambda: text("#overview-head") == f"{head:,}")
+    for i in range(10):
+        append("rate-1", [{"type": "Tick", "data": i}] * 100)
+        time.sleep(0.1)
+    wait_until("an append rate", lambda: (text("#overview-rate") or "0") not in ("0", "…"))
+    assert text("#overview-status") == "ok"
+    shot("1-overview")
+
+    # 3. Projections: each row shows the status and position the API gives.
+    step("projections table")
+    go("/projections")
+    for p in ok("GET", "/projections")["projections"]:
+        row = f'#projections tr[data-name="{p["name"]}"]'
+        wait_until(f"{p['name']}'s row", lambda: text(f"{row} .status") == "running")
+        wait_until(f"{p['name']}'s position",
+                   lambda: text(f"{row} .position") == f'{ok("GET", "/projections/" + p["name"])["position"]:,}')
+    names = [r.get_attribute("data-name") for r in css("#projections tbody tr")]
+    assert names == sorted(p["name"] for p in ok("GET", "/projections")["projections"]), names
+    shot("2-projections")
+
+    # 4. A rebuild started from the page: its progress bar moves, then the rebuild is swapped in.
+    step("rebuild progress")
+    version_before = ok("GET", "/projections/slow")["version"]
+    css('#projections tr[data-name="slow"] .rebuild-button')[0].click()
+    seen = []
+    shot_taken = False
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            bars = css('#projections tr[data-name="slow"] progress')
+            if bars:
+                seen.append(float(bars[0].get_attribute("data-progress")))
+                if 0 < seen[-1] < 1 and not shot_taken:
+                    shot("3-rebuild-progress")
+                    shot_taken = True
+            elif seen:
+                break  # the bar is gone: the rebuild finished
+        except StaleElementReferenceException:
+            pass
+        time.sleep(0.05)
+    moving = sorted({v for v in seen if 0 < v < 1})
+    step(f"progress values seen: {moving}")
+    assert len(moving) >= 3, f"the progress bar did not move: {seen[:5]}...{seen[-5:]}"
+    assert seen == sorted(seen), "progress went backwards"
+    after = ok("GET", "/projections/slow")
+    assert after["rebuild"] is None and after["status"] == "running", after
+    assert after["version"] == version_before
+    assert ok("GET", "/projections/slow/state/count") == SLOW_EVENTS
+
+    # 5. Live tail: an event appended now appears; the category filter holds others back.
+    step("live tail")
+    go("/tail")
+    wait_until("the tail to connect", lambda: text("#tail-state") == "live")
+    markup = '<b id="injected">bold</b>'
+    placed = append("order-live", [{"type": "OrderPlaced",
+                                    "data": {"customer": "c-live", "amount": 7, "note": markup}}])
+    position = placed["first_position"]
+    wait_until("the appended event in the tail",
+               lambda: "c-live" in (text(f'#tail-events li[data-position="{position}"]') or ""))
+    # Data is shown as text: markup in an event is visible, and never becomes an element.
+    assert markup.replace('"', '\\"') in text(f'#tail-events li[data-position="{position}"]')
+    assert not css("#injected"), "markup in an event's data became part of the page"
+    type_and_submit("#tail-category", "cart")
+    wait_until("the filtered tail to connect", lambda: text("#tail-state") == "live" and not css("#tail-events li"))
+    skipped = append("order-live", [{"type": "OrderPaid", "data": {"amount": 7}}])["first_position"]
+    shown = append("cart-live", [{"type": "ItemAdded", "data": {"sku": "sku-live", "quantity": 2, "price": 99}}])["first_position"]
+    wait_until("the cart event", lambda: css(f'#tail-events li[data-position="{shown}"]'))
+    assert not css(f'#tail-events li[data-position="{skipped}"]'), "the filter let an order event through"
+    shot("4-live-tail")
+
+    # 6. Streams: names by prefix in the API's order, and a stream's events.
+    step("streams")
+    go("/streams")
+    type_and_submit("#stream-prefix", "order-1")
+    expected = [s["name"] for s in ok("GET", "/streams?prefix=order-1&limit=50")["streams"]]
+    wait_until("the streams with the prefix",
+               lambda: [r.get_attribute("data-stream") for r in css("#streams tbody tr")] == expected)
+    shot("5-streams")
+    css('#streams tr[data-stream="order-12"] a')[0].click()
+    events = ok("GET", "/streams/order-12?direction=backward")["events"]
+    wait_until("the stream's events", lambda: [int(li.get_attribute("data-position")) for li in css("#stream-events li")]
+               == [e["position"] for e in events])
+    assert '"customer": "c-5"' in text("#stream-events"), text("#stream-events")
+    shot("6-stream-events")
+
+    # 7. One projection: the state browser and the query console give the API's answers.
+    step("state browser and query console")
+    go("/projections/order-totals")
+    type_and_submit("#state-prefix", "customer:")
+    items = ok("GET", "/projections/order-totals/state?prefix=customer:&limit=50")["items"]
+    assert items, "order-totals has customers"
+    wait_until("the state items", lambda: [r.find_elements(By.CSS_SELECTOR, "td")[0].text
+                                            for r in css("#state tbody tr")] == [i["key"] for i in items])
+    css("#query-name")[0].send_keys("top")
+    type_and_submit("#query-params", "n=3")
+    top = ok("GET", "/projections/order-totals/query/top?n=3")
+    wait_until("the query's answer", lambda: css("#query-answer")[0].get_attribute("data-position"))
+    shown = text("#query-answer").split("\n", 1)[1]
+    assert json.loads(shown) == top, (shown, top)
+    shot("7-projection")
+
+    # 8. Deploy and delete from the page.
+    step("deploy and delete")
+    go("/projections")
+    form = wait_until("the deploy form", lambda: css("#deploy:not([hidden])"))[0]
+    form.find_element(By.NAME, "name").send_keys("carts-copy")
+    form.find_element(By.NAME, "module").send_keys(os.path.abspath(os.path.join(args.guests, "carts.wasm")))
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait_until("the deployed projection", lambda: call("GET", "/projections/carts-copy")[0] == 200, timeout=120)
+    wait_until("its row", lambda: css('#projections tr[data-name="carts-copy"]'), timeout=30)
+    wait_until("it to catch up", lambda: caught_up("carts-copy"))
+    assert ok("GET", "/projections/carts-copy")["module_sha256"] == ok("GET", "/projections/carts")["module_sha256"]
+    css('#projections tr[data-name="carts-copy"] button.danger')[0].click()
+    driver.switch_to.alert.accept()
+    wait_until("the deletion", lambda: call("GET", "/projections/carts-copy")[0] == 404)
+    wait_until("its row to go", lambda: not css('#projections tr[data-name="carts-copy"]'))
+
+    # 9. A reader token: the same pages, no admin controls; the token survives a reload.
+    step("reader token")
+    css("#token-forget")[0].click()
+    css("#token")[0].send_keys(reader)
+    css("#token-form button[type=submit]")[0].click()
+    wait_until("the reader role", lambda: text("#who") == "read-only token")
+    driver.refresh()
+    wait_until("the reader role after a reload", lambda: text("#who") == "read-only token")
+    wait_until("the table", lambda: css('#projections tr[data-name="order-totals"]'))
+    assert not css(".rebuild-button") and not css("#deploy:not([hidden])"), "admin controls for a reader"
+
+    errors = browser_errors()
+    assert not errors, f"errors in the browser console: {errors}"
+    step("all checks passed")
+except Exception:
+    shot("failure")
+    print(driver.page_source[:4000], file=sys.stderr)
+    for entry in driver.get_log("browser"):
+        print("console:", entry, file=sys.stderr)
+    raise
+finally:
+    driver.quit()
