@@ -73,7 +73,7 @@ async function api(path, {method = 'GET', body, headers = {}, signal} = {}) {
     const failure = new ApiError(response.status, error.code || 'http_' + response.status,
       error.message || `${method} ${path}: ${response.status}`, parsed);
     if (response.status === 401) {
-      showBanner(`This server needs a token: ${failure.message}. Type one in the box at the top right.`);
+      showBanner(`Not allowed without a valid token (${failure.message}). Type a token in the box at the top right.`);
     }
     throw failure;
   }
@@ -147,7 +147,7 @@ function metricValue(text, name) {
 
 function overview(cleanups) {
   const cards = h('div', {class: 'cards'});
-  const spark = h('canvas', {class: 'spark', width: 600, height: 60});
+  const spark = h('canvas', {class: 'spark'});
   const problems = h('div');
   const summary = h('div');
   view.replaceChildren(h('h1', {}, 'Overview'), cards, h('h2', {}, 'Appends per second, last 2 minutes'),
@@ -194,8 +194,14 @@ function overview(cleanups) {
 }
 
 function drawSpark(canvas, values) {
+  // Draw at the size the canvas is shown at, so lines and text are not stretched.
+  const scale = window.devicePixelRatio || 1;
+  canvas.width = canvas.clientWidth * scale;
+  canvas.height = canvas.clientHeight * scale;
   const ctx = canvas.getContext('2d');
-  const {width, height} = canvas;
+  ctx.scale(scale, scale);
+  const width = canvas.clientWidth;
+  const height = canvas.clientHeight;
   ctx.clearRect(0, 0, width, height);
   if (values.length < 2) return;
   const max = Math.max(...values, 1);

@@ -164,7 +164,7 @@ try:
     step("token")
     driver.get(f"{URL}/ui")  # the redirect to /ui/
     assert driver.current_url.endswith("/ui/"), driver.current_url
-    wait_until("the token banner", lambda: "needs a token" in (text("#banner") or ""))
+    wait_until("the token banner", lambda: "Type a token" in (text("#banner") or ""))
     shot("0-needs-token")
     css("#token")[0].send_keys(args.admin)
     css("#token-form button[type=submit]")[0].click()
@@ -174,9 +174,9 @@ try:
     step("overview")
     head = ok("GET", "/health")["head"]
     wait_until("the head", lambda: text("#overview-head") == f"{head:,}")
-    for i in range(10):
+    for i in range(12):  # three seconds of appends: a rate, and a line on the sparkline
         append("rate-1", [{"type": "Tick", "data": i}] * 100)
-        time.sleep(0.1)
+        time.sleep(0.25)
     wait_until("an append rate", lambda: (text("#overview-rate") or "0") not in ("0", "…"))
     assert text("#overview-status") == "ok"
     shot("1-overview")
