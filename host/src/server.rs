@@ -72,6 +72,10 @@ pub struct ServeOptions {
     /// models' caches (32 MiB each).
     #[arg(long, value_name = "MIB", default_value_t = StoreOptions::default().index_cache_bytes >> 20)]
     pub index_cache_mib: usize,
+    /// `GET /health/ready` answers 503 while this projection is not running (behind the log,
+    /// or faulted), so a load balancer sends no traffic that needs it (repeatable).
+    #[arg(long = "require-projection", value_name = "NAME")]
+    pub require_projections: Vec<String>,
     /// Run as a follower of the leader at this URL: copy its log, projections and tokens, answer
     /// reads, refuse writes with 421 and the leader's URL. Needs an admin token of the leader
     /// when it has tokens (the global `--token`).
@@ -85,8 +89,26 @@ pub struct ServeOptions {
     pub follow_ca_cert: Option<PathBuf>,
 }
 
-/// Runs the server until Ctrl-C or SIGTERM.
-pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
+/// Without any token, anyone who reaches a non-loopback address could deploy code: refused unless
+/// `--insecure`.
+fn refuse_open_network(
+    access: &AccessControl,
+    address: std::net::SocketAddr,
+    insecure: bool,
+) -> anyhow::Result<()> {
+    if access.tokens.is_empty() && !address.ip().is_loopback() && !insecure {
+        anyhow::bail!(
+            "refusing to listen on {address}: no access token exists, so anyone who reaches the port could deploy code and change data. \
+             Start with an admin token (LANTERN_ADMIN_TOKEN=<secret of 16+ characters> or --admin-token-file FILE), \
+             or create one on this machine first (`lantern serve` on 127.0.0.1, then `lantern token create NAME --role admin`), \
+             or pass --insecure to serve every client without tokens"
+        );
+    }
+    Ok(())
+}
+
+/// Opens the store (recovering what the index does not hold yet) and loads the projections.
+async fn open(options: &ServeOptions) -> anyhow::Result<(Store, Projections)> {
     let store_options = StoreOptions {
         sync: !options.relaxed_durability,
         index_cache_bytes: options.index_cache_mib << 20,
@@ -104,6 +126,36 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     )
     .await
     .context("loading the deployed projections")?;
+    Ok((store, projections))
+}
+
+/// Runs the server until Ctrl-C or SIGTERM.
+pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
+    let access = open_access(&options)?;
+    let tls = options
+        .tls_cert
+        .as_deref()
+        .zip(options.tls_key.as_deref())
+        .map(|(cert, key)| tls::acceptor(cert, key))
+        .transpose()?;
+    let listener = TcpListener::bind(&options.listen)
+        .await
+        .with_context(|| format!("listening on {}", options.listen))?;
+    let address = listener.local_addr()?;
+    if options.follow.is_none() {
+        refuse_open_network(&access, address, options.insecure)?;
+    }
+    // Reachable at once: while the store opens (recovering the log's unindexed tail can take a
+    // while) and the modules load, the server answers that it is starting.
+    tracing::info!(%address, "starting: opening the store and loading the projections");
+    let (store, projections) = http::serve_while(
+        &listener,
+        tls.clone(),
+        Duration::from_secs(options.header_timeout.max(1)),
+        http::starting_app(options.follow.is_some()),
+        open(&options),
+    )
+    .await?;
     let stop_watching = tokio_util::sync::CancellationToken::new();
     if options.follow.is_some() && options.watch.is_some() {
         tracing::warn!("--watch is ignored on a follower: its projections are its leader's");
@@ -122,7 +174,6 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let access = open_access(&options)?;
     let follower = match &options.follow {
         Some(leader) => {
             let http = crate::cli::http_client(
@@ -143,16 +194,6 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let tls = options
-        .tls_cert
-        .as_deref()
-        .zip(options.tls_key.as_deref())
-        .map(|(cert, key)| tls::acceptor(cert, key))
-        .transpose()?;
-    let listener = TcpListener::bind(&options.listen)
-        .await
-        .with_context(|| format!("listening on {}", options.listen))?;
-    let address = listener.local_addr()?;
     if follower.is_some() && !address.ip().is_loopback() {
         // The leader's tokens decide who may read here: give them a moment to arrive.
         for _ in 0..50 {
@@ -162,13 +203,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    if access.tokens.is_empty() && !address.ip().is_loopback() && !options.insecure {
-        anyhow::bail!(
-            "refusing to listen on {address}: no access token exists, so anyone who reaches the port could deploy code and change data. \
-             Start with an admin token (LANTERN_ADMIN_TOKEN=<secret of 16+ characters> or --admin-token-file FILE), \
-             or create one on this machine first (`lantern serve` on 127.0.0.1, then `lantern token create NAME --role admin`), \
-             or pass --insecure to serve every client without tokens"
-        );
+    if follower.is_some() {
+        refuse_open_network(&access, address, options.insecure)?;
     }
     let limits = Limits {
         max_connections: options.max_connections.max(1),
@@ -179,6 +215,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let mut state =
         AppState::new(store.clone(), projections.clone(), access.clone()).with_limits(limits);
     state.follower = follower.as_ref().map(|(follower, _)| follower.clone());
+    state.required_projections = std::sync::Arc::new(options.require_projections.clone());
     state.cors_origins = options
         .cors_origins
         .iter()

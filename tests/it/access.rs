@@ -91,7 +91,7 @@ async fn every_route_enforces_its_rule_for_every_kind_of_token() {
     ];
     let client = reqwest::Client::new();
     let table = routes(&Limits::default());
-    // Only `/health` and the dashboard's files (which hold no data: the page calls the API with
+    // Only `/health`, `/health/ready` (load balancers hold no token) and the dashboard's files (which hold no data: the page calls the API with
     // its user's token) are open to anyone: a route added later as public must be added here too.
     let public: Vec<String> = table
         .iter()
@@ -100,7 +100,13 @@ async fn every_route_enforces_its_rule_for_every_kind_of_token() {
         .collect();
     assert_eq!(
         public,
-        ["GET /health", "GET /ui", "GET /ui/", "GET /ui/{file}"]
+        [
+            "GET /health",
+            "GET /health/ready",
+            "GET /ui",
+            "GET /ui/",
+            "GET /ui/{file}"
+        ]
     );
     let mut checked = 0;
     for route in &table {

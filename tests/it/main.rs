@@ -12,6 +12,7 @@ mod maintenance;
 mod malformed;
 mod network;
 mod openapi;
+mod operability;
 mod projections;
 mod read;
 mod rebuild;

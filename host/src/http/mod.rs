@@ -7,6 +7,7 @@ mod access;
 mod admin;
 mod error;
 mod extract;
+mod health;
 mod json;
 mod metrics;
 mod openapi;
@@ -35,9 +36,10 @@ use crate::store::Store;
 
 pub use access::{Route, Rule};
 pub use error::ApiError;
+pub use health::starting_app;
 pub use metrics::Metrics;
 pub use openapi::document as openapi_document;
-pub use serve::{Tls, run, run_with};
+pub use serve::{Tls, run, run_with, serve_while};
 
 /// Request and connection limits; the defaults are the contract's and `lantern serve`'s.
 #[derive(Debug, Clone)]
@@ -91,21 +93,24 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Set on a follower: writes answer 421 with its leader's URL.
     pub follower: Option<Arc<crate::replication::Follower>>,
+    /// Projections that must be running (caught up, not faulted) for `/health/ready` to say yes.
+    pub required_projections: Arc<Vec<String>>,
 }
 
 impl AppState {
     /// State with default limits, fresh metrics and the given access control.
     pub fn new(store: Store, projections: Projections, access: AccessControl) -> Self {
         AppState {
+            metrics: Arc::new(Metrics::new(&store, &projections)),
             store,
             projections,
             access,
-            metrics: Arc::new(Metrics::default()),
             limits: Limits::default(),
             cors_origins: Vec::new(),
             subscribers: Arc::new(Semaphore::new(Limits::default().max_subscribers)),
             shutdown: CancellationToken::new(),
             follower: None,
+            required_projections: Arc::default(),
         }
     }
 
@@ -125,7 +130,8 @@ pub fn routes(limits: &Limits) -> Vec<Route> {
     // One byte over the limit, so a module of exactly the limit is read and refused by size.
     let module_limit = DefaultBodyLimit::max(limits.max_module_bytes + 1);
     vec![
-        Route::new(M::GET, "/health", Public, streams::health),
+        Route::new(M::GET, "/health", Public, health::health),
+        Route::new(M::GET, "/health/ready", Public, health::ready),
         Route::new(M::GET, "/metrics", Store(Reader), metrics::metrics),
         Route::new(M::GET, "/openapi.json", Store(Reader), openapi::openapi),
         Route::new(M::GET, "/ui", Public, ui::redirect),
@@ -212,8 +218,16 @@ pub fn app(state: AppState) -> Router {
     for route in routes(&state.limits) {
         let check =
             axum::middleware::from_fn_with_state((state.clone(), route.rule), access::check);
-        router = router.route(route.path, route.handler.route_layer(check));
+        // Outside the access check, so refusals are counted too.
+        let record =
+            axum::middleware::from_fn_with_state((state.clone(), route.path), metrics::record);
+        router = router.route(
+            route.path,
+            route.handler.route_layer(check).route_layer(record),
+        );
     }
+    let unmatched =
+        axum::middleware::from_fn_with_state((state.clone(), "unmatched"), metrics::record);
     // Large JSON answers are compressed for clients that ask; streams of events never are, so
     // each event reaches a subscriber as soon as it is committed.
     let compress = SizeAbove::new(1024)
@@ -221,7 +235,11 @@ pub fn app(state: AppState) -> Router {
         .and(NotForContentType::const_new("application/x-ndjson"))
         .and(NotForContentType::const_new("application/octet-stream"));
     router
-        .fallback(error::not_found)
+        .fallback_service(
+            axum::routing::any(error::not_found)
+                .layer(unmatched)
+                .with_state(state.clone()),
+        )
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(CompressionLayer::new().compress_when(compress))

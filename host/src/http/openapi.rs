@@ -76,6 +76,12 @@ fn doc(method: &Method, path: &str) -> Option<Doc> {
             None,
             &[(200, Schema("Health"))],
         ),
+        ("GET", "/health/ready") => doc(
+            "Readiness: 200 while this server should get traffic, 503 with the reasons while it should not (starting, degraded, a required projection behind)",
+            &[],
+            None,
+            &[(200, Schema("Ready")), (503, Schema("Ready"))],
+        ),
         ("GET", "/metrics") => doc(
             "Prometheus metrics (OpenMetrics text)",
             &[],
@@ -346,6 +352,25 @@ fn schemas() -> Value {
     });
     let phase = json!({"enum": ["catching_up", "running", "faulted"]});
     json!({
+        "Ready": {
+            "type": "object",
+            "required": ["ready", "reasons"],
+            "properties": {
+                "ready": {"type": "boolean"},
+                "reasons": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {"code": string, "message": string, "projection": string},
+                    "additionalProperties": false,
+                }},
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {"code": {"const": "not_ready"}, "message": string},
+                },
+            },
+            "additionalProperties": false,
+        },
         "Error": {
             "type": "object",
             "required": ["error"],

@@ -67,6 +67,7 @@ pub async fn run_with(
             router: router.clone(),
             peer,
             header_timeout: limits.header_timeout,
+            keep_alive: true,
         };
         let tls = tls.clone();
         let watcher = graceful.watcher();
@@ -81,10 +82,47 @@ pub async fn run_with(
     Ok(())
 }
 
+/// Answers on `listener` with `starting` (one request per connection) until `work` is done, and
+/// returns its output: the server is reachable, and says it is starting, while it opens its store
+/// and loads its projections.
+pub async fn serve_while<T>(
+    listener: &TcpListener,
+    tls: Option<Tls>,
+    header_timeout: Duration,
+    starting: axum::Router,
+    work: impl Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            output = &mut work => return output,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let connection = Connection {
+            router: starting.clone(),
+            peer,
+            header_timeout,
+            keep_alive: false,
+        };
+        let (tls, watcher) = (tls.clone(), graceful.watcher());
+        tokio::spawn(async move { connection.serve(stream, tls, watcher).await });
+    }
+}
+
 struct Connection {
     router: axum::Router,
     peer: SocketAddr,
     header_timeout: Duration,
+    /// False while starting: one answer per connection, so clients come back to the real API.
+    keep_alive: bool,
 }
 
 impl Connection {
@@ -111,6 +149,7 @@ impl Connection {
             router,
             peer,
             header_timeout,
+            keep_alive,
         } = self;
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
@@ -119,7 +158,8 @@ impl Connection {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout);
+            .header_read_timeout(header_timeout)
+            .keep_alive(keep_alive);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         if let Err(error) = watcher.watch(connection).await {
             tracing::debug!(%peer, %error, "connection ended with an error");

@@ -277,27 +277,3 @@ pub(super) async fn read_all(
     body.push(b'}');
     Ok(json_response(body))
 }
-
-/// `GET /health`: `ok`, or `degraded` with the store's problems (a full disk, a failed write, a
-/// stopped indexer, damaged data found by a read). Always 200: the process is alive.
-pub(super) async fn health(State(state): State<AppState>) -> impl IntoResponse {
-    let problems: Vec<Value> = state
-        .store
-        .problems()
-        .into_iter()
-        .chain(state.follower.as_ref().and_then(|f| f.problem()))
-        .map(|p| serde_json::json!({"code": p.code, "message": p.message}))
-        .collect();
-    let mut health = serde_json::json!({
-        "status": if problems.is_empty() { "ok" } else { "degraded" },
-        "head": state.store.head(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "problems": problems,
-        "role": if state.follower.is_some() { "follower" } else { "leader" },
-    });
-    if let Some(follower) = &state.follower {
-        health["leader"] = Value::from(follower.leader());
-        health["lag"] = Value::from(follower.lag());
-    }
-    axum::Json(health)
-}

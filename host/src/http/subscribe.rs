@@ -159,7 +159,7 @@ async fn pump(
     chunks: mpsc::Sender<Bytes>,
     format: Format,
     shutdown: CancellationToken,
-    _counted: (SubscriberGuard, OwnedSemaphorePermit),
+    counted: (SubscriberGuard, OwnedSemaphorePermit),
 ) {
     let _end_watcher = shutdown.clone().drop_guard();
     loop {
@@ -174,6 +174,7 @@ async fn pump(
                 return;
             }
         };
+        let sent = events.len() as u64;
         let chunk = if events.is_empty() {
             tokio::select! {
                 alive = subscription.wait() => {
@@ -188,8 +189,9 @@ async fn pump(
             format.encode(&events)
         };
         tokio::select! {
-            sent = chunks.send(chunk) => if sent.is_err() { return },
+            result = chunks.send(chunk) => if result.is_err() { return },
             () = shutdown.cancelled() => return,
         }
+        counted.0.sent(sent);
     }
 }

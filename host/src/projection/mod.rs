@@ -10,6 +10,7 @@ pub mod check;
 mod reads;
 mod registry;
 mod runner;
+mod stats;
 mod status;
 
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ use crate::wasm::{self, ModuleError, Runtime, SubscriptionSpec, WasmConfig};
 use registry::{Entry, GenerationEntry, Layout, Registry};
 use runner::Generation;
 pub use runner::{Fault, FaultCause, Phase, RunState};
+pub use stats::{ProjectionStats, ReadKind};
 
 /// Errors of the projection layer.
 #[derive(Debug, thiserror::Error)]
@@ -230,6 +232,8 @@ struct Inner {
     /// What serves queries, one slot per registered projection; changed only while holding
     /// `registry`, swapped under this lock (which never poisons).
     slots: RwLock<HashMap<String, Slot>>,
+    /// Counters the runners and reads feed, for `/metrics`.
+    stats: Arc<ProjectionStats>,
 }
 
 /// The read model generation `name` is registered with, if any.
@@ -281,6 +285,7 @@ impl Projections {
                 layout,
                 registry: tokio::sync::Mutex::new(Registry::default()),
                 slots: RwLock::new(HashMap::new()),
+                stats: Arc::new(ProjectionStats::default()),
             }),
         };
         for (name, entry) in &registry.projections {
@@ -371,7 +376,23 @@ impl Projections {
             anyhow::Ok((module, read_model))
         })
         .await??;
-        Ok(Generation::new(name, entry.clone(), module, read_model))
+        Ok(Generation::new(
+            name,
+            entry.clone(),
+            module,
+            read_model,
+            self.inner.stats.clone(),
+        ))
+    }
+
+    /// The counters behind the projections' metrics.
+    pub fn stats(&self) -> &ProjectionStats {
+        &self.inner.stats
+    }
+
+    /// Compile cache hits and misses, and each compile's time, of the projections' modules.
+    pub fn runtime(&self) -> &Runtime {
+        &self.inner.runtime
     }
 
     /// Deploys `bytes` as projection `name`.
@@ -810,6 +831,7 @@ impl Projections {
             }
         }
         let _ = std::fs::remove_dir_all(self.inner.layout.read_models(name));
+        self.inner.stats.forget(name);
         tracing::info!(projection = name, "deleted");
         Ok(())
     }

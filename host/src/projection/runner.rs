@@ -148,6 +148,7 @@ pub(crate) struct Generation {
     /// The instance that answers queries, made on first use and dropped after a trap.
     query_instance: Mutex<Option<wasm::Instance>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    stats: Arc<super::ProjectionStats>,
 }
 
 impl Generation {
@@ -156,6 +157,7 @@ impl Generation {
         entry: GenerationEntry,
         module: Arc<wasm::Module>,
         read_model: ReadModel,
+        stats: Arc<super::ProjectionStats>,
     ) -> Arc<Self> {
         Arc::new(Generation {
             name: name.to_owned(),
@@ -171,6 +173,7 @@ impl Generation {
             serving: AtomicBool::new(false),
             query_instance: Mutex::new(None),
             task: Mutex::new(None),
+            stats,
         })
     }
 
@@ -228,6 +231,8 @@ impl Generation {
         state.phase = Phase::Faulted;
         state.fault = Some(fault.clone());
         state.events_per_second = 0.0;
+        self.stats
+            .fault(&self.name, self.serving.load(Ordering::SeqCst));
         tracing::error!(
             projection = %self.name,
             version = self.entry.version,
@@ -387,6 +392,12 @@ impl Generation {
                 }
             };
             instance = Some(guest);
+            self.stats.batch(
+                &self.name,
+                self.serving.load(Ordering::SeqCst),
+                delivered,
+                batch_started.elapsed(),
+            );
             window.1 += next_checkpoint + 1 - from;
             self.progress(&mut window);
             // A rebuild is background work: while appends are busy, it takes at most half of

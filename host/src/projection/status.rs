@@ -27,6 +27,21 @@ impl Projections {
         statuses
     }
 
+    /// For each projection with a loaded module, the largest linear memory an instance of its
+    /// serving module has grown to.
+    pub fn memory_high_water_bytes(&self) -> Vec<(String, u64)> {
+        let slots = self.inner.slots.read();
+        slots
+            .iter()
+            .filter_map(|(name, slot)| match &slot.current {
+                Serving::Loaded(current) => {
+                    Some((name.clone(), current.module.memory_high_water_bytes()))
+                }
+                Serving::Unloadable { .. } => None,
+            })
+            .collect()
+    }
+
     fn broken_status(&self, name: &str, entry: &GenerationEntry, fault: &Fault) -> Status {
         Status {
             name: name.to_owned(),

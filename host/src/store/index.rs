@@ -269,6 +269,12 @@ impl Index {
         lookup(&chunks, &txn, tail.committed)
     }
 
+    /// Events in the tail: committed, not yet in redb.
+    pub(crate) fn unindexed_events(&self) -> u64 {
+        let tail = self.tail.read();
+        (tail.open.len() + tail.sealed.iter().map(|c| c.len()).sum::<usize>()) as u64
+    }
+
     /// The committed end of the log now.
     pub(crate) fn committed(&self) -> Committed {
         self.tail.read().committed

@@ -308,7 +308,28 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+/// What the store measures of itself, for `/metrics`.
+pub struct StoreStats {
+    /// How long each fsync of the log took.
+    pub fsync_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Events in each committed group.
+    pub group_events: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for StoreStats {
+    fn default() -> Self {
+        use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+        StoreStats {
+            // 20 µs .. ~0.65 s
+            fsync_seconds: Histogram::new(exponential_buckets(0.000_02, 2.0, 16)),
+            // 1 .. 16,384
+            group_events: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
+        }
+    }
+}
+
 struct Inner {
+    stats: Arc<StoreStats>,
     file: Arc<File>,
     health: Arc<Mutex<Health>>,
     index: Arc<Index>,
@@ -367,7 +388,9 @@ impl Store {
         let id = replica::load_or_create_id(dir)?;
         let (head_tx, head_rx) = watch::channel(committed.head_position);
         let (jobs_tx, jobs_rx) = mpsc::channel();
+        let stats = Arc::new(StoreStats::default());
         let writer = writer::Writer {
+            stats: stats.clone(),
             path: log_path.clone(),
             health: health.clone(),
             failed_at: None,
@@ -384,6 +407,7 @@ impl Store {
             .spawn(move || writer.run(jobs_rx))?;
         Ok(Store {
             inner: Arc::new(Inner {
+                stats,
                 file,
                 health,
                 index,
@@ -641,6 +665,27 @@ impl Store {
             });
         }
         result
+    }
+
+    /// fsync latencies and group sizes.
+    pub fn stats(&self) -> &StoreStats {
+        &self.inner.stats
+    }
+
+    /// Committed events not yet in the index's redb tables (held in memory meanwhile).
+    pub fn unindexed_events(&self) -> u64 {
+        self.inner.index.unindexed_events()
+    }
+
+    /// Bytes of the committed log.
+    pub fn log_bytes(&self) -> u64 {
+        self.inner.index.committed().end_offset
+    }
+
+    /// Bytes free for this process on the file system holding the store.
+    pub fn disk_free_bytes(&self) -> std::io::Result<u64> {
+        let stat = rustix::fs::statvfs(&self.inner.dir)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 
     /// The last committed position, 0 for an empty store.

@@ -23,7 +23,9 @@ use uuid::Uuid;
 
 use super::index::{self, Chunk, Committed, Index, Indexed, Location};
 use super::record::{self, RecordFields};
-use super::{AppendOutcome, ExpectedRevision, Health, NewEvent, Problem, StoreError, log};
+use super::{
+    AppendOutcome, ExpectedRevision, Health, NewEvent, Problem, StoreError, StoreStats, log,
+};
 
 /// A group stops taking appends once its buffer reaches this size.
 const MAX_GROUP_BYTES: usize = 32 << 20;
@@ -108,6 +110,8 @@ pub(crate) struct Writer {
     /// disk appends resume by themselves, after an I/O error only after a restart (never an fsync
     /// retried on a file whose fsync failed).
     pub failed: Option<Failure>,
+    /// fsync latencies and group sizes, for `/metrics`.
+    pub stats: Arc<StoreStats>,
 }
 
 impl Writer {
@@ -391,6 +395,7 @@ impl Writer {
             });
             let sealed = self.index.publish(events, self.committed);
             self.head.send_replace(self.committed.head_position);
+            self.stats.group_events.observe(staged.len() as f64);
             answer_all(answers, &written, None);
             if let Some(chunk) = sealed {
                 index::hand_over(&self.indexer, chunk);
@@ -479,7 +484,11 @@ impl Writer {
             |_| Err(std::io::Error::from_raw_os_error(5))
         );
         if self.sync {
+            let started = Instant::now();
             self.file.sync_data()?;
+            self.stats
+                .fsync_seconds
+                .observe(started.elapsed().as_secs_f64());
         }
         Ok(())
     }

@@ -12,8 +12,10 @@ mod stderr;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use rand::SeedableRng;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Cache, CacheConfig, Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
@@ -149,7 +151,7 @@ impl SubscriptionSpec {
 pub struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: Limiter,
     view: Option<Box<dyn ReadView>>,
     name: Arc<str>,
     log_budget: host::LogBudget,
@@ -162,6 +164,56 @@ impl WasiView for GuestState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+/// The store's limits, noting the largest linear memory any instance of the module grew to.
+struct Limiter {
+    limits: StoreLimits,
+    high_water: Arc<AtomicUsize>,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.high_water.fetch_max(desired, Ordering::Relaxed);
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
     }
 }
 
@@ -191,6 +243,8 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<GuestState>,
     limits: WasmConfig,
+    cache: Cache,
+    compile_seconds: Histogram,
 }
 
 impl Runtime {
@@ -202,7 +256,8 @@ impl Runtime {
         config.epoch_interruption(true);
         let mut cache = CacheConfig::new();
         cache.with_directory(std::path::absolute(cache_dir)?);
-        config.cache(Some(Cache::new(cache).map_err(to_anyhow)?));
+        let cache = Cache::new(cache).map_err(to_anyhow)?;
+        config.cache(Some(cache.clone()));
         let engine = Engine::new(&config).map_err(to_anyhow)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(to_anyhow)?;
@@ -222,7 +277,23 @@ impl Runtime {
             engine,
             linker,
             limits,
+            cache,
+            // 10 ms .. ~80 s (a large JavaScript module takes tens of seconds)
+            compile_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
         }))
+    }
+
+    /// Modules found in the compile cache, and modules compiled, since start.
+    pub fn cache_hits_and_misses(&self) -> (u64, u64) {
+        (
+            self.cache.cache_hits() as u64,
+            self.cache.cache_misses() as u64,
+        )
+    }
+
+    /// How long each module took to compile or to load from the cache.
+    pub fn compile_seconds(&self) -> &Histogram {
+        &self.compile_seconds
     }
 
     /// Compiles (or loads from the cache) and validates a module, and asks it for its
@@ -242,8 +313,11 @@ impl Runtime {
                 .join(" ");
             ModuleError::Invalid(format!("{what}: {reason}"))
         };
+        let started = std::time::Instant::now();
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| invalid("not a valid WebAssembly component", e))?;
+        self.compile_seconds
+            .observe(started.elapsed().as_secs_f64());
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
@@ -264,6 +338,7 @@ impl Runtime {
             name: Arc::from(name),
             subscription: SubscriptionSpec::default(),
             legacy_batches,
+            memory_high_water: Arc::default(),
         };
         let mut instance = module
             .instantiate()
@@ -292,6 +367,8 @@ pub struct Module {
     name: Arc<str>,
     subscription: SubscriptionSpec,
     legacy_batches: bool,
+    /// The largest linear memory any of its instances grew to, in bytes.
+    memory_high_water: Arc<AtomicUsize>,
 }
 
 /// The host interface a module built against WIT 0.1.0 imports: it decodes batches without ids
@@ -302,6 +379,11 @@ impl Module {
     /// What the module subscribes to.
     pub fn subscription(&self) -> &SubscriptionSpec {
         &self.subscription
+    }
+
+    /// The largest linear memory any of its instances has grown to, in bytes.
+    pub fn memory_high_water_bytes(&self) -> u64 {
+        self.memory_high_water.load(Ordering::Relaxed) as u64
     }
 
     /// An empty batch in the encoding this module decodes.
@@ -333,10 +415,13 @@ impl Module {
         let state = GuestState {
             wasi,
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(limits.memory_bytes)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: Limiter {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(limits.memory_bytes)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                high_water: self.memory_high_water.clone(),
+            },
             view: None,
             name: self.name.clone(),
             log_budget: host::LogBudget::default(),

@@ -1,0 +1,434 @@
+//! What an operator sees: `/metrics` after real work (a projection's lag, faults and rebuild
+//! progress; every family read by the official Prometheus client's strict OpenMetrics parser), and
+//! `/health/ready` while the server starts, while a required projection is behind, and after.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use lantern::store::{ExpectedRevision, NewEvent, Store};
+use lantern::wasm::WasmConfig;
+use lantern_tests::{TestServer, guest, shared_compile_cache, test_store_options};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use super::{append, get};
+
+/// Every sample of a scrape, by its series (`name{labels}` as exposed), and the whole text.
+async fn scrape(url: &str) -> (BTreeMap<String, f64>, String) {
+    let response = reqwest::get(format!("{url}/metrics")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.unwrap();
+    let samples = text
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect();
+    (samples, text)
+}
+
+fn sample(samples: &BTreeMap<String, f64>, series: &str) -> Option<f64> {
+    samples.get(series).copied()
+}
+
+async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn deploy(url: &str, name: &str, module: Vec<u8>) {
+    let response = reqwest::Client::new()
+        .put(format!("{url}/projections/{name}"))
+        .header("content-type", "application/wasm")
+        .body(module)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+}
+
+async fn status(url: &str, name: &str) -> Value {
+    get(url, &format!("/projections/{name}")).await.1
+}
+
+/// `events` events of `event_type` with `data`, appended to `stream` in appends of 10,000.
+async fn append_many(url: &str, stream: &str, event_type: &str, data: Value, events: usize) {
+    for start in (0..events).step_by(10_000) {
+        let batch: Vec<Value> = (start..events.min(start + 10_000))
+            .map(|_| json!({"type": event_type, "data": data}))
+            .collect();
+        let (status, body) = append(url, stream, json!({"events": batch})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projections_metrics_show_its_lag_its_rebuild_and_its_faults() {
+    let server = TestServer::start().await.unwrap();
+    let url = &server.url;
+    deploy(url, "slow", guest("hostile")).await;
+    // Slow events spin in the guest: folding these takes a few batches (32,768 events each) and
+    // seconds.
+    const SLOW: usize = 150_000;
+    append_many(url, "hostile-1", "Slow", json!(5_000), SLOW).await;
+
+    // Behind: the lag in events and in seconds is what the log holds beyond its checkpoint.
+    let (samples, _) = scrape(url).await;
+    let behind = sample(
+        &samples,
+        r#"lantern_projection_lag_events{projection="slow"}"#,
+    )
+    .unwrap();
+    let head = get(url, "/health").await.1["head"].as_f64().unwrap();
+    let position = sample(
+        &samples,
+        r#"lantern_projection_position{projection="slow"}"#,
+    )
+    .unwrap();
+    assert!(
+        behind > 0.0,
+        "just appended {SLOW} slow events, lag {behind}"
+    );
+    assert_eq!(behind, head - position);
+    assert!(
+        sample(
+            &samples,
+            r#"lantern_projection_lag_seconds{projection="slow"}"#
+        )
+        .unwrap()
+            > 0.0
+    );
+    wait_for("the projection to catch up", async || {
+        status(url, "slow").await["lag"] == 0
+    })
+    .await;
+    let (samples, _) = scrape(url).await;
+    assert_eq!(
+        sample(
+            &samples,
+            r#"lantern_projection_lag_events{projection="slow"}"#
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            r#"lantern_projection_lag_seconds{projection="slow"}"#
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            r#"lantern_projection_events_handled_total{projection="slow",role="serving"}"#
+        ),
+        Some(SLOW as f64)
+    );
+    let batches = sample(
+        &samples,
+        r#"lantern_projection_batches_total{projection="slow",role="serving"}"#,
+    )
+    .unwrap();
+    assert!(batches >= 1.0);
+    assert_eq!(
+        sample(
+            &samples,
+            r#"lantern_projection_batch_duration_seconds_count{projection="slow",role="serving"}"#
+        ),
+        Some(batches)
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            r#"lantern_projection_status{projection="slow",version="1",status="running"}"#
+        ),
+        Some(1.0)
+    );
+
+    // A rebuild: its progress rises through values between 0 and 1, then it is swapped in.
+    let response = reqwest::Client::new()
+        .post(format!("{url}/projections/slow/rebuild"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (samples, _) = scrape(url).await;
+        match sample(
+            &samples,
+            r#"lantern_projection_rebuild_progress_ratio{projection="slow",version="1"}"#,
+        ) {
+            Some(progress) => seen.push(progress),
+            None if !seen.is_empty() => break,
+            None => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rebuild did not end: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let moving: Vec<f64> = seen
+        .iter()
+        .copied()
+        .filter(|p| *p > 0.0 && *p < 1.0)
+        .collect();
+    assert!(
+        moving.windows(2).any(|w| w[1] > w[0]),
+        "progress did not move: {seen:?}"
+    );
+    assert!(
+        seen.windows(2).all(|w| w[1] >= w[0]),
+        "progress went back: {seen:?}"
+    );
+    let (samples, _) = scrape(url).await;
+    assert_eq!(
+        sample(
+            &samples,
+            r#"lantern_projection_events_handled_total{projection="slow",role="rebuild"}"#
+        ),
+        Some(SLOW as f64)
+    );
+    assert_eq!(status(url, "slow").await["rebuild"], Value::Null);
+
+    // A fault: counted, and the status flips.
+    let (_, before) = scrape(url).await;
+    assert!(
+        !before.contains(r#"lantern_projection_faults_total{projection="slow",role="serving"}"#)
+    );
+    append(url, "hostile-1", json!({"events": [{"type": "Fail"}]})).await;
+    wait_for("the fault", async || {
+        status(url, "slow").await["status"] == "faulted"
+    })
+    .await;
+    let (samples, _) = scrape(url).await;
+    assert!(
+        sample(
+            &samples,
+            r#"lantern_projection_faults_total{projection="slow",role="serving"}"#
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            r#"lantern_projection_status{projection="slow",version="1",status="faulted"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            r#"lantern_projection_status{projection="slow",version="1",status="running"}"#
+        ),
+        Some(0.0)
+    );
+
+    // Deleted: its series go with it (labels stay bounded by what is deployed).
+    let response = reqwest::Client::new()
+        .delete(format!("{url}/projections/slow"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let (_, text) = scrape(url).await;
+    assert!(!text.contains(r#"projection="slow""#), "{text}");
+}
+
+/// The official Prometheus Python client's strict OpenMetrics parser (Debian's
+/// python3-prometheus-client) reads the whole exposition of a server that has done every kind of
+/// work, and finds the families the operator assets rely on.
+#[tokio::test]
+async fn the_official_openmetrics_parser_reads_every_family() {
+    let server = TestServer::start().await.unwrap();
+    let url = &server.url;
+    deploy(url, "order-totals", guest("order_totals")).await;
+    append_many(
+        url,
+        "order-1",
+        "OrderPlaced",
+        json!({"customer": "c-1", "amount": 5}),
+        100,
+    )
+    .await;
+    wait_for("the fold", async || {
+        status(url, "order-totals").await["lag"] == 0
+    })
+    .await;
+    get(url, "/projections/order-totals/state/customer:c-1").await;
+    get(url, "/projections/order-totals/query/top?n=1").await;
+    get(url, "/nowhere").await;
+    let (_, text) = scrape(url).await;
+    let parser = r#"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+for family in text_string_to_metric_families(sys.stdin.read()):
+    print(family.name, family.type, len(family.samples))
+"#;
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", parser])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 (scripts/test.sh installs python3-prometheus-client)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let families = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "the strict parser refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for family in [
+        "lantern_projection_position gauge",
+        "lantern_projection_lag_events gauge",
+        "lantern_projection_lag_seconds gauge",
+        "lantern_projection_events_handled counter",
+        "lantern_projection_batch_duration_seconds histogram",
+        "lantern_projection_read_duration_seconds histogram",
+        "lantern_http_request_duration_seconds histogram",
+        "lantern_store_fsync_duration_seconds histogram",
+        "lantern_store_disk_free_bytes gauge",
+        "lantern_wasm_compile_duration_seconds histogram",
+    ] {
+        assert!(
+            families.contains(family),
+            "{family} missing from:\n{families}"
+        );
+    }
+    // Route templates, never raw paths, and the unmatched path under one label.
+    assert!(text.contains(r#"route="/projections/{name}/state/{*key}",method="GET",status="2xx""#));
+    assert!(text.contains(r#"route="unmatched",method="GET",status="4xx""#));
+    assert!(!text.contains("customer:c-1") && !text.contains("/nowhere"));
+}
+
+/// A required projection keeps the server unready until it runs.
+#[tokio::test]
+async fn readiness_waits_for_required_projections() {
+    let server =
+        TestServer::start_custom(shared_compile_cache(WasmConfig::default()), |mut state| {
+            state.required_projections = Arc::new(vec!["slow".to_owned()]);
+            state
+        })
+        .await
+        .unwrap();
+    let url = &server.url;
+    let (code, body) = get(url, "/health/ready").await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["ready"], false);
+    assert_eq!(body["reasons"][0]["code"], "projection_not_ready");
+    assert_eq!(body["error"]["code"], "not_ready");
+    append_many(url, "hostile-1", "Slow", json!(20_000), 30_000).await;
+    deploy(url, "slow", guest("hostile")).await;
+    let (code, body) = get(url, "/health/ready").await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        body["reasons"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("catching up"),
+        "{body}"
+    );
+    wait_for("readiness", async || {
+        get(url, "/health/ready").await.0 == StatusCode::OK
+    })
+    .await;
+    assert_eq!(
+        get(url, "/health/ready").await.1,
+        json!({"ready": true, "reasons": []})
+    );
+    append(url, "hostile-1", json!({"events": [{"type": "Fail"}]})).await;
+    wait_for("unreadiness after the fault", async || {
+        get(url, "/health/ready").await.0 == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+}
+
+/// While the server recovers a large unindexed tail it is alive (`/health` 200, `degraded`:
+/// starting) but not ready, and every other route says it is starting; then it is ready and
+/// serves the whole log.
+#[tokio::test]
+async fn readiness_is_false_while_recovering_and_true_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    const EVENTS: usize = 400_000;
+    {
+        let store = Store::open(&data, test_store_options(false)).unwrap();
+        for chunk in 0..EVENTS / 10_000 {
+            let events = (0..10_000)
+                .map(|i| NewEvent {
+                    id: None,
+                    event_type: "T".into(),
+                    data: Bytes::from(format!("{{\"n\":{}}}", chunk * 10_000 + i)),
+                    metadata: None,
+                })
+                .collect();
+            store
+                .append(&format!("s-{}", chunk % 7), ExpectedRevision::Any, events)
+                .await
+                .unwrap();
+        }
+        store.close();
+    }
+    // The index is derived: without it, the whole log is the unindexed tail to recover.
+    std::fs::remove_file(data.join("index.redb")).unwrap();
+    let mut child = Command::new(Path::new(env!("CARGO_BIN_EXE_lantern-under-test")))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .env_remove("LANTERN_ADMIN_TOKEN")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let address = loop {
+        let line = lines.next().expect("the server logs its address").unwrap();
+        if let Some(rest) = line.split("address=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let url = format!("http://{address}");
+    let (code, ready) = get(&url, "/health/ready").await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    assert_eq!(ready["reasons"][0]["code"], "starting");
+    let (code, health) = get(&url, "/health").await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(health["status"], "degraded");
+    assert_eq!(health["problems"][0]["code"], "starting");
+    let (code, body) = get(&url, "/all?limit=1").await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"]["code"], "starting");
+    wait_for("readiness", async || {
+        get(&url, "/health/ready").await.0 == StatusCode::OK
+    })
+    .await;
+    let (_, health) = get(&url, "/health").await;
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["head"], EVENTS);
+    let (_, page) = get(&url, &format!("/all?from={EVENTS}")).await;
+    assert_eq!(page["events"][0]["data"]["n"], EVENTS - 1);
+    let _ = child.kill();
+    let _ = child.wait();
+}
