@@ -38,8 +38,24 @@ struct Cli {
     /// roots: for a server with a private CA or a self-signed certificate.
     #[arg(long, global = true, env = "LANTERN_CA_CERT", value_name = "PEM")]
     ca_cert: Option<std::path::PathBuf>,
+    /// How log lines (on stderr) are written: `text` for people, `json` (one object per line,
+    /// with the request id and the projection in their fields) for log shippers.
+    #[arg(
+        long,
+        global = true,
+        env = "LANTERN_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -251,11 +267,20 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One JSON object per line: the event's fields at the top level, and the fields of the
+        // spans it happened in (`request`: id, method, path; `projection`: name, version).
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

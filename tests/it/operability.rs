@@ -432,3 +432,93 @@ async fn readiness_is_false_while_recovering_and_true_after() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `--log-format json`: every line is one JSON object; the lines a request causes carry its id
+/// (the one answered in `x-request-id`), and a projection's lines its name and version.
+#[tokio::test]
+async fn json_logs_carry_request_ids_and_projections() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(Path::new(env!("CARGO_BIN_EXE_lantern-under-test")))
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(dir.path().join("data"))
+        .env_remove("LANTERN_ADMIN_TOKEN")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (address_tx, address_rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let collected = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(object) = serde_json::from_str::<Value>(&line)
+                && let Some(listen) = object["listen"].as_str()
+            {
+                let _ = address_tx.send(listen.to_owned());
+            }
+            collected.lock().unwrap().push(line);
+        }
+    });
+    let address = address_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    let url = format!("http://{address}");
+    let response = reqwest::Client::new()
+        .put(format!("{url}/projections/h"))
+        .header("content-type", "application/wasm")
+        .header("x-request-id", "deploy-42")
+        .body(guest("hostile"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(response.headers()["x-request-id"], "deploy-42");
+    // Without one, the server makes one up and answers it.
+    let response = reqwest::get(format!("{url}/health")).await.unwrap();
+    let made = response.headers()["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(made).is_ok(), "{made}");
+    append(&url, "hostile-1", json!({"events": [{"type": "Trap"}]})).await;
+    wait_for("the fault", async || {
+        status(&url, "h").await["status"] == "faulted"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines = lines.lock().unwrap().clone();
+    let objects: Vec<Value> = lines
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let in_request = |object: &Value, id: &str| {
+        object["spans"].as_array().is_some_and(|spans| {
+            spans
+                .iter()
+                .any(|s| s["name"] == "request" && s["id"] == id)
+        })
+    };
+    let deployed = objects
+        .iter()
+        .find(|o| o["message"] == "serving from position 1")
+        .expect("the deploy is logged");
+    assert!(in_request(deployed, "deploy-42"), "{deployed}");
+    let fault = objects
+        .iter()
+        .find(|o| o["level"] == "ERROR" && o["message"].as_str().unwrap_or("").contains("faulted"))
+        .expect("the fault is logged");
+    let in_projection = fault["spans"].as_array().is_some_and(|spans| {
+        spans
+            .iter()
+            .any(|s| s["name"] == "projection" && s["projection"] == "h" && s["version"] == 1)
+    });
+    assert!(in_projection, "{fault}");
+    // The runner's lines are its own, not the deploying request's.
+    assert!(!in_request(fault, "deploy-42"), "{fault}");
+}

@@ -17,6 +17,7 @@ use crate::readmodel::ReadModel;
 use crate::store::{Filter, RecordedEvent, Store};
 use crate::subscription::Subscription;
 use crate::wasm::{self, GuestFailure};
+use tracing::Instrument;
 
 /// Events examined per batch.
 const BATCH: usize = 32_768;
@@ -201,13 +202,24 @@ impl Generation {
     ) {
         let generation = self.clone();
         let stop = self.stop_token();
-        let task = tokio::spawn(async move {
-            if let Err(fault) = generation.run(store, stop, caught_up).await
-                && let Some(faulted) = faulted
-            {
-                let _ = faulted.send(fault);
+        // Every line the runner logs (the guest's own lines included) names the projection and
+        // its version; a root span, so it is not tied to the request that deployed it.
+        let span = tracing::info_span!(
+            parent: None,
+            "projection",
+            projection = %self.name,
+            version = self.entry.version
+        );
+        let task = tokio::spawn(
+            async move {
+                if let Err(fault) = generation.run(store, stop, caught_up).await
+                    && let Some(faulted) = faulted
+                {
+                    let _ = faulted.send(fault);
+                }
             }
-        });
+            .instrument(span),
+        );
         *self.task.lock() = Some(task);
     }
 
@@ -351,7 +363,9 @@ impl Generation {
             let read_model = self.read_model.clone();
             let guest = instance.take().expect("an instance between batches");
             let batch = (!batch.is_empty()).then(|| batch.finish());
+            let span = tracing::Span::current();
             let (guest, result) = tokio::task::spawn_blocking(move || {
+                let _in_projection = span.enter();
                 let mut guest = guest;
                 let applied = (|| -> Result<(), BatchError> {
                     let writes = match batch {
@@ -378,7 +392,9 @@ impl Generation {
                         .filter(|e| subscription_spec.matches(&e.stream, &e.event_type))
                         .collect();
                     let generation = self.clone();
+                    let span = tracing::Span::current();
                     tokio::task::spawn_blocking(move || {
+                        let _in_projection = span.enter();
                         generation.replay_singly(&singles, next_checkpoint)
                     })
                     .await
