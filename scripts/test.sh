@@ -10,13 +10,16 @@ rustup target add wasm32-wasip2
 # The storage tests mount a small tmpfs (a real full disk) and trace fsyncs with strace: both need
 # root, which CI has. The dashboard test drives Debian's chromium through its chromedriver with
 # Debian's selenium (never a browser downloaded at run time); the metrics test reads /metrics
-# with the official Prometheus client's strict OpenMetrics parser.
+# with the official Prometheus client's strict OpenMetrics parser; the operator assets under deploy/
+# are checked with promtool (Debian's prometheus) and systemd-analyze.
 packages=()
 command -v strace >/dev/null || packages+=(strace)
 [ -x /usr/bin/chromium ] || packages+=(chromium)
 [ -x /usr/bin/chromedriver ] || packages+=(chromium-driver)
 /usr/bin/python3 -c 'import selenium' 2>/dev/null || packages+=(python3-selenium)
 /usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || packages+=(python3-prometheus-client)
+command -v promtool >/dev/null || packages+=(prometheus)
+command -v systemd-analyze >/dev/null || packages+=(systemd)
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}"

@@ -46,7 +46,7 @@ async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
-async fn deploy(url: &str, name: &str, module: Vec<u8>) {
+async fn deploy_module(url: &str, name: &str, module: Vec<u8>) {
     let response = reqwest::Client::new()
         .put(format!("{url}/projections/{name}"))
         .header("content-type", "application/wasm")
@@ -76,7 +76,7 @@ async fn append_many(url: &str, stream: &str, event_type: &str, data: Value, eve
 async fn a_projections_metrics_show_its_lag_its_rebuild_and_its_faults() {
     let server = TestServer::start().await.unwrap();
     let url = &server.url;
-    deploy(url, "slow", guest("hostile")).await;
+    deploy_module(url, "slow", guest("hostile")).await;
     // Slow events spin in the guest: folding these takes a few batches (32,768 events each) and
     // seconds.
     const SLOW: usize = 150_000;
@@ -255,7 +255,7 @@ async fn a_projections_metrics_show_its_lag_its_rebuild_and_its_faults() {
 async fn the_official_openmetrics_parser_reads_every_family() {
     let server = TestServer::start().await.unwrap();
     let url = &server.url;
-    deploy(url, "order-totals", guest("order_totals")).await;
+    deploy_module(url, "order-totals", guest("order_totals")).await;
     append_many(
         url,
         "order-1",
@@ -339,7 +339,7 @@ async fn readiness_waits_for_required_projections() {
     assert_eq!(body["reasons"][0]["code"], "projection_not_ready");
     assert_eq!(body["error"]["code"], "not_ready");
     append_many(url, "hostile-1", "Slow", json!(20_000), 30_000).await;
-    deploy(url, "slow", guest("hostile")).await;
+    deploy_module(url, "slow", guest("hostile")).await;
     let (code, body) = get(url, "/health/ready").await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
     assert!(
@@ -521,4 +521,142 @@ async fn json_logs_carry_request_ids_and_projections() {
     assert!(in_projection, "{fault}");
     // The runner's lines are its own, not the deploying request's.
     assert!(!in_request(fault, "deploy-42"), "{fault}");
+}
+
+/// Every `lantern_...` metric name in `text`, without the suffixes a family's samples add.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("lantern_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        let mut name = &tail[..end];
+        for suffix in ["_bucket", "_count", "_sum", "_total", "_created"] {
+            name = name.strip_suffix(suffix).unwrap_or(name);
+        }
+        names.insert(name.to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+fn run(command: &mut Command) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{command:?} failed:\n{said}");
+    said
+}
+
+/// The operator assets under `deploy/`: the alerting rules pass `promtool check rules` and their
+/// unit tests, the dashboard's queries are valid PromQL, every metric either names is one a real
+/// server exports, and the systemd unit passes `systemd-analyze verify`.
+#[tokio::test]
+async fn the_shipped_rules_dashboard_and_unit_fit_the_server() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let rules_dir = deploy.join("prometheus");
+    run(Command::new("promtool")
+        .args(["check", "rules", "lantern-alerts.yml"])
+        .current_dir(&rules_dir));
+    run(Command::new("promtool")
+        .args(["test", "rules", "lantern-alerts.test.yml"])
+        .current_dir(&rules_dir));
+
+    // The dashboard's queries, as recording rules, so promtool parses each one.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy.join("grafana/lantern-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let queries: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().cloned().unwrap_or_default())
+        .map(|target| target["expr"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(queries.len() >= 20, "{} queries", queries.len());
+    let dir = tempfile::tempdir().unwrap();
+    let rules: Vec<Value> = queries
+        .iter()
+        .enumerate()
+        .map(|(i, query)| {
+            let query = query
+                .replace("$__rate_interval", "5m")
+                .replace("$instance", ".*");
+            json!({"record": format!("dashboard:query_{i}"), "expr": query})
+        })
+        .collect();
+    let file = dir.path().join("dashboard-queries.yml");
+    // JSON is YAML.
+    std::fs::write(
+        &file,
+        json!({"groups": [{"name": "dashboard", "rules": rules}]}).to_string(),
+    )
+    .unwrap();
+    run(Command::new("promtool").args(["check", "rules"]).arg(&file));
+
+    // A real server that has done some of everything.
+    let server = TestServer::start().await.unwrap();
+    let url = &server.url;
+    deploy_module(url, "order-totals", guest("order_totals")).await;
+    append_many(
+        url,
+        "order-1",
+        "OrderPlaced",
+        json!({"customer": "c-1", "amount": 5}),
+        10,
+    )
+    .await;
+    wait_for("the fold", async || {
+        status(url, "order-totals").await["lag"] == 0
+    })
+    .await;
+    get(url, "/projections/order-totals/state/customer:c-1").await;
+    deploy_module(url, "h", guest("hostile")).await;
+    append(url, "hostile-1", json!({"events": [{"type": "Fail"}]})).await;
+    wait_for("the fault", async || {
+        status(url, "h").await["status"] == "faulted"
+    })
+    .await;
+    let (_, text) = scrape(url).await;
+    let exported: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    let rules_text = std::fs::read_to_string(rules_dir.join("lantern-alerts.yml")).unwrap();
+    let named = metric_names(&rules_text)
+        .into_iter()
+        .chain(queries.iter().flat_map(|q| metric_names(q)));
+    for name in named {
+        assert!(
+            exported.contains(&name),
+            "{name} is not exported; exported: {exported:?}"
+        );
+    }
+
+    // The systemd unit, with its binary where this build put it.
+    let unit = std::fs::read_to_string(deploy.join("systemd/lantern.service"))
+        .unwrap()
+        .replace(
+            "/usr/local/bin/lantern",
+            env!("CARGO_BIN_EXE_lantern-under-test"),
+        );
+    let unit_file = dir.path().join("lantern.service");
+    std::fs::write(&unit_file, unit).unwrap();
+    let said = run(Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit_file));
+    assert!(
+        said.trim().is_empty(),
+        "systemd-analyze verify complains:\n{said}"
+    );
 }

@@ -394,6 +394,18 @@ impl Collector for Live {
                 counter.metric_type(),
             )?)?;
         }
+        let problems: Vec<_> = store
+            .problems()
+            .into_iter()
+            .map(|p| (vec![("code", p.code.to_owned())], 1i64))
+            .collect();
+        gauges(
+            &mut encoder,
+            "store_problem",
+            "1 for each problem that makes the store degraded (the codes of /health: storage_full, storage_unavailable, indexer_stopped, corrupt)",
+            None,
+            &problems,
+        )?;
         let mut single = |name: &str, help: &str, unit: Option<&Unit>, value: u64| {
             let gauge = ConstGauge::new(value as i64);
             gauge.encode(encoder.encode_descriptor(name, help, unit, gauge.metric_type())?)
