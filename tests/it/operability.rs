@@ -76,11 +76,11 @@ async fn append_many(url: &str, stream: &str, event_type: &str, data: Value, eve
 async fn a_projections_metrics_show_its_lag_its_rebuild_and_its_faults() {
     let server = TestServer::start().await.unwrap();
     let url = &server.url;
-    deploy_module(url, "slow", guest("hostile")).await;
     // Slow events spin in the guest: folding these takes a few batches (32,768 events each) and
-    // seconds.
+    // seconds. Deployed after them, the projection starts behind all of them.
     const SLOW: usize = 150_000;
-    append_many(url, "hostile-1", "Slow", json!(5_000), SLOW).await;
+    append_many(url, "hostile-1", "Slow", json!(15_000), SLOW).await;
+    deploy_module(url, "slow", guest("hostile")).await;
 
     // Behind: the lag in events and in seconds is what the log holds beyond its checkpoint.
     let (samples, _) = scrape(url).await;
@@ -204,10 +204,9 @@ async fn a_projections_metrics_show_its_lag_its_rebuild_and_its_faults() {
     assert_eq!(status(url, "slow").await["rebuild"], Value::Null);
 
     // A fault: counted, and the status flips.
-    let (_, before) = scrape(url).await;
-    assert!(
-        !before.contains(r#"lantern_projection_faults_total{projection="slow",role="serving"}"#)
-    );
+    let (before, _) = scrape(url).await;
+    let faults = r#"lantern_projection_faults_total{projection="slow",role="serving"}"#;
+    assert_eq!(sample(&before, faults), Some(0.0));
     append(url, "hostile-1", json!({"events": [{"type": "Fail"}]})).await;
     wait_for("the fault", async || {
         status(url, "slow").await["status"] == "faulted"
@@ -338,7 +337,7 @@ async fn readiness_waits_for_required_projections() {
     assert_eq!(body["ready"], false);
     assert_eq!(body["reasons"][0]["code"], "projection_not_ready");
     assert_eq!(body["error"]["code"], "not_ready");
-    append_many(url, "hostile-1", "Slow", json!(20_000), 30_000).await;
+    append_many(url, "hostile-1", "Slow", json!(20_000), 100_000).await;
     deploy_module(url, "slow", guest("hostile")).await;
     let (code, body) = get(url, "/health/ready").await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
@@ -480,10 +479,27 @@ async fn json_logs_carry_request_ids_and_projections() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
     assert_eq!(response.headers()["x-request-id"], "deploy-42");
-    // Without one, the server makes one up and answers it.
-    let response = reqwest::get(format!("{url}/health")).await.unwrap();
-    let made = response.headers()["x-request-id"].to_str().unwrap();
-    assert!(uuid::Uuid::parse_str(made).is_ok(), "{made}");
+    // Without one (or with one that is not a short plain token), the server makes a new one
+    // for each request and answers it.
+    let mut made = Vec::new();
+    for given in [None, None, Some("two words")] {
+        let mut request = reqwest::Client::new().get(format!("{url}/health"));
+        if let Some(given) = given {
+            request = request.header("x-request-id", given);
+        }
+        let response = request.send().await.unwrap();
+        made.push(
+            response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert!(
+        made.iter().all(|id| id.len() > 13 && !id.contains(' ')),
+        "{made:?}"
+    );
+    assert!(made[0] != made[1] && made[1] != made[2], "{made:?}");
     append(&url, "hostile-1", json!({"events": [{"type": "Trap"}]})).await;
     wait_for("the fault", async || {
         status(&url, "h").await["status"] == "faulted"

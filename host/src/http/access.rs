@@ -2,7 +2,7 @@
 //! with the [`Rule`] it needs, and the router is built from that list only, so a route cannot exist
 //! without a rule. The check runs before the handler, on the route's template and method.
 
-use axum::extract::{ConnectInfo, FromRequestParts, RawPathParams, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, RawPathParams, Request};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -132,17 +132,13 @@ fn authorize(principal: &Principal, rule: Rule, projection: Option<&str>) -> Res
     Ok(())
 }
 
-/// The middleware in front of every route: authenticates, authorizes by the route's rule, and
-/// hands the [`Principal`] to the handler as a request extension.
-pub(super) async fn check(
-    State((state, rule)): State<(AppState, Rule)>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// In front of every route (called by [`super::request::around`]): authenticates, authorizes by
+/// the route's rule, and hands the [`Principal`] to the handler as a request extension.
+pub(super) async fn check(state: &AppState, rule: Rule, request: Request, next: Next) -> Response {
     if rule == Rule::Public {
         return next.run(request).await;
     }
-    let principal = match authenticate(&state, &request) {
+    let principal = match authenticate(state, &request) {
         Ok(principal) => principal,
         Err(refusal) => return refusal.into_response(),
     };

@@ -13,12 +13,11 @@
 //! or a token.
 
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::http::{Method, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::extract::State;
+use axum::http::{Method, StatusCode, header};
+use axum::response::IntoResponse;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -167,6 +166,36 @@ impl Metrics {
         self.append_seconds.observe(took.as_secs_f64());
     }
 
+    /// The latency series of `route` (a template, or `unmatched`), `method` and `status`'s class.
+    pub(super) fn request_series(
+        &self,
+        route: &'static str,
+        method: &Method,
+        status: StatusCode,
+    ) -> Histogram {
+        let method = match *method {
+            Method::GET => "GET",
+            Method::POST => "POST",
+            Method::PUT => "PUT",
+            Method::DELETE => "DELETE",
+            Method::HEAD => "HEAD",
+            _ => "other",
+        };
+        let status = match status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        let labels = RequestLabels {
+            route,
+            method,
+            status,
+        };
+        self.requests.get_or_create(&labels).clone()
+    }
+
     /// Counts a subscriber for as long as the returned guard lives.
     pub fn subscriber(&self) -> SubscriberGuard {
         self.subscribers.inc();
@@ -196,42 +225,6 @@ impl Drop for SubscriberGuard {
     fn drop(&mut self) {
         self.open.dec();
     }
-}
-
-/// The middleware in front of every route: times the request and counts it by the route's
-/// template, its method and the answer's status class (the fallback counts as `unmatched`).
-pub(super) async fn record(
-    State((state, route)): State<(AppState, &'static str)>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let method = match *request.method() {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        _ => "other",
-    };
-    let response = next.run(request).await;
-    let status = match response.status().as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
-    state
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            route,
-            method,
-            status,
-        })
-        .observe(started.elapsed().as_secs_f64());
-    response
 }
 
 /// What is read at scrape time from its owners.

@@ -13,6 +13,7 @@ mod metrics;
 mod openapi;
 mod projections;
 mod replicate;
+mod request;
 mod serve;
 mod streams;
 mod subscribe;
@@ -29,8 +30,6 @@ use tokio_util::sync::CancellationToken;
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
 use crate::access::{AccessControl, Role};
 use crate::projection::Projections;
@@ -218,18 +217,14 @@ pub fn routes(limits: &Limits) -> Vec<Route> {
 pub fn app(state: AppState) -> Router {
     let mut router = Router::new();
     for route in routes(&state.limits) {
-        let check =
-            axum::middleware::from_fn_with_state((state.clone(), route.rule), access::check);
-        // Outside the access check, so refusals are counted too.
-        let record =
-            axum::middleware::from_fn_with_state((state.clone(), route.path), metrics::record);
-        router = router.route(
-            route.path,
-            route.handler.route_layer(check).route_layer(record),
-        );
+        let context = request::RouteContext::new(state.clone(), Some(&route));
+        let around = axum::middleware::from_fn_with_state(context, request::around);
+        router = router.route(route.path, route.handler.route_layer(around));
     }
-    let unmatched =
-        axum::middleware::from_fn_with_state((state.clone(), "unmatched"), metrics::record);
+    let unmatched = axum::middleware::from_fn_with_state(
+        request::RouteContext::new(state.clone(), None),
+        request::around,
+    );
     // Large JSON answers are compressed for clients that ask; streams of events never are, so
     // each event reaches a subscriber as soon as it is committed.
     let compress = SizeAbove::new(1024)
@@ -246,33 +241,12 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .layer(CompressionLayer::new().compress_when(compress))
         .layer(tower::util::option_layer(cors(&state.cors_origins)))
-        // Every request gets an id (a client's or proxy's own `x-request-id`, else a fresh
-        // UUID), answered in the same header and carried by a span, so every log line the
-        // request causes names it. Server errors are logged in that span.
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         // A bug that panics answers 500 with the contract's JSON; no lock is left poisoned
         // (the shared state uses locks that do not poison), so later requests are unaffected.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             error::panicked,
         ))
         .with_state(state)
-}
-
-/// The span of one request: its id, method and path (the path is logged, never a metric label).
-fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
-    let id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
-    tracing::info_span!(
-        "request",
-        id = %id,
-        method = %request.method(),
-        path = %request.uri().path()
-    )
 }
 
 /// Browsers on these origins may call the API (`--cors-origin`); without any, no CORS layer at all,

@@ -1,7 +1,7 @@
 //! Projections over HTTP: deploy, status, delete, rebuild, and queries of their read models.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Extension;
 use axum::extract::State;
@@ -15,8 +15,8 @@ use super::extract::{Body, Path, Query};
 use super::{AppState, admin};
 use crate::access::Principal;
 use crate::projection::{
-    Deployed, Fault, FaultCause, MinPosition, Phase, ProjectionError, ReadKind, RebuildStatus,
-    Status, module_sha256,
+    Deployed, Fault, FaultCause, MinPosition, Phase, ProjectionError, RebuildStatus, Status,
+    module_sha256,
 };
 
 /// Longest a read-your-writes request may wait.
@@ -265,23 +265,6 @@ fn with_position(mut response: Response, position: u64) -> Response {
     response
 }
 
-/// Records a read's time, unless the projection does not exist (a name that is not deployed never
-/// becomes a label).
-fn timed<T>(
-    state: &AppState,
-    name: &str,
-    kind: ReadKind,
-    started: Instant,
-    result: &Result<T, ProjectionError>,
-) {
-    if !matches!(result, Err(ProjectionError::NotFound(_))) {
-        state
-            .projections
-            .stats()
-            .read(name, kind, started.elapsed());
-    }
-}
-
 /// `GET /projections/{name}/state/{key}`
 pub(super) async fn get_key(
     State(state): State<AppState>,
@@ -289,10 +272,7 @@ pub(super) async fn get_key(
     Query(mut params): Query<BTreeMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let min = take_min_position(&mut params)?;
-    let started = Instant::now();
-    let read = state.projections.get(&name, &key, min).await;
-    timed(&state, &name, ReadKind::key, started, &read);
-    let (value, position) = read?;
+    let (value, position) = state.projections.get(&name, &key, min).await?;
     let content_type = if serde_json::from_slice::<serde::de::IgnoredAny>(&value).is_ok() {
         "application/json"
     } else {
@@ -331,13 +311,10 @@ pub(super) async fn page(
             .map_or(DEFAULT_WAIT, Duration::from_millis)
             .min(MAX_WAIT),
     });
-    let started = Instant::now();
     let page = state
         .projections
         .page(&name, &params.prefix, &params.after, limit, min)
-        .await;
-    timed(&state, &name, ReadKind::prefix, started, &page);
-    let page = page?;
+        .await?;
     let items: Vec<Value> = page
         .items
         .into_iter()
@@ -364,13 +341,10 @@ pub(super) async fn query(
 ) -> Result<Response, ApiError> {
     let min = take_min_position(&mut params)?;
     let params_json = serde_json::to_string(&params).map_err(ApiError::internal)?;
-    let started = Instant::now();
-    let answer = state
+    let (answer, position) = state
         .projections
         .query(&name, &query, params_json, min)
-        .await;
-    timed(&state, &name, ReadKind::query, started, &answer);
-    let (answer, position) = answer?;
+        .await?;
     let response = ([(header::CONTENT_TYPE, "application/json")], answer).into_response();
     Ok(with_position(response, position))
 }

@@ -30,7 +30,8 @@ use crate::wasm::{self, ModuleError, Runtime, SubscriptionSpec, WasmConfig};
 use registry::{Entry, GenerationEntry, Layout, Registry};
 use runner::Generation;
 pub use runner::{Fault, FaultCause, Phase, RunState};
-pub use stats::{ProjectionStats, ReadKind};
+pub use stats::ProjectionStats;
+use stats::ReadKind;
 
 /// Errors of the projection layer.
 #[derive(Debug, thiserror::Error)]

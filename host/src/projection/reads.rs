@@ -2,9 +2,10 @@
 //! each from one snapshot of the serving generation, after an optional read-your-writes wait.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::runner::{BatchFailure, Generation};
-use super::{MinPosition, ProjectionError, Projections, Serving, internal};
+use super::{MinPosition, ProjectionError, Projections, ReadKind, Serving, internal};
 use crate::readmodel::Page;
 use crate::wasm::QueryError;
 
@@ -64,17 +65,21 @@ impl Projections {
         key: &str,
         min: Option<MinPosition>,
     ) -> Result<(Vec<u8>, u64), ProjectionError> {
+        let started = Instant::now();
         let generation = self.serving(name, min).await?;
+        let reading = generation.clone();
         let key = key.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let snapshot = generation.read_model.snapshot().map_err(storage)?;
+        let read = tokio::task::spawn_blocking(move || {
+            let snapshot = reading.read_model.snapshot().map_err(storage)?;
             match snapshot.value(&key).map_err(storage)? {
                 Some(value) => Ok((value, snapshot.position())),
                 None => Err(ProjectionError::KeyNotFound(key)),
             }
         })
         .await
-        .map_err(internal)?
+        .map_err(internal)?;
+        generation.read_done(ReadKind::key, started.elapsed());
+        read
     }
 
     /// A page of keys starting with `prefix`, after `after`.
@@ -86,14 +91,18 @@ impl Projections {
         limit: usize,
         min: Option<MinPosition>,
     ) -> Result<Page, ProjectionError> {
+        let started = Instant::now();
         let generation = self.serving(name, min).await?;
+        let reading = generation.clone();
         let (prefix, after) = (prefix.to_owned(), after.to_owned());
-        tokio::task::spawn_blocking(move || {
-            let snapshot = generation.read_model.snapshot().map_err(storage)?;
+        let read = tokio::task::spawn_blocking(move || {
+            let snapshot = reading.read_model.snapshot().map_err(storage)?;
             snapshot.page(&prefix, &after, limit).map_err(storage)
         })
         .await
-        .map_err(internal)?
+        .map_err(internal)?;
+        generation.read_done(ReadKind::prefix, started.elapsed());
+        read
     }
 
     /// Runs the module's query handler; returns its JSON and the checkpoint it reflects.
@@ -104,11 +113,13 @@ impl Projections {
         params_json: String,
         min: Option<MinPosition>,
     ) -> Result<(String, u64), ProjectionError> {
+        let started = Instant::now();
         let generation = self.serving(name, min).await?;
+        let reading = generation.clone();
         let query = query.to_owned();
-        tokio::task::spawn_blocking(move || {
+        let read = tokio::task::spawn_blocking(move || {
             let (answer, position) =
-                generation
+                reading
                     .query(&query, &params_json)
                     .map_err(|failure| match failure {
                         BatchFailure::Module(message) => ProjectionError::QueryFailed(message),
@@ -121,6 +132,8 @@ impl Projections {
             }
         })
         .await
-        .map_err(internal)?
+        .map_err(internal)?;
+        generation.read_done(ReadKind::query, started.elapsed());
+        read
     }
 }

@@ -150,6 +150,11 @@ pub(crate) struct Generation {
     query_instance: Mutex<Option<wasm::Instance>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     stats: Arc<super::ProjectionStats>,
+    /// Its projection's run series while serving and while rebuilding, made on first use (a
+    /// projection that never rebuilds shows no rebuild series).
+    runs: [std::sync::OnceLock<super::stats::RunSeries>; 2],
+    /// Its projection's read latency series, by kind.
+    reads: [prometheus_client::metrics::histogram::Histogram; 3],
 }
 
 impl Generation {
@@ -174,8 +179,21 @@ impl Generation {
             serving: AtomicBool::new(false),
             query_instance: Mutex::new(None),
             task: Mutex::new(None),
+            reads: stats.read_series(name),
+            runs: Default::default(),
             stats,
         })
+    }
+
+    /// The run series of its current role.
+    fn run_series(&self) -> &super::stats::RunSeries {
+        let serving = self.serving.load(Ordering::SeqCst);
+        self.runs[usize::from(!serving)].get_or_init(|| self.stats.run_series(&self.name, serving))
+    }
+
+    /// One answered read of `kind`, `took` long (its read-your-writes wait included).
+    pub(super) fn read_done(&self, kind: super::ReadKind, took: Duration) {
+        self.reads[kind as usize].observe(took.as_secs_f64());
     }
 
     pub fn run_state(&self) -> RunState {
@@ -243,8 +261,7 @@ impl Generation {
         state.phase = Phase::Faulted;
         state.fault = Some(fault.clone());
         state.events_per_second = 0.0;
-        self.stats
-            .fault(&self.name, self.serving.load(Ordering::SeqCst));
+        self.run_series().fault();
         tracing::error!(
             projection = %self.name,
             version = self.entry.version,
@@ -408,12 +425,7 @@ impl Generation {
                 }
             };
             instance = Some(guest);
-            self.stats.batch(
-                &self.name,
-                self.serving.load(Ordering::SeqCst),
-                delivered,
-                batch_started.elapsed(),
-            );
+            self.run_series().batch(delivered, batch_started.elapsed());
             window.1 += next_checkpoint + 1 - from;
             self.progress(&mut window);
             // A rebuild is background work: while appends are busy, it takes at most half of

@@ -29,7 +29,7 @@ pub enum Role {
 /// How a read model was read.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum ReadKind {
+pub(crate) enum ReadKind {
     /// `GET /projections/{name}/state/{key}`
     key,
     /// `GET /projections/{name}/state?prefix=`
@@ -51,6 +51,28 @@ struct ReadLabels {
 }
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// One projection's run series for one role.
+pub(crate) struct RunSeries {
+    events: Counter,
+    batches: Counter,
+    batch_seconds: Histogram,
+    faults: Counter,
+}
+
+impl RunSeries {
+    /// One committed batch of `handled` events.
+    pub(crate) fn batch(&self, handled: u64, took: Duration) {
+        self.events.inc_by(handled);
+        self.batches.inc();
+        self.batch_seconds.observe(took.as_secs_f64());
+    }
+
+    /// One fault.
+    pub(crate) fn fault(&self) {
+        self.faults.inc();
+    }
+}
 
 /// The projections' counters and histograms.
 pub struct ProjectionStats {
@@ -121,37 +143,31 @@ impl ProjectionStats {
         );
     }
 
-    /// One committed batch of `handled` events.
-    pub(crate) fn batch(&self, projection: &str, serving: bool, handled: u64, took: Duration) {
+    /// The series a generation of `projection` feeds while it has this role: looked up once,
+    /// then counted without a lookup.
+    pub(crate) fn run_series(&self, projection: &str, serving: bool) -> RunSeries {
         let labels = RunLabels {
             projection: projection.to_owned(),
             role: role(serving),
         };
-        self.events.get_or_create(&labels).inc_by(handled);
-        self.batches.get_or_create(&labels).inc();
-        self.batch_seconds
-            .get_or_create(&labels)
-            .observe(took.as_secs_f64());
+        RunSeries {
+            events: self.events.get_or_create(&labels).clone(),
+            batches: self.batches.get_or_create(&labels).clone(),
+            batch_seconds: self.batch_seconds.get_or_create(&labels).clone(),
+            faults: self.faults.get_or_create(&labels).clone(),
+        }
     }
 
-    /// One fault.
-    pub(crate) fn fault(&self, projection: &str, serving: bool) {
-        let labels = RunLabels {
-            projection: projection.to_owned(),
-            role: role(serving),
-        };
-        self.faults.get_or_create(&labels).inc();
-    }
-
-    /// One answered read of a deployed projection's read model.
-    pub fn read(&self, projection: &str, kind: ReadKind, took: Duration) {
-        let labels = ReadLabels {
-            projection: projection.to_owned(),
-            kind,
-        };
-        self.reads
-            .get_or_create(&labels)
-            .observe(took.as_secs_f64());
+    /// The read latency series of `projection`, by [`ReadKind`] (index `kind as usize`): looked up
+    /// once per generation, then observed without a lookup.
+    pub(crate) fn read_series(&self, projection: &str) -> [Histogram; 3] {
+        [ReadKind::key, ReadKind::prefix, ReadKind::query].map(|kind| {
+            let labels = ReadLabels {
+                projection: projection.to_owned(),
+                kind,
+            };
+            self.reads.get_or_create(&labels).clone()
+        })
     }
 
     /// Drops every series of a deleted projection.
