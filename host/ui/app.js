@@ -435,8 +435,24 @@ function projections(cleanups) {
       rows),
     isAdmin ? h('h2', {}, 'Deploy a module') : h('p', {class: 'muted'}, 'Deploy, rebuild and delete need an admin token.'),
     deploy);
+  // A token limited to some projections may not list them all: it opens its own by name.
+  const byName = h('form', {id: 'open-projection', class: 'toolbar', hidden: true,
+    onsubmit: (e) => { e.preventDefault(); location.hash = '#/projections/' + encodeURIComponent(e.target.elements.name.value); }},
+    h('span', {}, 'This token cannot list every projection. Open one by name: '),
+    h('input', {name: 'name', placeholder: 'projection name', required: true}),
+    h('button', {type: 'submit'}, 'Open'));
+  view.append(byName);
   every(500, async () => {
-    const {body} = await api('/projections');
+    let body;
+    try {
+      ({body} = await api('/projections'));
+    } catch (error) {
+      if (error.status !== 403) throw error;
+      byName.hidden = false;
+      rows.replaceChildren(h('tr', {}, h('td', {colSpan: 10, class: 'muted'}, error.message)));
+      return;
+    }
+    byName.hidden = true;
     rows.replaceChildren(...body.projections.map((p) => h('tr', {'data-name': p.name},
       h('td', {}, h('a', {href: '#/projections/' + p.name}, p.name)),
       h('td', {class: 'num'}, p.version),
@@ -482,9 +498,10 @@ function projection(cleanups, name) {
   };
   const queryName = h('input', {id: 'query-name', placeholder: 'query name, e.g. top'});
   const queryParams = h('input', {id: 'query-params', placeholder: 'parameters, e.g. n=3&since=2026-01-01'});
-  const answer = h('pre', {id: 'query-answer', class: 'card'}, '');
+  const answer = h('pre', {id: 'query-answer', class: 'card', hidden: true}, '');
   const runQuery = async () => {
     const started = performance.now();
+    answer.hidden = false;
     try {
       const {body, headers} = await api(`/projections/${name}/query/${encodeURIComponent(queryName.value)}?${queryParams.value}`);
       answer.textContent = typeof body === 'string' ? body : pretty(body);

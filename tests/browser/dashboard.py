@@ -153,10 +153,12 @@ def go(hash_route):
 
 def browser_errors():
     return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"
-            # Refusals the page asks for on purpose: before the token is typed (401), and the
-            # role probe (GET /tokens answers 403 to a reader).
+            # Refusals the page asks for on purpose: before the token is typed (401), the role
+            # probe (GET /tokens answers 403 to a reader), and the list a limited token may not
+            # read (GET /projections, 403).
             and "401 (Unauthorized)" not in e["message"]
-            and not ("/tokens - " in e["message"] and "403 (Forbidden)" in e["message"])]
+            and not ("/tokens - " in e["message"] and "403 (Forbidden)" in e["message"])
+            and not ("/projections - " in e["message"] and "403 (Forbidden)" in e["message"])]
 
 
 try:
@@ -300,6 +302,22 @@ try:
     wait_until("the reader role after a reload", lambda: text("#who") == "read-only token")
     wait_until("the table", lambda: css('#projections tr[data-name="order-totals"]'))
     assert not css(".rebuild-button") and not css("#deploy:not([hidden])"), "admin controls for a reader"
+
+    # 10. A token limited to one projection: the list is not its to see, the projection is.
+    step("projection-limited token")
+    limited = ok("POST", "/tokens", {"name": "totals-only", "role": "reader",
+                                      "projections": ["order-totals"]})["token"]
+    css("#token-forget")[0].click()
+    css("#token")[0].send_keys(limited)
+    css("#token-form button[type=submit]")[0].click()
+    go("/projections")
+    wait_until("the open-by-name form", lambda: css("#open-projection:not([hidden])"))
+    type_and_submit('#open-projection input[name="name"]', "order-totals")
+    wait_until("the projection page", lambda: driver.current_url.endswith("#/projections/order-totals"))
+    type_and_submit("#state-prefix", "customer:")
+    wait_until("its state", lambda: [r.find_elements(By.CSS_SELECTOR, "td")[0].text
+                                     for r in css("#state tbody tr")] == [i["key"] for i in items])
+    shot("8-limited-token")
 
     errors = browser_errors()
     assert not errors, f"errors in the browser console: {errors}"

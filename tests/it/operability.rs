@@ -419,10 +419,12 @@ async fn readiness_is_false_while_recovering_and_true_after() {
     let (code, body) = get(&url, "/all?limit=1").await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["error"]["code"], "starting");
+    let recovering = Instant::now();
     wait_for("readiness", async || {
         get(&url, "/health/ready").await.0 == StatusCode::OK
     })
     .await;
+    println!("ready {:?} after the first answer", recovering.elapsed());
     let (_, health) = get(&url, "/health").await;
     assert_eq!(health["status"], "ok");
     assert_eq!(health["head"], EVENTS);
