@@ -72,6 +72,17 @@ async fn append_many(url: &str, stream: &str, event_type: &str, data: Value, eve
     }
 }
 
+/// Deploys `order-totals` and waits until it has folded `orders` orders of customer `c-1`.
+async fn fold_orders(url: &str, orders: usize) {
+    deploy_module(url, "order-totals", guest("order_totals")).await;
+    let placed = json!({"customer": "c-1", "amount": 5});
+    append_many(url, "order-1", "OrderPlaced", placed, orders).await;
+    wait_for("the fold", async || {
+        status(url, "order-totals").await["lag"] == 0
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projections_metrics_show_its_lag_its_rebuild_and_its_faults() {
     let server = TestServer::start().await.unwrap();
@@ -254,19 +265,7 @@ async fn a_projections_metrics_show_its_lag_its_rebuild_and_its_faults() {
 async fn the_official_openmetrics_parser_reads_every_family() {
     let server = TestServer::start().await.unwrap();
     let url = &server.url;
-    deploy_module(url, "order-totals", guest("order_totals")).await;
-    append_many(
-        url,
-        "order-1",
-        "OrderPlaced",
-        json!({"customer": "c-1", "amount": 5}),
-        100,
-    )
-    .await;
-    wait_for("the fold", async || {
-        status(url, "order-totals").await["lag"] == 0
-    })
-    .await;
+    fold_orders(url, 100).await;
     get(url, "/projections/order-totals/state/customer:c-1").await;
     get(url, "/projections/order-totals/query/top?n=1").await;
     get(url, "/nowhere").await;
@@ -623,19 +622,7 @@ async fn the_shipped_rules_dashboard_and_unit_fit_the_server() {
     // A real server that has done some of everything.
     let server = TestServer::start().await.unwrap();
     let url = &server.url;
-    deploy_module(url, "order-totals", guest("order_totals")).await;
-    append_many(
-        url,
-        "order-1",
-        "OrderPlaced",
-        json!({"customer": "c-1", "amount": 5}),
-        10,
-    )
-    .await;
-    wait_for("the fold", async || {
-        status(url, "order-totals").await["lag"] == 0
-    })
-    .await;
+    fold_orders(url, 10).await;
     get(url, "/projections/order-totals/state/customer:c-1").await;
     deploy_module(url, "h", guest("hostile")).await;
     append(url, "hostile-1", json!({"events": [{"type": "Fail"}]})).await;

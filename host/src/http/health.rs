@@ -17,13 +17,7 @@ use crate::projection::Phase;
 /// `GET /health`: `ok`, or `degraded` with the store's problems (a full disk, a failed write, a
 /// stopped indexer, damaged data found by a read). Always 200: the process is alive.
 pub(super) async fn health(State(state): State<AppState>) -> impl IntoResponse {
-    let problems: Vec<Value> = state
-        .store
-        .problems()
-        .into_iter()
-        .chain(state.follower.as_ref().and_then(|f| f.problem()))
-        .map(|p| json!({"code": p.code, "message": p.message}))
-        .collect();
+    let problems = problems(&state);
     let mut health = json!({
         "status": if problems.is_empty() { "ok" } else { "degraded" },
         "head": state.store.head(),
@@ -36,6 +30,17 @@ pub(super) async fn health(State(state): State<AppState>) -> impl IntoResponse {
         health["lag"] = Value::from(follower.lag());
     }
     axum::Json(health)
+}
+
+/// The store's problems and a follower's, as `{"code", "message"}`.
+fn problems(state: &AppState) -> Vec<Value> {
+    state
+        .store
+        .problems()
+        .into_iter()
+        .chain(state.follower.as_ref().and_then(|f| f.problem()))
+        .map(|p| json!({"code": p.code, "message": p.message}))
+        .collect()
 }
 
 fn role(state: &AppState) -> &'static str {
@@ -67,13 +72,7 @@ fn readiness(reasons: Vec<Value>) -> Response {
 
 /// `GET /health/ready`
 pub(super) async fn ready(State(state): State<AppState>) -> Response {
-    let mut reasons: Vec<Value> = state
-        .store
-        .problems()
-        .into_iter()
-        .chain(state.follower.as_ref().and_then(|f| f.problem()))
-        .map(|p| json!({"code": p.code, "message": p.message}))
-        .collect();
+    let mut reasons = problems(&state);
     for name in state.required_projections.iter() {
         let why = match state.projections.status(name) {
             Err(_) => Some(format!("required projection {name:?} is not deployed")),

@@ -51,15 +51,7 @@ pub async fn run_with(
             () = &mut shutdown => break,
         };
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors, or a connection reset before it was accepted.
-                    tracing::warn!(%error, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener) => accepted,
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
@@ -82,6 +74,20 @@ pub async fn run_with(
     Ok(())
 }
 
+/// The next connection; an error (out of file descriptors, a connection reset before it was
+/// accepted) is logged and waited out. Cancel-safe.
+async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Answers on `listener` with `starting` (one request per connection) until `work` is done, and
 /// returns its output: the server is reachable, and says it is starting, while it opens its store
 /// and loads its projections.
@@ -97,14 +103,7 @@ pub async fn serve_while<T>(
     loop {
         let (stream, peer) = tokio::select! {
             output = &mut work => return output,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept(listener) => accepted,
         };
         let connection = Connection {
             router: starting.clone(),
