@@ -433,6 +433,44 @@ async fn readiness_is_false_while_recovering_and_true_after() {
     let _ = child.wait();
 }
 
+/// A connection the starting server accepted just before the store finished opening still gets
+/// its answer (it used to be closed unanswered when the starting loop ended: CI saw a load
+/// balancer's-eye `IncompleteMessage` from `/health/ready` at the switch).
+#[tokio::test]
+async fn a_connection_accepted_while_starting_is_answered_after_the_switch() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (opened, open) = tokio::sync::oneshot::channel::<()>();
+    let starting = tokio::spawn(async move {
+        lantern::http::serve_while(
+            &listener,
+            None,
+            Duration::from_secs(10),
+            lantern::http::starting_app(false),
+            async move { open.await.unwrap() },
+        )
+        .await;
+        listener
+    });
+    let mut client = tokio::net::TcpStream::connect(address).await.unwrap();
+    // Accepted by the starting loop, no request read yet; then the store is open.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    opened.send(()).unwrap();
+    let _listener = starting.await.unwrap();
+    client
+        .write_all(b"GET /health/ready HTTP/1.1\r\nhost: lantern\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_string(&mut answer))
+        .await
+        .expect("the connection is closed after its answer")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    assert!(answer.contains("\"starting\""), "{answer:?}");
+}
+
 /// `--log-format json`: every line is one JSON object; the lines a request causes carry its id
 /// (the one answered in `x-request-id`), and a projection's lines its name and version.
 #[tokio::test]

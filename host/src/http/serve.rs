@@ -62,7 +62,7 @@ pub async fn run_with(
             keep_alive: true,
         };
         let tls = tls.clone();
-        let watcher = graceful.watcher();
+        let watcher = Some(graceful.watcher());
         tokio::spawn(async move {
             connection.serve(stream, tls, watcher).await;
             drop(permit);
@@ -99,7 +99,6 @@ pub async fn serve_while<T>(
     work: impl Future<Output = T>,
 ) -> T {
     tokio::pin!(work);
-    let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
             output = &mut work => return output,
@@ -111,8 +110,10 @@ pub async fn serve_while<T>(
             header_timeout,
             keep_alive: false,
         };
-        let (tls, watcher) = (tls.clone(), graceful.watcher());
-        tokio::spawn(async move { connection.serve(stream, tls, watcher).await });
+        // No graceful-shutdown watcher: it would close a connection accepted just before `work`
+        // ends without answering its request. Each lasts one answer or one header timeout.
+        let tls = tls.clone();
+        tokio::spawn(async move { connection.serve(stream, tls, None).await });
     }
 }
 
@@ -125,7 +126,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(self, stream: TcpStream, tls: Option<Tls>, watcher: Watcher) {
+    async fn serve(self, stream: TcpStream, tls: Option<Tls>, watcher: Option<Watcher>) {
         match tls {
             None => self.serve_http(stream, watcher).await,
             Some(acceptor) => {
@@ -140,7 +141,7 @@ impl Connection {
         }
     }
 
-    async fn serve_http<S>(self, stream: S, watcher: Watcher)
+    async fn serve_http<S>(self, stream: S, watcher: Option<Watcher>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -160,7 +161,11 @@ impl Connection {
             .header_read_timeout(header_timeout)
             .keep_alive(keep_alive);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
-        if let Err(error) = watcher.watch(connection).await {
+        let served = match watcher {
+            Some(watcher) => watcher.watch(connection).await,
+            None => connection.await,
+        };
+        if let Err(error) = served {
             tracing::debug!(%peer, %error, "connection ended with an error");
         }
     }
