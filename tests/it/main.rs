@@ -19,6 +19,7 @@ mod rebuild;
 mod replication;
 mod sandbox;
 mod scaffold;
+mod snapshots;
 mod storage_faults;
 mod subscribe;
 mod torture;

@@ -76,6 +76,20 @@ async fn every_route_answers_as_the_openapi_document_says() {
         ),
         call("GET", "/streams", "/streams?prefix=order&limit=1"),
         call("GET", "/streams/{stream}", "/streams/order-1?limit=3"),
+        with_json(
+            call(
+                "PUT",
+                "/streams/{stream}/snapshot",
+                "/streams/order-1/snapshot",
+            ),
+            json!({"revision": 2, "state": {"total": 3}}),
+        ),
+        call(
+            "GET",
+            "/streams/{stream}/snapshot",
+            "/streams/order-1/snapshot",
+        ),
+        call("GET", "/streams/{stream}", "/streams/order-1?from=snapshot"),
         call("GET", "/all", "/all?limit=3"),
         call("GET", "/subscribe", "/subscribe?from=1"),
         call("GET", "/projections", "/projections"),
@@ -124,6 +138,11 @@ async fn every_route_answers_as_the_openapi_document_says() {
     // Error answers are documented too: one of each kind of route.
     calls.push(call("GET", "/projections/{name}", "/projections/missing"));
     calls.push(call("GET", "/streams/{stream}", "/streams/nothing-here"));
+    calls.push(call(
+        "GET",
+        "/streams/{stream}/snapshot",
+        "/streams/order-2/snapshot",
+    ));
 
     let mut token: Option<String> = None;
     let mut covered = BTreeSet::new();

@@ -51,3 +51,18 @@ pub fn write_events(out: &mut Vec<u8>, events: &[RecordedEvent]) {
     }
     out.push(b']');
 }
+
+/// Appends the contract's snapshot object, `{"revision", "state", "recorded_at"}`, to `out`.
+pub fn write_snapshot(out: &mut Vec<u8>, snapshot: &crate::store::Snapshot) {
+    out.extend_from_slice(b"{\"revision\":");
+    out.extend_from_slice(snapshot.revision.to_string().as_bytes());
+    out.extend_from_slice(b",\"state\":");
+    out.extend_from_slice(&snapshot.state);
+    out.extend_from_slice(b",\"recorded_at\":\"");
+    out.extend_from_slice(
+        humantime::format_rfc3339_millis(snapshot.recorded_at())
+            .to_string()
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\"}");
+}

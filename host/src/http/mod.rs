@@ -146,6 +146,18 @@ pub fn routes(limits: &Limits) -> Vec<Route> {
             Store(Reader),
             streams::read_stream,
         ),
+        Route::new(
+            M::PUT,
+            "/streams/{stream}/snapshot",
+            Store(Writer),
+            streams::save_snapshot,
+        ),
+        Route::new(
+            M::GET,
+            "/streams/{stream}/snapshot",
+            Store(Reader),
+            streams::read_snapshot,
+        ),
         Route::new(M::GET, "/all", Store(Reader), streams::read_all),
         Route::new(M::GET, "/subscribe", Store(Reader), subscribe::subscribe),
         Route::new(M::GET, "/projections", Store(Reader), projections::list),

@@ -35,7 +35,10 @@ struct Doc {
 }
 
 const READ_PAGE: &[(&str, &str)] = &[
-    ("from", "first revision (inclusive)"),
+    (
+        "from",
+        "first revision (inclusive), or `snapshot`: the stream's snapshot and the events after it",
+    ),
     ("direction", "forward (default) or backward"),
     (
         "limit",
@@ -134,6 +137,18 @@ fn doc(method: &Method, path: &str) -> Option<Doc> {
             READ_PAGE,
             None,
             &[(200, Schema("StreamPage"))],
+        ),
+        ("PUT", "/streams/{stream}/snapshot") => doc(
+            "Save a snapshot of the stream at one of its revisions (kept unless a later one is stored)",
+            &[],
+            Some(Schema("SnapshotRequest")),
+            &[(200, Schema("SnapshotSaved"))],
+        ),
+        ("GET", "/streams/{stream}/snapshot") => doc(
+            "The stream's snapshot",
+            &[],
+            None,
+            &[(200, Schema("Snapshot"))],
         ),
         ("GET", "/all") => doc(
             "Read the global log",
@@ -429,7 +444,34 @@ fn schemas() -> Value {
         "StreamPage": {
             "type": "object",
             "required": ["events", "next"],
-            "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}, "next": nullable_int},
+            "properties": {
+                "snapshot": {"oneOf": [{"$ref": "#/components/schemas/Snapshot"}, {"type": "null"}]},
+                "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+                "next": nullable_int,
+            },
+            "additionalProperties": false,
+        },
+        "Snapshot": {
+            "type": "object",
+            "required": ["revision", "state", "recorded_at"],
+            "properties": {
+                "revision": int, "state": {},
+                "recorded_at": {"type": "string", "format": "date-time"},
+            },
+            "additionalProperties": false,
+        },
+        "SnapshotRequest": {
+            "type": "object",
+            "required": ["revision", "state"],
+            "properties": {"revision": int, "state": {}},
+        },
+        "SnapshotSaved": {
+            "type": "object",
+            "required": ["stream", "revision", "stored", "current_revision"],
+            "properties": {
+                "stream": string, "revision": int, "stored": {"type": "boolean"},
+                "current_revision": int,
+            },
             "additionalProperties": false,
         },
         "LogPage": {

@@ -127,7 +127,8 @@ pub(super) async fn append(
 
 #[derive(Deserialize)]
 pub(super) struct ReadStreamParams {
-    from: Option<u64>,
+    /// A revision, or `snapshot`: the stream's snapshot and the events after it.
+    from: Option<String>,
     direction: Option<String>,
     limit: Option<usize>,
 }
@@ -171,10 +172,59 @@ pub(super) async fn read_stream(
         }
     };
     let limit = read_limit(&state, params.limit)?;
+    let from = match params.from.as_deref() {
+        None => None,
+        Some("snapshot") if direction == Direction::Backward => {
+            return Err(ApiError::invalid(
+                "from=snapshot reads forward: the snapshot, then the events after it",
+            ));
+        }
+        Some("snapshot") => return read_from_snapshot(state, stream, limit).await,
+        Some(from) => Some(from.parse::<u64>().map_err(|_| {
+            ApiError::invalid(format!(
+                "from {from:?} is not a revision (a whole number from 0) or \"snapshot\""
+            ))
+        })?),
+    };
     let store = state.store.clone();
-    let slice = blocking(move || store.read_stream(&stream, params.from, direction, limit)).await?;
+    let slice = blocking(move || store.read_stream(&stream, from, direction, limit)).await?;
+    Ok(json_response(stream_page(None, slice)))
+}
+
+/// `GET /streams/{stream}?from=snapshot`: the stream's snapshot (or `null`) and a page of the
+/// events after its revision (from revision 0 without one).
+async fn read_from_snapshot(
+    state: AppState,
+    stream: String,
+    limit: usize,
+) -> Result<Response, ApiError> {
+    let store = state.store.clone();
+    let (snapshot, slice) = blocking(move || {
+        let snapshot = store.snapshot(&stream)?;
+        let from = snapshot.as_ref().map_or(0, |s| s.revision + 1);
+        let slice = store.read_stream(&stream, Some(from), Direction::Forward, limit)?;
+        Ok((snapshot, slice))
+    })
+    .await?;
+    Ok(json_response(stream_page(Some(snapshot), slice)))
+}
+
+/// `{"snapshot": ..., "events": [...], "next": ...}`, the snapshot only when asked for.
+fn stream_page(
+    snapshot: Option<Option<crate::store::Snapshot>>,
+    slice: crate::store::StreamSlice,
+) -> Vec<u8> {
     let mut body = Vec::with_capacity(256 * slice.events.len() + 32);
-    body.extend_from_slice(b"{\"events\":");
+    body.push(b'{');
+    if let Some(snapshot) = snapshot {
+        body.extend_from_slice(b"\"snapshot\":");
+        match &snapshot {
+            Some(snapshot) => json::write_snapshot(&mut body, snapshot),
+            None => body.extend_from_slice(b"null"),
+        }
+        body.push(b',');
+    }
+    body.extend_from_slice(b"\"events\":");
     json::write_events(&mut body, &slice.events);
     body.extend_from_slice(b",\"next\":");
     match slice.next {
@@ -182,6 +232,62 @@ pub(super) async fn read_stream(
         None => body.extend_from_slice(b"null"),
     }
     body.push(b'}');
+    body
+}
+
+#[derive(Deserialize)]
+pub(super) struct SnapshotBody {
+    revision: u64,
+    state: Box<RawValue>,
+}
+
+/// `PUT /streams/{stream}/snapshot`
+pub(super) async fn save_snapshot(
+    State(state): State<AppState>,
+    Path(stream): Path<String>,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    validate_stream_name(&stream).map_err(ApiError::invalid)?;
+    let body: SnapshotBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid(format!(
+            "the body is not a snapshot ({{\"revision\": N, \"state\": any JSON}}): {e}"
+        ))
+    })?;
+    let revision = body.revision;
+    let snapshot = bytes::Bytes::from(String::from(Box::<str>::from(body.state)));
+    let store = state.store.clone();
+    let saved = {
+        let stream = stream.clone();
+        blocking(move || store.save_snapshot(&stream, revision, snapshot)).await?
+    };
+    Ok(axum::Json(serde_json::json!({
+        "stream": stream,
+        "revision": revision,
+        "stored": saved.stored,
+        "current_revision": saved.current_revision,
+    }))
+    .into_response())
+}
+
+/// `GET /streams/{stream}/snapshot`
+pub(super) async fn read_snapshot(
+    State(state): State<AppState>,
+    Path(stream): Path<String>,
+) -> Result<Response, ApiError> {
+    let store = state.store.clone();
+    let snapshot = {
+        let stream = stream.clone();
+        blocking(move || store.snapshot(&stream)).await?
+    };
+    let snapshot = snapshot.ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "snapshot_not_found",
+            format!("stream {stream:?} has no snapshot"),
+        )
+    })?;
+    let mut body = Vec::with_capacity(snapshot.state.len() + 80);
+    json::write_snapshot(&mut body, &snapshot);
     Ok(json_response(body))
 }
 

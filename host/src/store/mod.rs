@@ -11,6 +11,7 @@ mod index;
 mod log;
 mod record;
 mod replica;
+mod snapshots;
 mod writer;
 
 use std::collections::HashSet;
@@ -28,6 +29,7 @@ use uuid::Uuid;
 
 pub use record::{RecordedEvent, category_of};
 pub use replica::LogReader;
+pub use snapshots::{Saved, Snapshot};
 pub use writer::Replicated;
 
 pub use index::StreamSummary;
@@ -340,6 +342,7 @@ struct Inner {
     id: Mutex<Uuid>,
     dir: std::path::PathBuf,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    snapshots: snapshots::Snapshots,
 }
 
 impl Store {
@@ -386,6 +389,7 @@ impl Store {
         };
         let committed = recover(&file, &index, indexed, &chunks_tx)?;
         let id = replica::load_or_create_id(dir)?;
+        let snapshots = snapshots::Snapshots::open(&dir.join("snapshots.redb"))?;
         let (head_tx, head_rx) = watch::channel(committed.head_position);
         let (jobs_tx, jobs_rx) = mpsc::channel();
         let stats = Arc::new(StoreStats::default());
@@ -418,6 +422,7 @@ impl Store {
                 dir: dir.to_owned(),
                 // Joined in this order: the writer hands its last chunk over, then the indexer drains.
                 threads: Mutex::new(vec![writer, indexer]),
+                snapshots,
             }),
         })
     }
@@ -563,6 +568,72 @@ impl Store {
             events.push(event);
         }
         Ok(events)
+    }
+
+    /// Saves a client's snapshot of `stream` at `revision` (an existing revision), unless the
+    /// stored one is at a later revision; durable when it returns. Blocking.
+    pub fn save_snapshot(
+        &self,
+        stream: &str,
+        revision: u64,
+        state: Bytes,
+    ) -> Result<Saved, StoreError> {
+        if self.inner.options.replica {
+            return Err(StoreError::NotLeader);
+        }
+        let missing = || {
+            StoreError::InvalidRequest(format!(
+                "stream {stream:?} has no revision {revision}: a snapshot is of an existing revision"
+            ))
+        };
+        let event = match self.read_stream(stream, Some(revision), Direction::Forward, 1) {
+            Ok(slice) => slice.events.into_iter().next(),
+            Err(StoreError::StreamNotFound(_)) => None,
+            Err(other) => return Err(other),
+        };
+        let event = event
+            .filter(|e| e.revision == revision)
+            .ok_or_else(missing)?;
+        self.inner
+            .snapshots
+            .save(stream, revision, event.position, state)
+    }
+
+    /// The stream's snapshot, if one was saved. Blocking.
+    pub fn snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
+        validate_stream_name(stream).map_err(StoreError::InvalidRequest)?;
+        self.noting(self.inner.snapshots.get(stream))
+    }
+
+    /// Up to `limit` snapshots saved or replaced after change `after`, in the order they were
+    /// (for followers). Blocking.
+    pub fn snapshot_changes(&self, after: u64, limit: usize) -> Result<Vec<Snapshot>, StoreError> {
+        self.noting(self.inner.snapshots.changes_after(after, limit))
+    }
+
+    /// The newest snapshot change this store holds (a follower resumes after it). Blocking.
+    pub fn last_snapshot_change(&self) -> Result<u64, StoreError> {
+        self.inner.snapshots.last_change()
+    }
+
+    /// Stores a snapshot copied from the leader, once this store's log holds its revision.
+    /// Blocking.
+    pub fn copy_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        if snapshot.position > self.head() {
+            return Err(StoreError::Replication(format!(
+                "the snapshot of {:?} is at position {}, past this log's head {}",
+                snapshot.stream,
+                snapshot.position,
+                self.head()
+            )));
+        }
+        self.inner.snapshots.copy(snapshot)
+    }
+
+    /// Writes a snapshots file at `path` with every snapshot at a position up to `max_position`
+    /// (a backup's), and returns how many it holds. Blocking.
+    pub fn copy_snapshots_to(&self, path: &Path, max_position: u64) -> Result<u64, StoreError> {
+        self.inner.snapshots.copy_to(path, max_position)
     }
 
     /// Up to `limit` streams whose names start with `prefix` and sort strictly after `after`,
