@@ -1,6 +1,6 @@
 //! Online backups: a tar archive of what a data folder needs, taken while the server serves. It
-//! holds the log up to one committed position, the store's id, the tokens, the audit trail, the projection
-//! registry and its modules; entries are paths relative to the data folder, so unpacking it into
+//! holds the log up to one committed position, the store's id, the snapshots of revisions up to
+//! that position, the tokens, the audit trail, the projection registry and its modules; entries are paths relative to the data folder, so unpacking it into
 //! an empty folder and serving that folder restores the store. The index and the read models are
 //! derived: the restored server rebuilds them from the log.
 
@@ -30,10 +30,25 @@ impl Backup {
         access: &AccessControl,
     ) -> anyhow::Result<Backup> {
         let log = store.log_snapshot()?;
+        // Snapshots past the log's moment are left out: a restored store holds none of a
+        // revision it does not have.
+        let snapshots = {
+            let (store, head) = (store.clone(), log.head);
+            tokio::task::spawn_blocking(move || {
+                let path = tempfile::NamedTempFile::new()?.into_temp_path();
+                store.copy_snapshots_to(&path, head)?;
+                anyhow::Ok(path)
+            })
+            .await??
+        };
         let mut files = vec![
             (
                 "store-id".to_owned(),
                 BackupItem::Bytes(format!("{}\n", store.id()).into_bytes()),
+            ),
+            (
+                "snapshots.redb".to_owned(),
+                BackupItem::Temporary(snapshots),
             ),
             (
                 "tokens.json".to_owned(),
@@ -72,6 +87,9 @@ impl Backup {
                     archive.append_data(&mut header, &path, bytes.as_slice())?;
                 }
                 BackupItem::File(file) => {
+                    archive.append_path_with_name(&file, &path)?;
+                }
+                BackupItem::Temporary(file) => {
                     archive.append_path_with_name(&file, &path)?;
                 }
             }

@@ -71,6 +71,18 @@ async fn a_backup_taken_under_load_restores_exactly_its_position() {
                 .await;
                 assert_eq!(status, StatusCode::OK, "{body}");
                 let first = body["first_position"].as_u64().unwrap();
+                // A snapshot of every other append's last revision; its state names the
+                // revision's position, so a restored one can be checked against the log.
+                if round % 2 == 0 {
+                    let (revision, position) = (&body["last_revision"], &body["last_position"]);
+                    let (status, saved) = send(
+                        client
+                            .put(format!("{url}/streams/{stream}/snapshot"))
+                            .json(&json!({"revision": revision, "state": {"position": position}})),
+                    )
+                    .await;
+                    assert_eq!(status, StatusCode::OK, "{saved}");
+                }
                 let mut acknowledged = acknowledged.lock().unwrap();
                 for (i, d) in data.into_iter().enumerate() {
                     acknowledged.insert(first + i as u64, (stream.clone(), d));
@@ -139,6 +151,30 @@ async fn a_backup_taken_under_load_restores_exactly_its_position() {
         }
     }
     assert_eq!(seen, position);
+    // Snapshots came along, none of a revision past the backup's position.
+    let mut restored_snapshots = 0;
+    for worker in 0..4 {
+        for round in 0..10 {
+            let stream = format!("order-{worker}-{round}");
+            let (status, snapshot) =
+                send(client().get(format!("{url}/streams/{stream}/snapshot"))).await;
+            if status == StatusCode::NOT_FOUND {
+                continue;
+            }
+            assert_eq!(status, StatusCode::OK, "{snapshot}");
+            let at = snapshot["state"]["position"].as_u64().unwrap();
+            assert!(
+                at <= position,
+                "{stream}: a snapshot at {at}, past {position}"
+            );
+            let revision = snapshot["revision"].as_u64().unwrap();
+            let (_, page) =
+                send(client().get(format!("{url}/streams/{stream}?from={revision}&limit=1"))).await;
+            assert_eq!(page["events"][0]["position"], at, "{stream}@{revision}");
+            restored_snapshots += 1;
+        }
+    }
+    assert!(restored_snapshots > 0, "the backup holds snapshots");
     // The projection came along and rebuilds its read model to the fold of the restored log.
     let mut expected: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for (_, data) in acknowledged.range(..=position).map(|(_, v)| v) {

@@ -125,6 +125,11 @@ async fn every_route_answers_as_the_openapi_document_says() {
         call("GET", "/replicate/state", "/replicate/state"),
         call(
             "GET",
+            "/replicate/snapshots",
+            "/replicate/snapshots?after=0",
+        ),
+        call(
+            "GET",
             "/replicate/modules/{sha256}",
             format!("/replicate/modules/{sha}"),
         ),

@@ -631,3 +631,64 @@ async fn a_stuck_follower_does_not_hold_the_leader_back_and_a_reader_token_canno
         0
     );
 }
+
+/// Snapshots reach followers: the ones saved before the follower started and the ones saved
+/// while it follows, replaced ones as their newest, each identical to the leader's (time
+/// included); a follower refuses to save one itself.
+#[tokio::test]
+async fn followers_copy_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let lead = leader(&dir.path().join("leader"), None);
+    let twelve_each = |url: String| async move {
+        for stream in 0..4 {
+            let events: Vec<Value> = (0..12)
+                .map(|k| json!({"type": "OrderPlaced", "data": {"customer": "c", "amount": k}}))
+                .collect();
+            let (status, body) = send(
+                client()
+                    .post(format!("{url}/streams/order-s-{stream}"))
+                    .json(&json!({ "events": events })),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
+    twelve_each(lead.url.clone()).await; // revisions 0..12 of order-s-0..4
+    let save = |url: String, stream: &'static str, revision: u64| async move {
+        send(
+            client()
+                .put(format!("{url}/streams/{stream}/snapshot"))
+                .json(&json!({"revision": revision, "state": {"stream": stream, "at": revision}})),
+        )
+        .await
+    };
+    for (stream, revision) in [("order-s-0", 3), ("order-s-1", 5), ("order-s-0", 7)] {
+        let (status, body) = save(lead.url.clone(), stream, revision).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let copy = follower(&dir.path().join("follower"), &lead.url);
+    let head = health(&lead.url).await["head"].as_u64().unwrap();
+    caught_up(&copy.url, head).await;
+    twelve_each(lead.url.clone()).await; // and 12..24
+    save(lead.url.clone(), "order-s-2", 20).await;
+    save(lead.url.clone(), "order-s-1", 23).await;
+    for stream in ["order-s-0", "order-s-1", "order-s-2"] {
+        let (_, expected) =
+            send(client().get(format!("{}/streams/{stream}/snapshot", lead.url))).await;
+        let copied = eventually(&format!("{stream}'s snapshot on the follower"), || async {
+            let (_, got) =
+                send(client().get(format!("{}/streams/{stream}/snapshot", copy.url))).await;
+            (got == expected).then_some(got)
+        })
+        .await;
+        assert_eq!(copied["state"]["stream"], stream);
+    }
+    let (_, page) =
+        send(client().get(format!("{}/streams/order-s-1?from=snapshot", copy.url))).await;
+    assert_eq!(page["snapshot"]["revision"], 23);
+    let (status, body) = save(copy.url.clone(), "order-s-3", 1).await;
+    assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "not_leader");
+    let (status, _) = send(client().get(format!("{}/streams/order-s-3/snapshot", lead.url))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -240,3 +240,82 @@ async fn a_saved_snapshot_survives_a_kill() {
     assert_eq!(status, StatusCode::OK, "{snapshot}");
     assert_eq!(snapshot["state"], json!({"at": 2}));
 }
+
+/// A store never holds a snapshot of a revision its log does not have: a follower's copy of one
+/// past its head is refused.
+#[tokio::test]
+async fn a_copied_snapshot_past_the_log_is_refused() {
+    use lantern::store::{ExpectedRevision, NewEvent, Snapshot, Store, StoreError};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), lantern_tests::test_store_options(false)).unwrap();
+    let event = NewEvent {
+        id: None,
+        event_type: "T".into(),
+        data: bytes::Bytes::from_static(b"{}"),
+        metadata: None,
+    };
+    store
+        .append("s-1", ExpectedRevision::Any, vec![event])
+        .await
+        .unwrap();
+    let snapshot = |position| Snapshot {
+        stream: "s-1".into(),
+        revision: 0,
+        position,
+        recorded_at_micros: 1,
+        change: 1,
+        state: bytes::Bytes::from_static(b"1"),
+    };
+    let refused = store.copy_snapshot(&snapshot(2));
+    assert!(
+        matches!(refused, Err(StoreError::Replication(_))),
+        "{refused:?}"
+    );
+    assert_eq!(store.snapshot("s-1").unwrap(), None);
+    store.copy_snapshot(&snapshot(1)).unwrap();
+    assert_eq!(store.snapshot("s-1").unwrap(), Some(snapshot(1)));
+    store.close();
+}
+
+/// A backup's snapshots file holds the snapshots of revisions up to the backup's position only.
+#[tokio::test]
+async fn a_backup_copy_leaves_out_snapshots_past_its_position() {
+    use lantern::store::{ExpectedRevision, NewEvent, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        &dir.path().join("a"),
+        lantern_tests::test_store_options(false),
+    )
+    .unwrap();
+    for stream in ["a-1", "b-1"] {
+        let event = NewEvent {
+            id: None,
+            event_type: "T".into(),
+            data: bytes::Bytes::from_static(b"{}"),
+            metadata: None,
+        };
+        store
+            .append(stream, ExpectedRevision::Any, vec![event])
+            .await
+            .unwrap();
+        store
+            .save_snapshot(stream, 0, bytes::Bytes::from(format!("\"{stream}\"")))
+            .unwrap();
+    }
+    let copy = dir.path().join("b");
+    std::fs::create_dir_all(&copy).unwrap();
+    assert_eq!(
+        store
+            .copy_snapshots_to(&copy.join("snapshots.redb"), 1)
+            .unwrap(),
+        1
+    );
+    store.close();
+    let restored = Store::open(&copy, lantern_tests::test_store_options(false)).unwrap();
+    assert_eq!(
+        &restored.snapshot("a-1").unwrap().unwrap().state[..],
+        b"\"a-1\""
+    );
+    assert_eq!(restored.snapshot("b-1").unwrap(), None);
+    restored.close();
+}

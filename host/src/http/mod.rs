@@ -218,6 +218,12 @@ pub fn routes(limits: &Limits) -> Vec<Route> {
         Route::new(M::GET, "/replicate/state", Store(Admin), replicate::state),
         Route::new(
             M::GET,
+            "/replicate/snapshots",
+            Store(Admin),
+            replicate::snapshots,
+        ),
+        Route::new(
+            M::GET,
             "/replicate/modules/{sha256}",
             Store(Admin),
             replicate::module,

@@ -255,6 +255,21 @@ fn doc(method: &Method, path: &str) -> Option<Doc> {
             None,
             &[(200, Schema("LeaderState"))],
         ),
+        ("GET", "/replicate/snapshots") => doc(
+            "Snapshots saved or replaced after a change number, in change order",
+            &[
+                (
+                    "after",
+                    "the last change number the follower holds (default 0)",
+                ),
+                (
+                    "limit",
+                    "at most this many (default 1,000, capped at 10,000)",
+                ),
+            ],
+            None,
+            &[(200, Schema("SnapshotChanges"))],
+        ),
         ("GET", "/replicate/modules/{sha256}") => doc(
             "A deployed module's bytes",
             &[],
@@ -626,7 +641,22 @@ fn schemas() -> Value {
                     "properties": {"version": int, "generation": int, "module_sha256": string},
                 }},
                 "tokens": {"type": "object"},
+                "snapshot_change": int,
             },
+            "additionalProperties": false,
+        },
+        "SnapshotChanges": {
+            "type": "object",
+            "required": ["snapshots"],
+            "properties": {"snapshots": {"type": "array", "items": {
+                "type": "object",
+                "required": ["stream", "revision", "position", "recorded_at_micros", "change", "state"],
+                "properties": {
+                    "stream": string, "revision": int, "position": int,
+                    "recorded_at_micros": int, "change": int, "state": {},
+                },
+                "additionalProperties": false,
+            }}},
             "additionalProperties": false,
         },
         "OpenApi": {

@@ -15,7 +15,9 @@ use tokio::sync::mpsc;
 
 use super::extract::{Path, Query};
 use super::{ApiError, AppState};
-use crate::replication::{CONTENT_TYPE, LeaderState, Message, STORE_ID_HEADER};
+use crate::replication::{
+    CONTENT_TYPE, LeaderState, Message, ReplicatedSnapshot, STORE_ID_HEADER, SnapshotChanges,
+};
 use crate::store::{LogReader, Store};
 
 /// Bytes of records per message.
@@ -127,8 +129,40 @@ pub(super) async fn state(State(state): State<AppState>) -> Result<Response, Api
         head: state.store.head(),
         projections: state.projections.wanted().await,
         tokens,
+        snapshot_change: {
+            let store = state.store.clone();
+            tokio::task::spawn_blocking(move || store.last_snapshot_change())
+                .await
+                .map_err(ApiError::internal)??
+        },
     })
     .into_response())
+}
+
+#[derive(Deserialize)]
+pub(super) struct SnapshotParams {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /replicate/snapshots?after=C&limit=N`: the stored snapshots changed after change `C`.
+pub(super) async fn snapshots(
+    State(state): State<AppState>,
+    Query(params): Query<SnapshotParams>,
+) -> Result<Response, ApiError> {
+    let limit = params.limit.unwrap_or(1000).clamp(1, 10_000);
+    let store = state.store.clone();
+    let changed = tokio::task::spawn_blocking(move || {
+        store.snapshot_changes(params.after.unwrap_or(0), limit)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    let snapshots = changed
+        .into_iter()
+        .map(ReplicatedSnapshot::from_stored)
+        .collect::<anyhow::Result<_>>()
+        .map_err(ApiError::internal)?;
+    Ok(axum::Json(SnapshotChanges { snapshots }).into_response())
 }
 
 /// `GET /replicate/modules/{sha256}`

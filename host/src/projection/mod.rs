@@ -118,6 +118,8 @@ pub enum BackupItem {
     File(std::path::PathBuf),
     /// These bytes, taken at the backup's moment.
     Bytes(Vec<u8>),
+    /// A file written for the backup, deleted with it.
+    Temporary(tempfile::TempPath),
 }
 
 /// What a deploy did.

@@ -411,7 +411,47 @@ impl Follower {
                 seen.remove(name);
             }
         }
-        Ok(())
+        self.copy_snapshots(state.snapshot_change).await
+    }
+
+    /// Copies the leader's snapshot changes this node lacks, in change order, as far as this
+    /// node's log reaches: a snapshot of a revision not copied yet waits for a later poll, so a
+    /// follower never holds a snapshot ahead of its own events.
+    async fn copy_snapshots(&self, leader_change: u64) -> anyhow::Result<()> {
+        loop {
+            let own = {
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || store.last_snapshot_change()).await??
+            };
+            if own >= leader_change {
+                return Ok(());
+            }
+            let page: crate::replication::SnapshotChanges = self
+                .http
+                .get(format!("{}/replicate/snapshots?after={own}", self.leader))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            if page.snapshots.is_empty() {
+                return Ok(());
+            }
+            let store = self.store.clone();
+            let all_copied = tokio::task::spawn_blocking(move || {
+                for snapshot in page.snapshots {
+                    if snapshot.position > store.head() {
+                        return Ok(false);
+                    }
+                    store.copy_snapshot(&snapshot.into_stored())?;
+                }
+                Ok::<_, crate::store::StoreError>(true)
+            })
+            .await??;
+            if !all_copied {
+                return Ok(());
+            }
+        }
     }
 
     /// A module's bytes: from this node if it has them, else from the leader (hash checked).

@@ -114,6 +114,62 @@ pub struct LeaderState {
     pub projections: BTreeMap<String, WantedProjection>,
     /// Its tokens file (hashes only).
     pub tokens: serde_json::Value,
+    /// Its newest snapshot change (`store::Snapshot::change`); 0 from a leader without snapshots.
+    #[serde(default)]
+    pub snapshot_change: u64,
+}
+
+/// One snapshot as `GET /replicate/snapshots` sends it: the stored form, change number and time
+/// included, so the follower's copy is the leader's.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReplicatedSnapshot {
+    /// The stream.
+    pub stream: String,
+    /// The revision it is of.
+    pub revision: u64,
+    /// That revision's log position.
+    pub position: u64,
+    /// When the leader saved it.
+    pub recorded_at_micros: u64,
+    /// The leader's change number.
+    pub change: u64,
+    /// The state, JSON text as the client sent it.
+    pub state: Box<serde_json::value::RawValue>,
+}
+
+impl ReplicatedSnapshot {
+    /// The wire form of a stored snapshot.
+    pub fn from_stored(snapshot: crate::store::Snapshot) -> anyhow::Result<Self> {
+        Ok(ReplicatedSnapshot {
+            state: serde_json::value::RawValue::from_string(String::from_utf8(
+                snapshot.state.to_vec(),
+            )?)?,
+            stream: snapshot.stream,
+            revision: snapshot.revision,
+            position: snapshot.position,
+            recorded_at_micros: snapshot.recorded_at_micros,
+            change: snapshot.change,
+        })
+    }
+
+    /// The stored form.
+    pub fn into_stored(self) -> crate::store::Snapshot {
+        crate::store::Snapshot {
+            stream: self.stream,
+            revision: self.revision,
+            position: self.position,
+            recorded_at_micros: self.recorded_at_micros,
+            change: self.change,
+            state: bytes::Bytes::from(String::from(Box::<str>::from(self.state))),
+        }
+    }
+}
+
+/// `GET /replicate/snapshots`: a page of snapshot changes.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotChanges {
+    /// In change order.
+    pub snapshots: Vec<ReplicatedSnapshot>,
 }
 
 #[cfg(test)]
