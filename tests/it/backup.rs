@@ -73,7 +73,7 @@ async fn a_backup_taken_under_load_restores_exactly_its_position() {
                 let first = body["first_position"].as_u64().unwrap();
                 // A snapshot of every other append's last revision; its state names the
                 // revision's position, so a restored one can be checked against the log.
-                if round % 2 == 0 {
+                if round.is_multiple_of(2) {
                     let (revision, position) = (&body["last_revision"], &body["last_position"]);
                     let (status, saved) = send(
                         client
