@@ -97,6 +97,9 @@ enum Command {
         /// Newest first (streams only).
         #[arg(long, conflicts_with = "all")]
         backward: bool,
+        /// Start with the stream's snapshot (printed first) and read the events after it.
+        #[arg(long, conflicts_with_all = ["all", "from", "backward"])]
+        from_snapshot: bool,
         /// Stop after this many events (default: read to the end).
         #[arg(long)]
         limit: Option<u64>,
@@ -173,6 +176,9 @@ enum Command {
         #[arg(long)]
         min_position: Option<u64>,
     },
+    /// Read or save a stream's snapshot (an aggregate's state at one of its revisions).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Manage access tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -397,10 +403,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             all: _,
             from,
             backward,
+            from_snapshot,
             limit,
             category,
             types,
         } => match stream {
+            Some(stream) if from_snapshot => client.read_from_snapshot(&stream, limit).await,
             Some(stream) => client.read_stream(&stream, from, backward, limit).await,
             None => client.read_all(from, limit, category, types).await,
         },
@@ -433,6 +441,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ));
             let answer: Value = client.send(request).await?.json().await?;
             client.follow_deploy(&name, answer, no_wait).await
+        }
+        Command::Snapshot(SnapshotCommand::Get { stream }) => {
+            let snapshot = client
+                .get_json(&format!("/streams/{}/snapshot", encode_path(&stream)), &[])
+                .await?;
+            client.print_snapshot(&stream, &snapshot);
+            Ok(())
+        }
+        Command::Snapshot(SnapshotCommand::Save {
+            stream,
+            revision,
+            state,
+        }) => {
+            let state = if state == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading the state from stdin")?
+            } else {
+                state
+            };
+            let state: Value =
+                serde_json::from_str(&state).map_err(|e| anyhow!("the state is not JSON: {e}"))?;
+            let request = client
+                .http
+                .put(format!(
+                    "{}/streams/{}/snapshot",
+                    client.url,
+                    encode_path(&stream)
+                ))
+                .json(&json!({"revision": revision, "state": state}));
+            let answer: Value = client.send(request).await?.json().await?;
+            if client.json {
+                println!("{answer}");
+            } else if answer["stored"] == true {
+                println!("saved the snapshot of {stream} at revision {revision}");
+            } else {
+                println!(
+                    "kept the stored snapshot of {stream}: it is of a later revision ({})",
+                    answer["current_revision"]
+                );
+            }
+            Ok(())
         }
         Command::Projections => {
             let list = client.get_json("/projections", &[]).await?;
@@ -598,6 +646,27 @@ fn events_from_stdin() -> anyhow::Result<Vec<Value>> {
     Ok(events)
 }
 
+#[derive(Debug, Subcommand)]
+enum SnapshotCommand {
+    /// Print the stream's snapshot.
+    Get {
+        /// The stream.
+        stream: String,
+    },
+    /// Save a snapshot of the stream at one of its revisions (writer); the server keeps it
+    /// unless it holds one of a later revision.
+    Save {
+        /// The stream.
+        stream: String,
+        /// The revision whose state it is.
+        #[arg(long)]
+        revision: u64,
+        /// The state, as JSON; `-` reads it from stdin.
+        #[arg(long)]
+        state: String,
+    },
+}
+
 fn expected_revision_json(text: &str) -> Value {
     text.parse::<u64>()
         .map_or_else(|_| Value::from(text), Value::from)
@@ -696,6 +765,41 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// The snapshot (or a line saying there is none), then the events after it.
+    async fn read_from_snapshot(&self, stream: &str, limit: Option<u64>) -> anyhow::Result<()> {
+        let query = [
+            ("from", "snapshot".to_owned()),
+            ("limit", limit.unwrap_or(1000).clamp(1, 1000).to_string()),
+        ];
+        let page = self
+            .get_json(&format!("/streams/{}", encode_path(stream)), &query)
+            .await?;
+        match &page["snapshot"] {
+            Value::Null if !self.json => println!("(no snapshot: from revision 0)"),
+            snapshot => self.print_snapshot(stream, snapshot),
+        }
+        let mut remaining = limit.unwrap_or(u64::MAX);
+        remaining -= self.print_events(&page["events"])?;
+        if let Some(from) = page["next"].as_u64().filter(|_| remaining > 0) {
+            let rest = limit.map(|_| remaining);
+            self.read_stream(stream, Some(from), false, rest).await?;
+        }
+        Ok(())
+    }
+
+    fn print_snapshot(&self, stream: &str, snapshot: &Value) {
+        if self.json {
+            println!("{snapshot}");
+        } else {
+            println!(
+                "snapshot  {stream}@{}  {}  {}",
+                snapshot["revision"],
+                snapshot["recorded_at"].as_str().unwrap_or_default(),
+                snapshot["state"]
+            );
+        }
     }
 
     async fn read_all(

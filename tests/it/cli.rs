@@ -143,3 +143,101 @@ async fn the_cli_appends_reads_deploys_and_queries() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn the_cli_saves_and_reads_snapshots() {
+    let server = TestServer::start().await.unwrap();
+    let url = server.url.as_str();
+    for n in 0..4 {
+        let data = format!(r#"{{"n":{n}}}"#);
+        let (ok, _, err) = lantern(
+            url,
+            &["append", "cart-1", "--type", "Added", "--data", &data],
+        )
+        .await;
+        assert!(ok, "{err}");
+    }
+    fails_with(url, &["snapshot", "get", "cart-1"], "snapshot_not_found").await;
+    fails_with(
+        url,
+        &[
+            "snapshot",
+            "save",
+            "cart-1",
+            "--revision",
+            "9",
+            "--state",
+            "{}",
+        ],
+        "has no revision 9",
+    )
+    .await;
+    fails_with(
+        url,
+        &[
+            "snapshot",
+            "save",
+            "cart-1",
+            "--revision",
+            "1",
+            "--state",
+            "{nope",
+        ],
+        "the state is not JSON",
+    )
+    .await;
+    let (ok, out, err) = lantern(
+        url,
+        &[
+            "snapshot",
+            "save",
+            "cart-1",
+            "--revision",
+            "2",
+            "--state",
+            r#"{"sum":3}"#,
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "saved the snapshot of cart-1 at revision 2");
+    let (ok, out, _) = lantern(
+        url,
+        &[
+            "snapshot",
+            "save",
+            "cart-1",
+            "--revision",
+            "1",
+            "--state",
+            "1",
+        ],
+    )
+    .await;
+    assert!(ok);
+    assert!(
+        out.contains("kept the stored snapshot of cart-1: it is of a later revision (2)"),
+        "{out}"
+    );
+    let (ok, out, _) = lantern(url, &["--json", "snapshot", "get", "cart-1"]).await;
+    assert!(ok);
+    let snapshot: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (snapshot["revision"].clone(), snapshot["state"].clone()),
+        (2.into(), serde_json::json!({"sum": 3}))
+    );
+    // The snapshot, then the events after it.
+    let (ok, out, err) = lantern(url, &["--json", "read", "cart-1", "--from-snapshot"]).await;
+    assert!(ok, "{err}");
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines[0]["state"]["sum"], 3);
+    assert_eq!(lines[1]["revision"], 3);
+    let (ok, out, _) = lantern(url, &["read", "cart-1", "--from-snapshot"]).await;
+    assert!(ok);
+    assert!(out.starts_with("snapshot  cart-1@2  "), "{out}");
+    server.stop().await;
+}
