@@ -51,6 +51,7 @@ pub struct BenchOptions {
 mod access;
 mod projection;
 mod replication;
+mod snapshots;
 
 struct Figure {
     bench: String,
@@ -179,6 +180,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     }
     if wanted("replication") {
         replication::run(base.path(), &options, &mut report).await?;
+    }
+    if wanted("snapshot") {
+        snapshots::run(base.path(), &options, &mut report).await?;
     }
     report.print_table();
     Ok(())
