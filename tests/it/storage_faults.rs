@@ -584,3 +584,56 @@ fn walkdir(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+/// A snapshot save on a full disk is a 507 `storage_full`; the snapshots saved before stay
+/// readable, and saves work again once there is space.
+#[tokio::test]
+async fn a_snapshot_save_on_a_full_disk_is_refused_with_507_and_heals() {
+    let disk = SmallDisk::mount("16m");
+    let other = tempfile::tempdir().unwrap();
+    let (store, projections, router) = serve(&disk.path().join("store"), other.path()).await;
+    let (status, _) = call(&router, append_request("cart-1", 0)).await;
+    assert_eq!(status, StatusCode::OK);
+    let save = |revision: u64, pad: usize| {
+        Request::put("/streams/cart-1/snapshot")
+            .header("content-type", "application/json")
+            .body(Body::from(
+                json!({"revision": revision, "state": {"pad": "y".repeat(pad), "at": revision}})
+                    .to_string(),
+            ))
+            .unwrap()
+    };
+    let read = || {
+        Request::get("/streams/cart-1/snapshot")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (status, body) = call(&router, save(1, 10)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ballast = disk.path().join("ballast");
+    let free = free_bytes(disk.path());
+    std::fs::write(&ballast, vec![1u8; (free - (64 << 10)) as usize]).unwrap();
+
+    let mut refusal = None;
+    for revision in 2..10 {
+        let (status, body) = call(&router, save(revision, 1 << 20)).await;
+        if status != StatusCode::OK {
+            refusal = Some((status, body));
+            break;
+        }
+    }
+    let (status, body) = refusal.expect("a 1 MiB state does not fit in 64 KiB");
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
+    assert_eq!(body["error"]["code"], "storage_full");
+    let (status, snapshot) = call(&router, read()).await;
+    assert_eq!(status, StatusCode::OK, "{snapshot}");
+    assert_eq!(snapshot["revision"], 1);
+
+    std::fs::remove_file(&ballast).unwrap();
+    let (status, body) = call(&router, save(9, 1 << 20)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, snapshot) = call(&router, read()).await;
+    assert_eq!(snapshot["state"]["at"], 9);
+    projections.shutdown().await;
+    store.close();
+}
