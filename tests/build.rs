@@ -4,8 +4,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const GUESTS: [&str; 5] = [
+const GUESTS: [&str; 7] = [
     "order-totals",
+    "order-upcaster",
+    "bad-upcaster",
     "orders-per-day",
     "carts",
     "hostile",

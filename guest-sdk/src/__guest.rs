@@ -88,3 +88,41 @@ impl<P: Projection> Guest for Adapter<P> {
         }
     }
 }
+
+/// The upcaster world's bindings and the adapter that exports an [`Upcaster`](crate::Upcaster).
+pub mod upcaster {
+    use std::marker::PhantomData;
+
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "upcaster",
+        pub_export_macro: true,
+        export_macro_name: "__export_upcaster",
+        default_bindings_module: "lantern_sdk::__guest::upcaster",
+        runtime_path: "lantern_sdk::__guest::wit_bindgen::rt",
+    });
+
+    use lantern::projection::types;
+
+    /// Implements the generated `Guest` trait for any upcaster.
+    pub struct UpcasterAdapter<U>(PhantomData<U>);
+
+    impl<U: crate::Upcaster> Guest for UpcasterAdapter<U> {
+        fn describe() -> UpcasterSpec {
+            let types = U::types();
+            UpcasterSpec {
+                takes: types.takes,
+                gives: types.gives,
+            }
+        }
+
+        fn upcast(batch: Vec<u8>) -> Result<Vec<u8>, types::HandleError> {
+            crate::upcaster::upcast_batch::<U>(&batch).map_err(|(position, error)| {
+                types::HandleError {
+                    position,
+                    message: error.to_string(),
+                }
+            })
+        }
+    }
+}

@@ -118,6 +118,7 @@ mod event;
 mod log;
 mod state;
 pub mod testing;
+mod upcaster;
 
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
@@ -129,6 +130,7 @@ pub use event::{Event, EventId};
 pub use log::{Level, log};
 pub use serde_json::{Value, json};
 pub use state::State;
+pub use upcaster::{Upcast, UpcastTypes, Upcaster};
 
 /// A projection: which events it wants, how it folds them, and the queries it answers.
 pub trait Projection {

@@ -12,7 +12,7 @@ use lantern_wire::{BatchEncoder, EventView, WriteView};
 use serde_json::Value;
 
 use crate::state::{Backend, State};
-use crate::{Event, Params, Projection, QueryError, Result};
+use crate::{Error, Event, Params, Projection, QueryError, Result, Upcaster};
 
 type Map = Rc<RefCell<BTreeMap<String, Vec<u8>>>>;
 
@@ -81,11 +81,77 @@ impl TestEvent {
 /// Where the harness's clock starts: 2026-01-01T00:00:00Z.
 const CLOCK_START_SECS: u64 = 1_767_225_600;
 
+/// An event's type, data and metadata after an upcaster: `None` when it is unchanged.
+type Upcasted = Option<(String, Vec<u8>, Option<Vec<u8>>)>;
+type UpcastFn = fn(&EventView<'_>) -> Result<Upcasted>;
+
+/// Runs `U` on one event as the host does (through the wire encodings, and only when `U` takes
+/// the event's type); refuses an answer whose type `U` does not give.
+fn upcast_view<U: Upcaster>(view: &EventView<'_>) -> Result<Upcasted> {
+    let types = U::types();
+    if !types.takes.iter().any(|t| t == view.event_type) {
+        return Ok(None);
+    }
+    let mut batch = BatchEncoder::new();
+    batch.push(view);
+    let answers = crate::upcaster::upcast_batch::<U>(&batch.finish())
+        .map_err(|(position, e)| Error::new(format!("upcasting position {position}: {e}")))?;
+    let answers = lantern_wire::decode_upcasts(&answers).expect("the SDK encodes valid upcasts");
+    match answers.first() {
+        Some(lantern_wire::UpcastView::Changed {
+            event_type,
+            data,
+            metadata,
+        }) => {
+            if *event_type != view.event_type && !types.gives.iter().any(|t| t == event_type) {
+                return Err(Error::new(format!(
+                    "the upcaster answered type {event_type:?}, which it does not give (UpcastTypes::gives)"
+                )));
+            }
+            Ok(Some((
+                (*event_type).to_owned(),
+                data.to_vec(),
+                metadata.map(<[u8]>::to_vec),
+            )))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Runs the upcaster `U` on `event` as the server would (at position 1, revision 0): the event's
+/// current shape. An event of a type `U` does not take comes back as it is.
+pub fn upcast<U: Upcaster>(event: &TestEvent) -> Result<TestEvent> {
+    let data = serde_json::to_vec(&event.data)?;
+    let metadata = event
+        .metadata
+        .as_ref()
+        .map(serde_json::to_vec)
+        .transpose()?;
+    let view = EventView {
+        position: 1,
+        revision: 0,
+        id: event.id.unwrap_or([0; 16]),
+        recorded_at_micros: 0,
+        stream: &event.stream,
+        event_type: &event.event_type,
+        data: &data,
+        metadata: metadata.as_deref(),
+    };
+    let mut upcast = event.clone();
+    if let Some((event_type, data, metadata)) = upcast_view::<U>(&view)? {
+        upcast.event_type = event_type;
+        upcast.data = serde_json::from_slice(&data)?;
+        upcast.metadata = metadata.map(|m| serde_json::from_slice(&m)).transpose()?;
+    }
+    Ok(upcast)
+}
+
 /// A projection with an in-memory read model and a log of its own.
 pub struct Harness<P> {
     state: Map,
     position: u64,
     revisions: BTreeMap<String, u64>,
+    upcasters: Vec<UpcastFn>,
     _projection: PhantomData<P>,
 }
 
@@ -102,8 +168,16 @@ impl<P: Projection> Harness<P> {
             state: Map::default(),
             position: 0,
             revisions: BTreeMap::new(),
+            upcasters: Vec::new(),
             _projection: PhantomData,
         }
+    }
+
+    /// Passes every event through the upcaster `U` before the projection sees it (after the
+    /// upcasters added before, as the server chains them by name).
+    pub fn upcast_with<U: Upcaster>(mut self) -> Self {
+        self.upcasters.push(upcast_view::<U>);
+        self
     }
 
     /// Appends one event and folds it as a batch of one.
@@ -158,16 +232,36 @@ impl<P: Projection> Harness<P> {
             .collect();
         let mut encoder = BatchEncoder::new();
         for placed in &placed {
-            if subscription.matches(&placed.event.stream, &placed.event.event_type) {
+            let (mut event_type, mut data, mut metadata) = (
+                placed.event.event_type.clone(),
+                placed.data.clone(),
+                placed.metadata.clone(),
+            );
+            for upcaster in &self.upcasters {
+                let view = EventView {
+                    position: placed.position,
+                    revision: placed.revision,
+                    id: placed.id,
+                    recorded_at_micros: placed.recorded_at_micros,
+                    stream: &placed.event.stream,
+                    event_type: &event_type,
+                    data: &data,
+                    metadata: metadata.as_deref(),
+                };
+                if let Some(upcast) = upcaster(&view)? {
+                    (event_type, data, metadata) = upcast;
+                }
+            }
+            if subscription.matches(&placed.event.stream, &event_type) {
                 encoder.push(&EventView {
                     position: placed.position,
                     revision: placed.revision,
                     id: placed.id,
                     recorded_at_micros: placed.recorded_at_micros,
                     stream: &placed.event.stream,
-                    event_type: &placed.event.event_type,
-                    data: &placed.data,
-                    metadata: placed.metadata.as_deref(),
+                    event_type: &event_type,
+                    data: &data,
+                    metadata: metadata.as_deref(),
                 });
             }
         }

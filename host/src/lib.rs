@@ -30,5 +30,6 @@ pub mod scaffold;
 pub mod server;
 pub mod store;
 pub mod subscription;
+pub mod upcast;
 pub mod wasm;
 pub mod watcher;

@@ -119,6 +119,14 @@ async fn every_route_answers_as_the_openapi_document_says() {
             "/projections/p/query/top?n=2",
         ),
         call("DELETE", "/projections/{name}", "/projections/q"),
+        Call {
+            body: Some(("application/wasm", guest("bad_upcaster"))),
+            ..call("PUT", "/upcasters/{name}", "/upcasters/u")
+        },
+        call("GET", "/upcasters", "/upcasters"),
+        call("GET", "/upcasters/{name}", "/upcasters/u"),
+        call("GET", "/all", "/all?raw=true&limit=2"),
+        call("DELETE", "/upcasters/{name}", "/upcasters/u"),
         call("GET", "/audit", "/audit"),
         call("GET", "/backup", "/backup"),
         call("GET", "/replicate", "/replicate?from=1"),
@@ -142,6 +150,7 @@ async fn every_route_answers_as_the_openapi_document_says() {
     ];
     // Error answers are documented too: one of each kind of route.
     calls.push(call("GET", "/projections/{name}", "/projections/missing"));
+    calls.push(call("GET", "/upcasters/{name}", "/upcasters/missing"));
     calls.push(call("GET", "/streams/{stream}", "/streams/nothing-here"));
     calls.push(call(
         "GET",

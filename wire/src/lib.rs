@@ -11,6 +11,9 @@
 //! - legacy batch, for modules built against WIT `lantern:projection@0.1.0`: the same without
 //!   `id` and `recorded_at_micros` ([`BatchEncoder::legacy`]).
 //! - writes: `u32 count`, then per write: `u8 kind` (1 put, 0 delete), `str key`, [`bytes value`].
+//! - upcasts (an upcaster's answer to a batch): `u32 count`, then per event: `u8 kind`
+//!   (0 unchanged, 1 changed), and for a changed one `str type`, `bytes data`, `u8 has_metadata`,
+//!   [`bytes metadata`].
 #![deny(missing_docs)]
 
 /// An event as the guest sees it; borrows from the encoded batch.
@@ -172,6 +175,70 @@ impl WritesEncoder {
     }
 }
 
+/// An upcaster's answer for one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpcastView<'a> {
+    /// The event is already in its current shape.
+    Unchanged,
+    /// The event's current type, data and metadata.
+    Changed {
+        /// The event type.
+        event_type: &'a str,
+        /// JSON text.
+        data: &'a [u8],
+        /// JSON text, if any.
+        metadata: Option<&'a [u8]>,
+    },
+}
+
+/// Builds an encoded list of upcasts.
+#[derive(Debug)]
+pub struct UpcastEncoder {
+    out: Vec<u8>,
+    count: u32,
+}
+
+impl Default for UpcastEncoder {
+    fn default() -> Self {
+        UpcastEncoder {
+            out: vec![0; 4],
+            count: 0,
+        }
+    }
+}
+
+impl UpcastEncoder {
+    /// Adds the answer for the next event.
+    pub fn push(&mut self, upcast: UpcastView<'_>) {
+        match upcast {
+            UpcastView::Unchanged => self.out.push(0),
+            UpcastView::Changed {
+                event_type,
+                data,
+                metadata,
+            } => {
+                self.out.push(1);
+                put_bytes(&mut self.out, event_type.as_bytes());
+                put_bytes(&mut self.out, data);
+                match metadata {
+                    Some(metadata) => {
+                        self.out.push(1);
+                        put_bytes(&mut self.out, metadata);
+                    }
+                    None => self.out.push(0),
+                }
+            }
+        }
+        self.count += 1;
+    }
+
+    /// The encoded answers.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.out[..4].copy_from_slice(&self.count.to_le_bytes());
+        self.out
+    }
+}
+
 /// Reads values off the front of a byte slice.
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -268,6 +335,33 @@ pub fn decode_writes(bytes: &[u8]) -> Result<Vec<WriteView<'_>>, DecodeError> {
     Ok(writes)
 }
 
+/// Decodes an upcaster's encoded answers.
+pub fn decode_upcasts(bytes: &[u8]) -> Result<Vec<UpcastView<'_>>, DecodeError> {
+    let mut reader = Reader { bytes };
+    let count = reader.u32()? as usize;
+    let mut upcasts = Vec::with_capacity(count.min(bytes.len()));
+    for _ in 0..count {
+        let upcast = match reader.u8()? {
+            0 => UpcastView::Unchanged,
+            1 => UpcastView::Changed {
+                event_type: reader.str()?,
+                data: reader.bytes()?,
+                metadata: match reader.u8()? {
+                    0 => None,
+                    1 => Some(reader.bytes()?),
+                    _ => return Err(DecodeError("bad metadata flag")),
+                },
+            },
+            _ => return Err(DecodeError("bad upcast kind")),
+        };
+        upcasts.push(upcast);
+    }
+    if !reader.bytes.is_empty() {
+        return Err(DecodeError("trailing bytes"));
+    }
+    Ok(upcasts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,5 +437,33 @@ mod tests {
         assert_eq!(decode_writes(&bytes).unwrap(), writes);
         assert!(decode_writes(&[255, 255, 255, 255]).is_err());
         assert!(decode_writes(&[1, 0, 0, 0, 7]).is_err());
+    }
+
+    #[test]
+    fn upcasts_round_trip_and_reject_garbage() {
+        let upcasts = [
+            UpcastView::Unchanged,
+            UpcastView::Changed {
+                event_type: "OrderPlaced",
+                data: b"{\"amount\":{\"amount\":1,\"currency\":\"EUR\"}}",
+                metadata: Some(b"{}"),
+            },
+            UpcastView::Changed {
+                event_type: "",
+                data: b"null",
+                metadata: None,
+            },
+        ];
+        let mut encoder = UpcastEncoder::default();
+        for upcast in upcasts {
+            encoder.push(upcast);
+        }
+        let bytes = encoder.finish();
+        assert_eq!(&bytes[..5], &[3, 0, 0, 0, 0]);
+        assert_eq!(decode_upcasts(&bytes).unwrap(), upcasts);
+        for cut in 0..bytes.len() {
+            assert!(decode_upcasts(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(decode_upcasts(&[1, 0, 0, 0, 2]).is_err());
     }
 }

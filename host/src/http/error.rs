@@ -66,15 +66,20 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// The answer's body: `{"error": {"code", "message", ...}}`.
+    pub fn body(&self) -> Value {
+        let mut error = Map::new();
+        error.insert("code".into(), Value::from(self.code));
+        error.insert("message".into(), Value::from(self.message.clone()));
+        error.extend(self.extra.clone());
+        json!({ "error": error })
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = Map::new();
-        error.insert("code".into(), Value::from(self.code));
-        error.insert("message".into(), Value::from(self.message));
-        error.extend(self.extra);
-        let mut response = (self.status, axum::Json(json!({ "error": error }))).into_response();
+        let mut response = (self.status, axum::Json(self.body())).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             // Every 401 names the scheme a client should answer with.
             response.headers_mut().insert(
@@ -132,6 +137,20 @@ impl From<StoreError> for ApiError {
             }
             other => ApiError::internal(other),
         }
+    }
+}
+
+impl From<crate::upcast::UpcastError> for ApiError {
+    /// 500 `upcast_failed`: the event cannot be served in its current shape, and is not served
+    /// in its stored one either (`?raw=true` reads that).
+    fn from(error: crate::upcast::UpcastError) -> Self {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "upcast_failed",
+            error.to_string(),
+        )
+        .with("position", Value::from(error.position))
+        .with("upcaster", Value::from(error.upcaster))
     }
 }
 

@@ -18,6 +18,7 @@ mod serve;
 mod streams;
 mod subscribe;
 mod ui;
+mod upcasters;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -214,6 +215,16 @@ pub fn routes(limits: &Limits) -> Vec<Route> {
         ),
         Route::new(M::GET, "/audit", Store(Admin), admin::audit),
         Route::new(M::GET, "/backup", Store(Admin), admin::backup),
+        Route::new(M::GET, "/upcasters", Store(Admin), upcasters::list),
+        Route::new(M::GET, "/upcasters/{name}", Store(Admin), upcasters::status),
+        Route::new(M::PUT, "/upcasters/{name}", Store(Admin), upcasters::deploy)
+            .layer(module_limit),
+        Route::new(
+            M::DELETE,
+            "/upcasters/{name}",
+            Store(Admin),
+            upcasters::delete,
+        ),
         Route::new(M::GET, "/replicate", Store(Admin), replicate::replicate),
         Route::new(M::GET, "/replicate/state", Store(Admin), replicate::state),
         Route::new(

@@ -36,6 +36,10 @@ struct Doc {
 
 const READ_PAGE: &[(&str, &str)] = &[
     (
+        "raw",
+        "true: the events as stored, not through the upcasters",
+    ),
+    (
         "from",
         "first revision (inclusive), or `snapshot`: the stream's snapshot and the events after it",
     ),
@@ -46,6 +50,10 @@ const READ_PAGE: &[(&str, &str)] = &[
     ),
 ];
 const LOG_FILTER: &[(&str, &str)] = &[
+    (
+        "raw",
+        "true: the events as stored, not through the upcasters",
+    ),
     ("from", "first position (inclusive)"),
     ("limit", "at most this many events"),
     ("stream", "only this stream"),
@@ -161,6 +169,33 @@ fn doc(method: &Method, path: &str) -> Option<Doc> {
             LOG_FILTER,
             None,
             &[(200, Media("text/event-stream"))],
+        ),
+        ("GET", "/upcasters") => doc(
+            "Every upcaster, in the order they run (by name)",
+            &[],
+            None,
+            &[(200, Schema("UpcasterList"))],
+        ),
+        ("GET", "/upcasters/{name}") => doc(
+            "One upcaster",
+            &[],
+            None,
+            &[(200, Schema("UpcasterStatus"))],
+        ),
+        ("PUT", "/upcasters/{name}") => doc(
+            "Deploy an upcaster (a component of the upcaster world); the projections it affects rebuild",
+            &[],
+            Some(Media("application/wasm")),
+            &[
+                (200, Schema("UpcasterDeployed")),
+                (201, Schema("UpcasterDeployed")),
+            ],
+        ),
+        ("DELETE", "/upcasters/{name}") => doc(
+            "Delete an upcaster; the projections it affected rebuild",
+            &[],
+            None,
+            &[(204, NoContent)],
         ),
         ("GET", "/projections") => doc(
             "Every projection's status",
@@ -377,11 +412,11 @@ fn schemas() -> Value {
         "required": ["message", "position", "at", "cause"],
         "properties": {
             "message": string, "position": int, "at": string,
-            "cause": {"enum": ["module", "storage"]},
+            "cause": {"enum": ["module", "storage", "upcaster"]},
         },
     });
     let phase = json!({"enum": ["catching_up", "running", "faulted"]});
-    json!({
+    let mut all = json!({
         "Ready": {
             "type": "object",
             "required": ["ready", "reasons"],
@@ -466,29 +501,6 @@ fn schemas() -> Value {
             },
             "additionalProperties": false,
         },
-        "Snapshot": {
-            "type": "object",
-            "required": ["revision", "state", "recorded_at"],
-            "properties": {
-                "revision": int, "state": {},
-                "recorded_at": {"type": "string", "format": "date-time"},
-            },
-            "additionalProperties": false,
-        },
-        "SnapshotRequest": {
-            "type": "object",
-            "required": ["revision", "state"],
-            "properties": {"revision": int, "state": {}},
-        },
-        "SnapshotSaved": {
-            "type": "object",
-            "required": ["stream", "revision", "stored", "current_revision"],
-            "properties": {
-                "stream": string, "revision": int, "stored": {"type": "boolean"},
-                "current_revision": int,
-            },
-            "additionalProperties": false,
-        },
         "LogPage": {
             "type": "object",
             "required": ["events", "next", "head"],
@@ -530,12 +542,14 @@ fn schemas() -> Value {
                         "types": {"type": "array", "items": string},
                     },
                 },
+                "upcasters": {"type": "array", "items": string},
                 "error": fault,
                 "rebuild": {
                     "type": ["object", "null"],
-                    "required": ["version", "position", "head", "progress", "status", "events_per_second", "eta_seconds", "error"],
+                    "required": ["version", "reason", "position", "head", "progress", "status", "events_per_second", "eta_seconds", "error"],
                     "properties": {
-                        "version": int, "position": int, "head": int,
+                        "version": int, "reason": {"type": ["string", "null"]},
+                        "position": int, "head": int,
                         "progress": {"type": "number", "minimum": 0, "maximum": 1},
                         "status": phase,
                         "events_per_second": {"type": "number", "minimum": 0},
@@ -645,6 +659,45 @@ fn schemas() -> Value {
             },
             "additionalProperties": false,
         },
+        "OpenApi": {
+            "type": "object",
+            "required": ["openapi", "info", "paths", "components"],
+        },
+    });
+    let extra = v2_schemas(&int, &string);
+    if let (Some(all), Value::Object(extra)) = (all.as_object_mut(), extra) {
+        all.extend(extra);
+    }
+    all
+}
+
+/// The schemas of the contract's v2 additions (one `json!` of all schemas outgrows the
+/// macro's recursion limit).
+fn v2_schemas(int: &Value, string: &Value) -> Value {
+    json!({
+        "Snapshot": {
+            "type": "object",
+            "required": ["revision", "state", "recorded_at"],
+            "properties": {
+                "revision": int, "state": {},
+                "recorded_at": {"type": "string", "format": "date-time"},
+            },
+            "additionalProperties": false,
+        },
+        "SnapshotRequest": {
+            "type": "object",
+            "required": ["revision", "state"],
+            "properties": {"revision": int, "state": {}},
+        },
+        "SnapshotSaved": {
+            "type": "object",
+            "required": ["stream", "revision", "stored", "current_revision"],
+            "properties": {
+                "stream": string, "revision": int, "stored": {"type": "boolean"},
+                "current_revision": int,
+            },
+            "additionalProperties": false,
+        },
         "SnapshotChanges": {
             "type": "object",
             "required": ["snapshots"],
@@ -659,9 +712,36 @@ fn schemas() -> Value {
             }}},
             "additionalProperties": false,
         },
-        "OpenApi": {
+        "UpcasterStatus": {
             "type": "object",
-            "required": ["openapi", "info", "paths", "components"],
+            "required": ["name", "version", "module_sha256", "takes", "gives", "events", "faults", "error"],
+            "properties": {
+                "name": string, "version": int, "module_sha256": string,
+                "takes": {"type": "array", "items": string},
+                "gives": {"type": "array", "items": string},
+                "events": int, "faults": int,
+                "error": {
+                    "type": ["object", "null"],
+                    "required": ["message", "position", "at"],
+                    "properties": {"message": string, "position": int, "at": {"type": ["string", "null"]}},
+                },
+            },
+            "additionalProperties": false,
+        },
+        "UpcasterList": {
+            "type": "object",
+            "required": ["upcasters"],
+            "properties": {"upcasters": {"type": "array", "items": {"$ref": "#/components/schemas/UpcasterStatus"}}},
+            "additionalProperties": false,
+        },
+        "UpcasterDeployed": {
+            "type": "object",
+            "required": ["name", "version", "unchanged", "rebuilding"],
+            "properties": {
+                "name": string, "version": int, "unchanged": {"type": "boolean"},
+                "rebuilding": {"type": "array", "items": string},
+            },
+            "additionalProperties": false,
         },
     })
 }

@@ -30,6 +30,9 @@ impl From<ProjectionError> for ApiError {
             ProjectionError::NotFound(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "projection_not_found", message)
             }
+            ProjectionError::UpcasterNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "upcaster_not_found", message)
+            }
             ProjectionError::InvalidName(_) => ApiError::invalid(message),
             ProjectionError::InvalidModule(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_module", message)
@@ -87,6 +90,7 @@ fn fault_json(fault: &Option<Fault>) -> Value {
             "cause": match fault.cause {
                 FaultCause::Module => "module",
                 FaultCause::Storage => "storage",
+                FaultCause::Upcaster => "upcaster",
             },
         }),
     }
@@ -103,6 +107,7 @@ fn rebuild_json(rebuild: &RebuildStatus, head: u64) -> Value {
     let eta_seconds = (rate > 0.0).then(|| (remaining as f64 / rate * 10.0).round() / 10.0);
     json!({
         "version": rebuild.version,
+        "reason": rebuild.reason,
         "position": rebuild.position,
         "head": head,
         "progress": (progress * 10_000.0).round() / 10_000.0,
@@ -129,6 +134,7 @@ pub(super) fn status_json(status: &Status) -> Value {
             "streams": status.subscription.streams,
             "types": status.subscription.types,
         },
+        "upcasters": status.upcasters,
         "error": fault_json(&status.state.fault),
         "rebuild": status.rebuild.as_ref().map(|r| rebuild_json(r, status.head)),
     })

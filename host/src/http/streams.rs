@@ -129,6 +129,8 @@ pub(super) async fn append(
 pub(super) struct ReadStreamParams {
     /// A revision, or `snapshot`: the stream's snapshot and the events after it.
     from: Option<String>,
+    /// `true`: the events as stored, not through the upcasters.
+    raw: Option<bool>,
     direction: Option<String>,
     limit: Option<usize>,
 }
@@ -179,7 +181,9 @@ pub(super) async fn read_stream(
                 "from=snapshot reads forward: the snapshot, then the events after it",
             ));
         }
-        Some("snapshot") => return read_from_snapshot(state, stream, limit).await,
+        Some("snapshot") => {
+            return read_from_snapshot(state, stream, limit, params.raw.unwrap_or(false)).await;
+        }
         Some(from) => Some(from.parse::<u64>().map_err(|_| {
             ApiError::invalid(format!(
                 "from {from:?} is not a revision (a whole number from 0) or \"snapshot\""
@@ -187,8 +191,33 @@ pub(super) async fn read_stream(
         })?),
     };
     let store = state.store.clone();
-    let slice = blocking(move || store.read_stream(&stream, from, direction, limit)).await?;
+    let chain = upcasters(&state, params.raw);
+    let slice = blocking_api(move || {
+        let mut slice = store.read_stream(&stream, from, direction, limit)?;
+        chain.apply(&mut slice.events, |_| true)?;
+        Ok(slice)
+    })
+    .await?;
     Ok(json_response(stream_page(None, slice)))
+}
+
+/// The upcasters a read passes its events through: the server's current ones, or none for
+/// `raw=true`.
+fn upcasters(state: &AppState, raw: Option<bool>) -> std::sync::Arc<crate::upcast::Chain> {
+    if raw == Some(true) {
+        std::sync::Arc::default()
+    } else {
+        state.projections.upcasters()
+    }
+}
+
+/// Runs a blocking read (store reads, upcasters) off the async threads.
+async fn blocking_api<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .map_err(ApiError::internal)?
 }
 
 /// `GET /streams/{stream}?from=snapshot`: the stream's snapshot (or `null`) and a page of the
@@ -197,12 +226,15 @@ async fn read_from_snapshot(
     state: AppState,
     stream: String,
     limit: usize,
+    raw: bool,
 ) -> Result<Response, ApiError> {
     let store = state.store.clone();
-    let (snapshot, slice) = blocking(move || {
+    let chain = upcasters(&state, Some(raw));
+    let (snapshot, slice) = blocking_api(move || {
         let snapshot = store.snapshot(&stream)?;
         let from = snapshot.as_ref().map_or(0, |s| s.revision + 1);
-        let slice = store.read_stream(&stream, Some(from), Direction::Forward, limit)?;
+        let mut slice = store.read_stream(&stream, Some(from), Direction::Forward, limit)?;
+        chain.apply(&mut slice.events, |_| true)?;
         Ok((snapshot, slice))
     })
     .await?;
@@ -334,9 +366,16 @@ pub(super) struct LogParams {
     stream: Option<String>,
     category: Option<String>,
     types: Option<String>,
+    /// `true`: the events as stored, not through the upcasters.
+    raw: Option<bool>,
 }
 
 impl LogParams {
+    /// Whether the reader asked for the events as stored.
+    pub(super) fn raw(&self) -> bool {
+        self.raw == Some(true)
+    }
+
     pub(super) fn filter(&self) -> Result<Filter, ApiError> {
         if let Some(stream) = &self.stream {
             validate_stream_name(stream).map_err(ApiError::invalid)?;
@@ -368,7 +407,14 @@ pub(super) async fn read_all(
     let filter = params.filter()?;
     let from = params.from.unwrap_or(1);
     let store = state.store.clone();
-    let slice = blocking(move || store.read_all(from, limit, &filter)).await?;
+    let chain = upcasters(&state, params.raw);
+    let slice = blocking_api(move || {
+        // A type an upcaster takes may become a wanted one: read those too, keep what fits.
+        let mut slice = store.read_all(from, limit, &chain.widen(&filter))?;
+        chain.apply_filtered(&mut slice.events, &filter)?;
+        Ok(slice)
+    })
+    .await?;
     let mut body = Vec::with_capacity(256 * slice.events.len() + 48);
     body.extend_from_slice(b"{\"events\":");
     json::write_events(&mut body, &slice.events);

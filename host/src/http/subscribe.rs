@@ -111,6 +111,16 @@ pub(super) async fn subscribe(
             ),
         ));
     };
+    // Through the upcasters (unless `raw`): a types filter reads the types they take as well,
+    // and checks each event's upcast type.
+    let upcasting = (!params.raw()).then(|| Upcasting {
+        projections: state.projections.clone(),
+        filter: filter.clone(),
+    });
+    let filter = match &upcasting {
+        Some(_) => state.projections.upcasters().widen(&filter),
+        None => filter,
+    };
     let store = state.store.clone();
     let subscription = match (last_event_id, params.from) {
         // The last position a u64 can name has nothing after it: the stream starts past it,
@@ -132,6 +142,7 @@ pub(super) async fn subscribe(
     });
     tokio::spawn(pump(
         subscription,
+        upcasting,
         chunks,
         format,
         end,
@@ -152,10 +163,29 @@ fn tokio_stream_from(mut receiver: mpsc::Receiver<Bytes>) -> impl futures::Strea
     futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }
 
+/// What a subscriber reads through: the server's current upcasters, and the filter it asked for.
+struct Upcasting {
+    projections: crate::projection::Projections,
+    filter: crate::store::Filter,
+}
+
+impl Format {
+    /// The last message of a subscription that cannot go on: an SSE `error` event, or an NDJSON
+    /// line with the contract's error object.
+    fn error(self, error: &crate::upcast::UpcastError) -> Bytes {
+        let body = ApiError::from(error.clone()).body().to_string();
+        Bytes::from(match self {
+            Format::Sse => format!("event: error\ndata: {body}\n\n"),
+            Format::Ndjson => format!("{body}\n"),
+        })
+    }
+}
+
 /// Reads the subscription and feeds the response body until the client leaves, the store
-/// fails, or the server shuts down.
+/// fails, an upcaster fails, or the server shuts down.
 async fn pump(
     mut subscription: Subscription,
+    upcasting: Option<Upcasting>,
     chunks: mpsc::Sender<Bytes>,
     format: Format,
     shutdown: CancellationToken,
@@ -167,13 +197,36 @@ async fn pump(
             batch = subscription.poll_batch(BATCH) => batch,
             () = shutdown.cancelled() => return,
         };
-        let events = match batch {
+        let mut events = match batch {
             Ok(events) => events,
             Err(error) => {
                 tracing::error!(%error, "subscription ended by a store error");
                 return;
             }
         };
+        let mut failure = None;
+        if let Some(upcasting) = upcasting.as_ref().filter(|_| !events.is_empty()) {
+            let (chain, filter) = (upcasting.projections.upcasters(), upcasting.filter.clone());
+            let upcast =
+                tokio::task::spawn_blocking(move || chain.apply_until_failure(events, &filter))
+                    .await;
+            (events, failure) = match upcast {
+                Ok(upcast) => upcast,
+                Err(error) => {
+                    tracing::error!(%error, "subscription ended: upcasting panicked");
+                    return;
+                }
+            };
+            if events.is_empty() && failure.is_none() {
+                continue;
+            }
+        }
+        if events.is_empty()
+            && let Some(error) = &failure
+        {
+            let _ = chunks.send(format.error(error)).await;
+            return;
+        }
         let sent = events.len() as u64;
         let chunk = if events.is_empty() {
             tokio::select! {
@@ -193,5 +246,10 @@ async fn pump(
             () = shutdown.cancelled() => return,
         }
         counted.0.sent(sent);
+        if let Some(error) = failure {
+            // Never an event in a shape it should not have: the subscription ends here.
+            let _ = chunks.send(format.error(&error)).await;
+            return;
+        }
     }
 }

@@ -12,6 +12,7 @@ mod registry;
 mod runner;
 mod stats;
 mod status;
+mod upcasters;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,11 +28,12 @@ use crate::readmodel::ReadModel;
 use crate::store::Store;
 use crate::wasm::{self, ModuleError, Runtime, SubscriptionSpec, WasmConfig};
 
-use registry::{Entry, GenerationEntry, Layout, Registry};
+use registry::{Entry, GenerationEntry, Layout, Registry, UpcasterRef};
 use runner::Generation;
 pub use runner::{Fault, FaultCause, Phase, RunState};
 pub use stats::ProjectionStats;
 use stats::ReadKind;
+pub use upcasters::UpcasterStatus;
 
 /// Errors of the projection layer.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,9 @@ pub enum ProjectionError {
     /// No projection of that name.
     #[error("no projection named {0:?}")]
     NotFound(String),
+    /// No upcaster of that name.
+    #[error("no upcaster named {0:?}")]
+    UpcasterNotFound(String),
     /// The name breaks the rules.
     #[error("{0}")]
     InvalidName(String),
@@ -138,6 +143,8 @@ pub enum Deployed {
 pub struct RebuildStatus {
     /// The version being built.
     pub version: u64,
+    /// Why it is being built.
+    pub reason: Option<String>,
     /// Its checkpoint.
     pub position: u64,
     /// Where it is.
@@ -161,6 +168,8 @@ pub struct Status {
     pub state: RunState,
     /// What the module subscribes to.
     pub subscription: SubscriptionSpec,
+    /// The upcasters its input passes through, in order.
+    pub upcasters: Vec<String>,
     /// A rebuild beside it, if any.
     pub rebuild: Option<RebuildStatus>,
 }
@@ -237,6 +246,9 @@ struct Inner {
     slots: RwLock<HashMap<String, Slot>>,
     /// Counters the runners and reads feed, for `/metrics`.
     stats: Arc<ProjectionStats>,
+    /// The deployed upcasters, loaded, in the order they run: what HTTP reads pass events
+    /// through. Replaced only while holding `registry`, which names them.
+    chain: RwLock<Arc<crate::upcast::Chain>>,
 }
 
 /// The read model generation `name` is registered with, if any.
@@ -289,8 +301,11 @@ impl Projections {
                 registry: tokio::sync::Mutex::new(Registry::default()),
                 slots: RwLock::new(HashMap::new()),
                 stats: Arc::new(ProjectionStats::default()),
+                chain: RwLock::default(),
             }),
         };
+        let chain = projections.load_chain(&registry).await;
+        *projections.inner.chain.write() = Arc::new(chain);
         for (name, entry) in &registry.projections {
             // One projection that cannot load (a missing or damaged module file) does not keep
             // the server, or the others, from starting.
@@ -347,7 +362,13 @@ impl Projections {
                 projections.start_rebuild(name, rebuild);
             }
         }
-        *projections.inner.registry.lock().await = registry;
+        let mut registry_lock = projections.inner.registry.lock().await;
+        *registry_lock = registry;
+        // A crash between saving an upcaster change and starting the rebuilds it calls for.
+        projections
+            .reconcile_upcasters(&mut registry_lock, "the upcasters changed")
+            .await;
+        drop(registry_lock);
         Ok(projections)
     }
 
@@ -359,6 +380,7 @@ impl Projections {
         entry: &GenerationEntry,
         loaded: Option<Arc<wasm::Module>>,
     ) -> anyhow::Result<Arc<Generation>> {
+        let chain = self.generation_chain(&entry.upcasters).await?;
         let layout = self.inner.layout.clone();
         let runtime = self.inner.runtime.clone();
         let (name_owned, entry_owned) = (name.to_owned(), entry.clone());
@@ -383,6 +405,7 @@ impl Projections {
             name,
             entry.clone(),
             module,
+            chain,
             read_model,
             self.inner.stats.clone(),
         ))
@@ -440,32 +463,29 @@ impl Projections {
                     .version
                     .max(entry.rebuild.as_ref().map_or(0, |r| r.version))
                     + 1;
-                self.begin_rebuild(&mut registry, name, entry, version, sha, Some(module))
-                    .await?;
+                let reason = format!("version {version} was deployed");
+                self.begin_rebuild(
+                    &mut registry,
+                    name,
+                    entry,
+                    version,
+                    sha,
+                    Some(module),
+                    reason,
+                )
+                .await?;
                 Ok(Deployed::Rebuilding)
             }
             existing => {
                 // A new projection, or one that could not be loaded: a fresh generation serves
                 // from position 1.
-                let entry = match existing {
-                    None => Entry {
-                        current: GenerationEntry {
-                            version: 1,
-                            module_sha256: sha,
-                            generation: 1,
-                        },
-                        rebuild: None,
-                        next_generation: 2,
-                    },
-                    Some(old) => Entry {
-                        current: GenerationEntry {
-                            version: old.current.version + 1,
-                            module_sha256: sha,
-                            generation: old.next_generation,
-                        },
-                        rebuild: None,
-                        next_generation: old.next_generation + 1,
-                    },
+                let (version, generation) = existing
+                    .as_ref()
+                    .map_or((1, 1), |old| (old.current.version + 1, old.next_generation));
+                let entry = Entry {
+                    current: self.generation_entry(version, sha, generation, &module, None),
+                    rebuild: None,
+                    next_generation: generation + 1,
                 };
                 let replaced = existing_generation(&registry, name);
                 self.serve_fresh(&mut registry, name, entry, module).await?;
@@ -539,11 +559,7 @@ impl Projections {
                 }
             })?;
             let fresh = Entry {
-                current: GenerationEntry {
-                    version,
-                    module_sha256: sha,
-                    generation: entry.next_generation,
-                },
+                current: self.generation_entry(version, sha, entry.next_generation, &module, None),
                 rebuild: None,
                 next_generation: entry.next_generation + 1,
             };
@@ -554,7 +570,8 @@ impl Projections {
         }
         // The serving generation's module: no need to load it again.
         let module = self.current(name).ok().map(|g| g.module.clone());
-        self.begin_rebuild(&mut registry, name, entry, version, sha, module)
+        let reason = "a rebuild was asked for".to_owned();
+        self.begin_rebuild(&mut registry, name, entry, version, sha, module, reason)
             .await
     }
 
@@ -574,7 +591,36 @@ impl Projections {
         .await?
     }
 
-    /// Starts a new generation beside the current one, superseding a rebuild already running.
+    /// A new generation's entry: its input passes through the current upcasters that are
+    /// relevant to the module's subscription.
+    fn generation_entry(
+        &self,
+        version: u64,
+        module_sha256: String,
+        generation: u64,
+        module: &wasm::Module,
+        reason: Option<String>,
+    ) -> GenerationEntry {
+        let chain = self.inner.chain.read().relevant_to(module.subscription());
+        GenerationEntry {
+            version,
+            module_sha256,
+            generation,
+            upcasters: chain
+                .members()
+                .into_iter()
+                .map(|(name, module_sha256)| UpcasterRef {
+                    name,
+                    module_sha256,
+                })
+                .collect(),
+            reason,
+        }
+    }
+
+    /// Starts a new generation beside the current one, superseding a rebuild already running;
+    /// `reason` is shown in its status while it rebuilds.
+    #[allow(clippy::too_many_arguments)]
     async fn begin_rebuild(
         &self,
         registry: &mut Registry,
@@ -583,7 +629,12 @@ impl Projections {
         version: u64,
         sha: String,
         module: Option<Arc<wasm::Module>>,
+        reason: String,
     ) -> Result<(), ProjectionError> {
+        let module = match module {
+            Some(module) => module,
+            None => self.load_module(name, &sha).await.map_err(disk)?,
+        };
         let superseded = match self.inner.slots.write().get_mut(name) {
             Some(slot) => {
                 slot.failed_rebuild = None;
@@ -596,15 +647,12 @@ impl Projections {
             old.halt().await;
             self.remove_files(name, old.entry.generation);
         }
-        let rebuild = GenerationEntry {
-            version,
-            module_sha256: sha,
-            generation: entry.next_generation,
-        };
+        let rebuild =
+            self.generation_entry(version, sha, entry.next_generation, &module, Some(reason));
         entry.next_generation += 1;
         entry.rebuild = Some(rebuild.clone());
         let generation = self
-            .load_generation(name, &rebuild, module)
+            .load_generation(name, &rebuild, Some(module))
             .await
             .map_err(disk)?;
         registry.projections.insert(name.to_owned(), entry);
@@ -791,6 +839,7 @@ impl Projections {
             slot.rebuild = None;
             slot.failed_rebuild = Some(RebuildStatus {
                 version: rebuild.entry.version,
+                reason: rebuild.entry.reason.clone(),
                 position,
                 state: RunState {
                     phase: Phase::Faulted,
@@ -848,11 +897,21 @@ impl Projections {
             "registry.json".to_owned(),
             BackupItem::Bytes(serde_json::to_vec_pretty(&*registry)?),
         )];
-        let mut modules: Vec<&str> = registry
+        let generations = registry
             .projections
             .values()
-            .flat_map(|e| std::iter::once(&e.current).chain(e.rebuild.as_ref()))
-            .map(|g| g.module_sha256.as_str())
+            .flat_map(|e| std::iter::once(&e.current).chain(e.rebuild.as_ref()));
+        let mut modules: Vec<&str> = generations
+            .flat_map(|g| {
+                std::iter::once(g.module_sha256.as_str())
+                    .chain(g.upcasters.iter().map(|u| u.module_sha256.as_str()))
+            })
+            .chain(
+                registry
+                    .upcasters
+                    .values()
+                    .map(|u| u.module_sha256.as_str()),
+            )
             .collect();
         modules.sort_unstable();
         modules.dedup();

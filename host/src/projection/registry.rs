@@ -6,12 +6,38 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// One generation of a projection: a module version and its read model file.
+/// One generation of a projection: a module version, its read model file, and the upcasters
+/// its input passes through (fixed for the generation's life, so a read model never mixes two
+/// chains).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct GenerationEntry {
     pub version: u64,
     pub module_sha256: String,
     pub generation: u64,
+    /// The upcasters relevant to its subscription when it was made, in chain order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upcasters: Vec<UpcasterRef>,
+    /// Why it was made (shown while it rebuilds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// An upcaster as a generation names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct UpcasterRef {
+    pub name: String,
+    pub module_sha256: String,
+}
+
+/// A deployed upcaster, with the types it declared when it was deployed (so that one whose
+/// module cannot be loaded later still fails the events it takes instead of passing them on
+/// in their old shape).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct UpcasterEntry {
+    pub version: u64,
+    pub module_sha256: String,
+    pub takes: Vec<String>,
+    pub gives: Vec<String>,
 }
 
 /// A deployed projection: the generation serving queries, and the one rebuilding beside it.
@@ -26,6 +52,9 @@ pub(crate) struct Entry {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Registry {
     pub projections: BTreeMap<String, Entry>,
+    /// Upcasters by name (they run in name order).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub upcasters: BTreeMap<String, UpcasterEntry>,
 }
 
 /// Where a projection's files live under the projections directory.

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use lantern_wire::EventView;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -29,19 +28,7 @@ const BUSY_APPENDS: u64 = 1000;
 /// How long a generation is idle at the head before its read model is made durable.
 const IDLE_FLUSH: Duration = Duration::from_millis(100);
 
-/// An event as the guest receives it.
-fn view(event: &RecordedEvent) -> EventView<'_> {
-    EventView {
-        position: event.position,
-        revision: event.revision,
-        id: event.id.into_bytes(),
-        recorded_at_micros: event.recorded_at_micros,
-        stream: &event.stream,
-        event_type: &event.event_type,
-        data: &event.data,
-        metadata: event.metadata.as_deref(),
-    }
-}
+use crate::upcast::wire_view as view;
 
 /// A fault of the module (a trap, an error it returned, malformed writes).
 fn fault(message: String, position: u64) -> Fault {
@@ -99,6 +86,9 @@ pub enum FaultCause {
     /// The storage's: the log or the read model could not be read or written. Retried with
     /// backoff by every generation, rebuilds included; no event is blamed.
     Storage,
+    /// An upcaster's: it failed on the event at the fault's position, which the projection
+    /// therefore cannot be given in its current shape.
+    Upcaster,
 }
 
 /// Where a generation is.
@@ -141,6 +131,8 @@ pub(crate) struct Generation {
     pub name: String,
     pub entry: GenerationEntry,
     pub module: Arc<wasm::Module>,
+    /// The upcasters its input passes through (the ones `entry.upcasters` names).
+    pub chain: Arc<crate::upcast::Chain>,
     pub read_model: Arc<ReadModel>,
     pub state: Mutex<RunState>,
     stop: Mutex<CancellationToken>,
@@ -162,6 +154,7 @@ impl Generation {
         name: &str,
         entry: GenerationEntry,
         module: Arc<wasm::Module>,
+        chain: Arc<crate::upcast::Chain>,
         read_model: ReadModel,
         stats: Arc<super::ProjectionStats>,
     ) -> Arc<Self> {
@@ -169,6 +162,7 @@ impl Generation {
             name: name.to_owned(),
             entry,
             module,
+            chain,
             read_model: Arc::new(read_model),
             state: Mutex::new(RunState {
                 phase: Phase::CatchingUp,
@@ -284,9 +278,10 @@ impl Generation {
                 Err(fault) => fault,
             };
             self.set_fault(&fault);
-            // A rebuild stops at a fault of its module; a storage fault is nobody's module's
-            // doing, so it waits and tries again like a serving generation.
-            if !self.serving.load(Ordering::SeqCst) && fault.cause == FaultCause::Module {
+            // A rebuild stops at a fault of its module or of an upcaster (the serving version,
+            // with its own upcasters, answers on); a storage fault is nobody's module's doing, so
+            // it waits and tries again like a serving generation.
+            if !self.serving.load(Ordering::SeqCst) && fault.cause != FaultCause::Storage {
                 return Err(fault);
             }
             tokio::select! {
@@ -342,6 +337,26 @@ impl Generation {
                 }
             };
             let next_checkpoint = subscription.next_position() - 1;
+            let subscription_spec = self.module.subscription();
+            let mut events = events;
+            if !self.chain.is_empty() && !events.is_empty() {
+                // The events it may be given, in their current shape (the others stay as they
+                // are: they only advance the checkpoint).
+                let (chain, spec) = (self.chain.clone(), subscription_spec.clone());
+                events = tokio::task::spawn_blocking(move || {
+                    chain
+                        .apply(&mut events, |e| spec.wants_stream(&e.stream))
+                        .map(|()| events)
+                })
+                .await
+                .map_err(|e| fault(format!("runner task failed: {e}"), from))?
+                .map_err(|e| Fault {
+                    message: e.to_string(),
+                    position: e.position,
+                    at: SystemTime::now(),
+                    cause: FaultCause::Upcaster,
+                })?;
+            }
             if events.is_empty() {
                 self.at_head(caught_up);
                 if self.read_model.is_dirty() {
@@ -364,7 +379,6 @@ impl Generation {
                 }
                 continue;
             }
-            let subscription_spec = self.module.subscription();
             let mut batch = self.module.batch_encoder();
             let mut first_delivered = None;
             let mut delivered = 0;

@@ -55,6 +55,7 @@ impl Projections {
                 events_per_second: 0.0,
             },
             subscription: SubscriptionSpec::default(),
+            upcasters: Vec::new(),
             rebuild: None,
         }
     }
@@ -72,6 +73,7 @@ impl Projections {
                 }
                 Some(RebuildStatus {
                     version: rebuild.entry.version,
+                    reason: rebuild.entry.reason.clone(),
                     position: rebuild.read_model.checkpoint(),
                     state,
                 })
@@ -86,6 +88,12 @@ impl Projections {
             head: self.inner.store.head(),
             state: current.run_state(),
             subscription: current.module.subscription().clone(),
+            upcasters: current
+                .entry
+                .upcasters
+                .iter()
+                .map(|u| u.name.clone())
+                .collect(),
             rebuild,
         }
     }

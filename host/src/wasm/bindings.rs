@@ -7,3 +7,11 @@ wasmtime::component::bindgen!({
     // error the caller can tell from the guest's own faults.
     imports: { default: trappable },
 });
+
+/// The upcaster world: no imports of Lantern's own.
+pub mod upcaster {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "upcaster",
+    });
+}

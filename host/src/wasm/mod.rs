@@ -137,13 +137,19 @@ impl SubscriptionSpec {
     /// Events of a listed category or stream (any, when both are empty) and a listed type (any,
     /// when none is listed).
     pub fn matches(&self, stream: &str, event_type: &str) -> bool {
-        let place = (self.categories.is_empty() && self.streams.is_empty())
+        self.wants_stream(stream)
+            && (self.types.is_empty() || self.types.iter().any(|t| t == event_type))
+    }
+
+    /// Whether it wants some events of `stream` (of a listed category or stream, or any when
+    /// both lists are empty).
+    pub fn wants_stream(&self, stream: &str) -> bool {
+        (self.categories.is_empty() && self.streams.is_empty())
             || self
                 .categories
                 .iter()
                 .any(|c| c == crate::store::category_of(stream))
-            || self.streams.iter().any(|s| s == stream);
-        place && (self.types.is_empty() || self.types.iter().any(|t| t == event_type))
+            || self.streams.iter().any(|s| s == stream)
     }
 }
 
@@ -296,23 +302,17 @@ impl Runtime {
         &self.compile_seconds
     }
 
-    /// Compiles (or loads from the cache) and validates a module, and asks it for its
-    /// subscription. Blocking: call it off the async threads.
-    pub fn load(self: &Arc<Self>, name: &str, bytes: &[u8]) -> Result<Module, ModuleError> {
+    /// Compiles (or loads from the cache) a component within the size limit, and links it.
+    fn compile(
+        &self,
+        bytes: &[u8],
+    ) -> Result<(Component, wasmtime::component::InstancePre<GuestState>), ModuleError> {
         if bytes.len() > self.limits.max_module_bytes {
             return Err(ModuleError::TooLarge {
                 size: bytes.len(),
                 limit: self.limits.max_module_bytes,
             });
         }
-        let invalid = |what: &str, e: wasmtime::Error| {
-            // One line: some validator messages carry pretty-printed byte arrays.
-            let reason = format!("{e:#}")
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ");
-            ModuleError::Invalid(format!("{what}: {reason}"))
-        };
         let started = std::time::Instant::now();
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| invalid("not a valid WebAssembly component", e))?;
@@ -322,6 +322,13 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| invalid("the component needs imports Lantern does not provide", e))?;
+        Ok((component, instance_pre))
+    }
+
+    /// Compiles (or loads from the cache) and validates a module, and asks it for its
+    /// subscription. Blocking: call it off the async threads.
+    pub fn load(self: &Arc<Self>, name: &str, bytes: &[u8]) -> Result<Module, ModuleError> {
+        let (component, instance_pre) = self.compile(bytes)?;
         let pre = ProjectionPre::new(instance_pre).map_err(|e| {
             invalid(
                 "the component does not export the lantern:projection world",
@@ -353,6 +360,181 @@ impl Runtime {
         };
         Ok(module)
     }
+}
+
+impl Runtime {
+    /// A store with the sandbox every instance gets: no clock, seeded randomness, no folders,
+    /// no network, stdout and stderr kept for trap messages, the memory cap and the deadline.
+    fn sandbox(&self, name: &Arc<str>, high_water: &Arc<AtomicUsize>) -> Store<GuestState> {
+        let output = stderr::Tail::default();
+        let wasi = WasiCtx::builder()
+            .stdout(output.clone())
+            .stderr(output.clone())
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .secure_random(rand::rngs::StdRng::seed_from_u64(0))
+            .insecure_random(rand::rngs::StdRng::seed_from_u64(1))
+            .insecure_random_seed(0)
+            // No preopened folders, no environment, no arguments, and no network at all.
+            .allow_ip_name_lookup(false)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .build();
+        let state = GuestState {
+            wasi,
+            table: ResourceTable::new(),
+            limits: Limiter {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(self.limits.memory_bytes)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                high_water: high_water.clone(),
+            },
+            view: None,
+            name: name.clone(),
+            log_budget: host::LogBudget::default(),
+            output,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.deadline_ticks());
+        store
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        let tick = EPOCH_TICK.as_millis().max(1) as u64;
+        (self.limits.call_timeout.as_millis() as u64 / tick).max(1)
+    }
+
+    /// Compiles (or loads from the cache) and validates an upcaster module, and asks it which
+    /// types it takes and gives. Blocking: call it off the async threads.
+    pub fn load_upcaster(
+        self: &Arc<Self>,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<UpcasterModule, ModuleError> {
+        let (_, instance_pre) = self.compile(bytes)?;
+        let pre = bindings::upcaster::UpcasterPre::new(instance_pre).map_err(|e| {
+            invalid(
+                "the component does not export the lantern:projection upcaster world",
+                e,
+            )
+        })?;
+        let mut module = UpcasterModule {
+            runtime: self.clone(),
+            pre,
+            name: Arc::from(name),
+            takes: Vec::new(),
+            gives: Vec::new(),
+            memory_high_water: Arc::default(),
+        };
+        let mut instance = module
+            .instantiate()
+            .map_err(|e| ModuleError::Invalid(format!("the component fails to start: {e}")))?;
+        let spec = instance
+            .call(|bindings, store| bindings.call_describe(store))
+            .map_err(|e| ModuleError::Invalid(format!("describe() failed: {e}")))?;
+        if spec.takes.is_empty() {
+            return Err(ModuleError::Invalid(
+                "the upcaster takes no event type (UpcastTypes::takes)".into(),
+            ));
+        }
+        module.takes = spec.takes;
+        module.gives = spec.gives;
+        Ok(module)
+    }
+}
+
+/// A compiled, validated upcaster, ready to instantiate cheaply.
+pub struct UpcasterModule {
+    runtime: Arc<Runtime>,
+    pre: bindings::upcaster::UpcasterPre<GuestState>,
+    name: Arc<str>,
+    takes: Vec<String>,
+    gives: Vec<String>,
+    memory_high_water: Arc<AtomicUsize>,
+}
+
+impl UpcasterModule {
+    /// The event types it takes.
+    pub fn takes(&self) -> &[String] {
+        &self.takes
+    }
+
+    /// The types its answers may have besides an event's own.
+    pub fn gives(&self) -> &[String] {
+        &self.gives
+    }
+
+    /// A fresh instance in its own sandboxed store.
+    pub fn instantiate(&self) -> Result<UpcasterInstance, GuestFailure> {
+        let mut store = self.runtime.sandbox(&self.name, &self.memory_high_water);
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| GuestFailure::Trap(format!("instantiation failed: {e:#}")))?;
+        Ok(UpcasterInstance {
+            store,
+            bindings,
+            deadline_ticks: self.runtime.deadline_ticks(),
+        })
+    }
+}
+
+/// One instance of an upcaster. After a [`GuestFailure::Trap`] it must be dropped.
+pub struct UpcasterInstance {
+    store: Store<GuestState>,
+    bindings: bindings::upcaster::Upcaster,
+    deadline_ticks: u64,
+}
+
+impl UpcasterInstance {
+    fn call<T>(
+        &mut self,
+        call: impl FnOnce(&bindings::upcaster::Upcaster, &mut Store<GuestState>) -> wasmtime::Result<T>,
+    ) -> Result<T, GuestFailure> {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        let result = call(&self.bindings, &mut self.store);
+        result.map_err(|error| trap(error, &self.store))
+    }
+
+    /// Upcasts one encoded batch (events of types it takes); returns the encoded answers.
+    pub fn upcast(&mut self, batch: &[u8]) -> Result<Vec<u8>, GuestFailure> {
+        self.call(|bindings, store| bindings.call_upcast(store, batch))?
+            .map_err(|error| GuestFailure::Event {
+                position: error.position,
+                message: error.message,
+            })
+    }
+}
+
+/// A failed call into the guest as a [`GuestFailure`]: a failed read of the read model is
+/// `Storage`, anything else a `Trap` with the guest's last printed line (a Rust guest prints
+/// its panic message before it aborts).
+fn trap(error: wasmtime::Error, store: &Store<GuestState>) -> GuestFailure {
+    if let Some(storage) = error.downcast_ref::<StorageFailure>() {
+        return GuestFailure::Storage(storage.to_string());
+    }
+    let cause = match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => "the call ran past its deadline".to_owned(),
+        Some(wasmtime::Trap::UnreachableCodeReached) => "the guest aborted".to_owned(),
+        _ => error.root_cause().to_string(),
+    };
+    match store.data().output.last_line() {
+        Some(printed) => GuestFailure::Trap(format!("{cause}: {printed}")),
+        None => GuestFailure::Trap(cause),
+    }
+}
+
+/// A module refused, with wasmtime's reason on one line (some validator messages carry
+/// pretty-printed byte arrays).
+fn invalid(what: &str, e: wasmtime::Error) -> ModuleError {
+    let reason = format!("{e:#}")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    ModuleError::Invalid(format!("{what}: {reason}"))
 }
 
 fn to_anyhow(error: wasmtime::Error) -> anyhow::Error {
@@ -397,40 +579,7 @@ impl Module {
 
     /// A fresh instance in its own sandboxed store.
     pub fn instantiate(&self) -> Result<Instance, GuestFailure> {
-        let limits = &self.runtime.limits;
-        let output = stderr::Tail::default();
-        let wasi = WasiCtx::builder()
-            .stdout(output.clone())
-            .stderr(output.clone())
-            .wall_clock(FrozenClock)
-            .monotonic_clock(FrozenClock)
-            .secure_random(rand::rngs::StdRng::seed_from_u64(0))
-            .insecure_random(rand::rngs::StdRng::seed_from_u64(1))
-            .insecure_random_seed(0)
-            // No preopened folders, no environment, no arguments, and no network at all.
-            .allow_ip_name_lookup(false)
-            .allow_tcp(false)
-            .allow_udp(false)
-            .build();
-        let state = GuestState {
-            wasi,
-            table: ResourceTable::new(),
-            limits: Limiter {
-                limits: StoreLimitsBuilder::new()
-                    .memory_size(limits.memory_bytes)
-                    .trap_on_grow_failure(true)
-                    .build(),
-                high_water: self.memory_high_water.clone(),
-            },
-            view: None,
-            name: self.name.clone(),
-            log_budget: host::LogBudget::default(),
-            output,
-        };
-        let mut store = Store::new(&self.runtime.engine, state);
-        store.limiter(|state| &mut state.limits);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(self.deadline_ticks());
+        let mut store = self.runtime.sandbox(&self.name, &self.memory_high_water);
         let bindings = self
             .pre
             .instantiate(&mut store)
@@ -438,14 +587,9 @@ impl Module {
         Ok(Instance {
             store,
             bindings,
-            deadline_ticks: self.deadline_ticks(),
-            max_write_bytes: limits.max_write_bytes,
+            deadline_ticks: self.runtime.deadline_ticks(),
+            max_write_bytes: self.runtime.limits.max_write_bytes,
         })
-    }
-
-    fn deadline_ticks(&self) -> u64 {
-        let tick = EPOCH_TICK.as_millis().max(1) as u64;
-        (self.runtime.limits.call_timeout.as_millis() as u64 / tick).max(1)
     }
 }
 
@@ -467,22 +611,7 @@ impl Instance {
         self.store.set_epoch_deadline(self.deadline_ticks);
         let result = call(&self.bindings, &mut self.store);
         self.store.data_mut().view = None;
-        result.map_err(|error| {
-            if let Some(storage) = error.downcast_ref::<StorageFailure>() {
-                return GuestFailure::Storage(storage.to_string());
-            }
-            let cause = match error.downcast_ref::<wasmtime::Trap>() {
-                Some(wasmtime::Trap::Interrupt) => "the call ran past its deadline".to_owned(),
-                Some(wasmtime::Trap::UnreachableCodeReached) => "the guest aborted".to_owned(),
-                _ => error.root_cause().to_string(),
-            };
-            // A Rust guest prints its panic message before it aborts.
-            let message = match self.store.data().output.last_line() {
-                Some(printed) => format!("{cause}: {printed}"),
-                None => cause,
-            };
-            GuestFailure::Trap(message)
-        })
+        result.map_err(|error| trap(error, &self.store))
     }
 
     /// Folds one encoded batch; returns the encoded writes.

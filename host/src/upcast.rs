@@ -1,0 +1,393 @@
+//! Upcasters at work: a [`Chain`] of loaded upcaster modules, in name order, that turns events
+//! read from the store into their current shape. The store's events never change; every read
+//! path (stream reads, `/all`, `/subscribe`, the projections' input) passes what it read through
+//! the chain it was given.
+//!
+//! A chain is immutable. The server's current chain serves the HTTP reads; each projection
+//! generation holds the chain it was built with (the upcasters relevant to its subscription when
+//! it was made), so a read model never mixes two chains: changing the upcasters rebuilds the
+//! projections they affect, beside the serving ones.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::de::IgnoredAny;
+
+use crate::store::{Filter, RecordedEvent, validate_event_type};
+use crate::wasm::{GuestFailure, SubscriptionSpec, UpcasterInstance, UpcasterModule};
+
+/// An upcaster failed on an event: nothing is served in its place.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("upcaster {upcaster:?} failed on the event at position {position}: {message}")]
+pub struct UpcastError {
+    /// The upcaster's name.
+    pub upcaster: String,
+    /// The event's position.
+    pub position: u64,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// The last fault of an upcaster, kept until it is replaced or deleted (events never change, so
+/// the same event would fail again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpcasterFault {
+    /// The event's position.
+    pub position: u64,
+    /// What went wrong.
+    pub message: String,
+    /// When.
+    pub at: SystemTime,
+}
+
+/// One deployed upcaster, loaded.
+pub struct Upcaster {
+    /// Its name (chains run in name order).
+    pub name: String,
+    /// Its version, counted per name from 1.
+    pub version: u64,
+    /// SHA-256 of its module.
+    pub module_sha256: String,
+    takes: Vec<String>,
+    gives: Vec<String>,
+    /// Its module, or why it could not be loaded (then every event it takes fails).
+    module: Result<UpcasterModule, String>,
+    /// Instances between calls; a trapped one is dropped.
+    idle: Mutex<Vec<UpcasterInstance>>,
+    fault: Mutex<Option<UpcasterFault>>,
+    faults: AtomicU64,
+    events: AtomicU64,
+}
+
+impl Upcaster {
+    /// A loaded module under `name`.
+    pub fn new(name: &str, version: u64, module_sha256: &str, module: UpcasterModule) -> Self {
+        let (takes, gives) = (module.takes().to_vec(), module.gives().to_vec());
+        Self::with_types(name, version, module_sha256, takes, gives, Ok(module))
+    }
+
+    /// An upcaster whose module could not be loaded: every event it takes fails with `why`.
+    pub fn broken(
+        name: &str,
+        version: u64,
+        module_sha256: &str,
+        takes: Vec<String>,
+        gives: Vec<String>,
+        why: String,
+    ) -> Self {
+        Self::with_types(name, version, module_sha256, takes, gives, Err(why))
+    }
+
+    fn with_types(
+        name: &str,
+        version: u64,
+        module_sha256: &str,
+        takes: Vec<String>,
+        gives: Vec<String>,
+        module: Result<UpcasterModule, String>,
+    ) -> Self {
+        Upcaster {
+            name: name.to_owned(),
+            version,
+            module_sha256: module_sha256.to_owned(),
+            takes,
+            gives,
+            module,
+            idle: Mutex::new(Vec::new()),
+            fault: Mutex::new(None),
+            faults: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+        }
+    }
+
+    /// The event types it takes.
+    pub fn takes(&self) -> &[String] {
+        &self.takes
+    }
+
+    /// The types its answers may have besides an event's own.
+    pub fn gives(&self) -> &[String] {
+        &self.gives
+    }
+
+    /// Why its module could not be loaded, if it could not.
+    pub fn unloadable(&self) -> Option<&str> {
+        self.module.as_ref().err().map(String::as_str)
+    }
+
+    /// Its last fault.
+    pub fn fault(&self) -> Option<UpcasterFault> {
+        self.fault.lock().clone()
+    }
+
+    /// Faults since it was loaded.
+    pub fn faults(&self) -> u64 {
+        self.faults.load(Ordering::Relaxed)
+    }
+
+    /// Events it has upcast since it was loaded.
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+
+    /// Whether a projection with this subscription may see an event it takes or gives.
+    pub fn affects(&self, subscription: &SubscriptionSpec) -> bool {
+        subscription.types.is_empty()
+            || self
+                .takes()
+                .iter()
+                .chain(self.gives())
+                .any(|t| subscription.types.contains(t))
+    }
+
+    /// Upcasts the events of `events` at `indices` (each of a type it takes), in place.
+    fn upcast(&self, events: &mut [RecordedEvent], indices: &[usize]) -> Result<(), UpcastError> {
+        let failed = |position: u64, message: String| {
+            let fault = UpcasterFault {
+                position,
+                message: message.clone(),
+                at: SystemTime::now(),
+            };
+            *self.fault.lock() = Some(fault);
+            self.faults.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(upcaster = %self.name, position, %message, "upcaster failed");
+            UpcastError {
+                upcaster: self.name.clone(),
+                position,
+                message,
+            }
+        };
+        let first = events[indices[0]].position;
+        let mut batch = lantern_wire::BatchEncoder::new();
+        for &i in indices {
+            batch.push(&wire_view(&events[i]));
+        }
+        let module = self
+            .module
+            .as_ref()
+            .map_err(|why| failed(first, format!("its module could not be loaded: {why}")))?;
+        let instance = self.idle.lock().pop();
+        let mut instance = match instance {
+            Some(instance) => instance,
+            None => module
+                .instantiate()
+                .map_err(|e| failed(first, e.to_string()))?,
+        };
+        let answers = match instance.upcast(&batch.finish()) {
+            Ok(answers) => answers,
+            Err(GuestFailure::Event { position, message }) => {
+                // The instance is sound: the guest returned an error value.
+                self.idle.lock().push(instance);
+                let position = if indices.iter().any(|&i| events[i].position == position) {
+                    position
+                } else {
+                    first
+                };
+                return Err(failed(position, message));
+            }
+            Err(other) => return Err(failed(first, other.to_string())),
+        };
+        let decoded = lantern_wire::decode_upcasts(&answers)
+            .map_err(|e| failed(first, format!("its answer is malformed: {e}")))?;
+        if decoded.len() != indices.len() {
+            return Err(failed(
+                first,
+                format!(
+                    "it answered for {} events, it was given {}",
+                    decoded.len(),
+                    indices.len()
+                ),
+            ));
+        }
+        for (&i, answer) in indices.iter().zip(decoded) {
+            let lantern_wire::UpcastView::Changed {
+                event_type,
+                data,
+                metadata,
+            } = answer
+            else {
+                continue;
+            };
+            let event = &mut events[i];
+            let position = event.position;
+            if event_type != event.event_type && !self.gives().iter().any(|t| t == event_type) {
+                return Err(failed(
+                    position,
+                    format!("it answered type {event_type:?}, which it does not declare it gives"),
+                ));
+            }
+            validate_event_type(event_type)
+                .map_err(|e| failed(position, format!("it answered a bad type: {e}")))?;
+            let json = |what: &str, bytes: &[u8]| {
+                serde_json::from_slice::<IgnoredAny>(bytes)
+                    .map_err(|e| failed(position, format!("its {what} is not JSON: {e}")))
+            };
+            json("data", data)?;
+            if let Some(metadata) = metadata {
+                json("metadata", metadata)?;
+            }
+            if event.event_type != event_type {
+                event.event_type = event_type.to_owned();
+            }
+            event.data = Bytes::copy_from_slice(data);
+            event.metadata = metadata.map(Bytes::copy_from_slice);
+        }
+        self.events
+            .fetch_add(indices.len() as u64, Ordering::Relaxed);
+        self.idle.lock().push(instance);
+        Ok(())
+    }
+}
+
+/// An event as a guest receives it.
+pub(crate) fn wire_view(event: &RecordedEvent) -> lantern_wire::EventView<'_> {
+    lantern_wire::EventView {
+        position: event.position,
+        revision: event.revision,
+        id: event.id.into_bytes(),
+        recorded_at_micros: event.recorded_at_micros,
+        stream: &event.stream,
+        event_type: &event.event_type,
+        data: &event.data,
+        metadata: event.metadata.as_deref(),
+    }
+}
+
+/// Upcasters in the order they run (by name); empty: events are served as stored.
+#[derive(Default)]
+pub struct Chain {
+    upcasters: Vec<Arc<Upcaster>>,
+    /// Every type some upcaster of the chain takes.
+    takes: HashSet<String>,
+}
+
+impl Chain {
+    /// A chain of these upcasters, sorted by name.
+    pub fn new(mut upcasters: Vec<Arc<Upcaster>>) -> Chain {
+        upcasters.sort_by(|a, b| a.name.cmp(&b.name));
+        let takes = upcasters
+            .iter()
+            .flat_map(|u| u.takes().iter().cloned())
+            .collect();
+        Chain { upcasters, takes }
+    }
+
+    /// The upcasters, in the order they run.
+    pub fn upcasters(&self) -> &[Arc<Upcaster>] {
+        &self.upcasters
+    }
+
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.upcasters.is_empty()
+    }
+
+    /// `(name, module)` of each upcaster, in order: what a generation records.
+    pub fn members(&self) -> Vec<(String, String)> {
+        self.upcasters
+            .iter()
+            .map(|u| (u.name.clone(), u.module_sha256.clone()))
+            .collect()
+    }
+
+    /// The sub-chain a projection with this subscription must see.
+    pub fn relevant_to(&self, subscription: &SubscriptionSpec) -> Chain {
+        Chain::new(
+            self.upcasters
+                .iter()
+                .filter(|u| u.affects(subscription))
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Upcasts, in place, every event of `events` for which `wanted` says yes (the others are
+    /// left as stored), upcaster by upcaster. Blocking (it calls into wasm).
+    pub fn apply(
+        &self,
+        events: &mut [RecordedEvent],
+        wanted: impl Fn(&RecordedEvent) -> bool,
+    ) -> Result<(), UpcastError> {
+        if self.upcasters.is_empty() {
+            return Ok(());
+        }
+        let candidates: Vec<usize> = (0..events.len())
+            .filter(|&i| self.takes.contains(&events[i].event_type) && wanted(&events[i]))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        for upcaster in &self.upcasters {
+            let indices: Vec<usize> = candidates
+                .iter()
+                .copied()
+                .filter(|&i| upcaster.takes().contains(&events[i].event_type))
+                .collect();
+            if !indices.is_empty() {
+                upcaster.upcast(events, &indices)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The filter to read the store with for a reader that wants `filter` after upcasting: an
+    /// event of a type some upcaster takes may turn into a wanted type. Check each upcast event
+    /// against `filter` again ([`Chain::keep`]).
+    pub fn widen(&self, filter: &Filter) -> Filter {
+        let mut widened = filter.clone();
+        if !filter.types.is_empty() && !self.is_empty() {
+            widened.types.extend(self.takes.iter().cloned());
+            widened.types.sort();
+            widened.types.dedup();
+        }
+        widened
+    }
+
+    /// Upcasts what was read with [`Chain::widen`]`(filter)` and keeps what `filter` wants.
+    pub fn apply_filtered(
+        &self,
+        events: &mut Vec<RecordedEvent>,
+        filter: &Filter,
+    ) -> Result<(), UpcastError> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        self.apply(events, |_| true)?;
+        if !filter.types.is_empty() {
+            events.retain(|e| filter.matches(e));
+        }
+        Ok(())
+    }
+
+    /// Like [`Chain::apply_filtered`], but when an upcaster fails, the events before the
+    /// failing one are still upcast and returned, with the error (a subscription sends them,
+    /// then ends with the error).
+    pub fn apply_until_failure(
+        &self,
+        mut events: Vec<RecordedEvent>,
+        filter: &Filter,
+    ) -> (Vec<RecordedEvent>, Option<UpcastError>) {
+        if self.is_empty() {
+            return (events, None);
+        }
+        // A failed pass leaves the events half upcast: the earlier ones start again from here.
+        let stored = events.clone();
+        match self.apply_filtered(&mut events, filter) {
+            Ok(()) => (events, None),
+            Err(error) => {
+                let mut before: Vec<RecordedEvent> = stored
+                    .into_iter()
+                    .filter(|e| e.position < error.position)
+                    .collect();
+                match self.apply_filtered(&mut before, filter) {
+                    Ok(()) => (before, Some(error)),
+                    Err(again) => (Vec::new(), Some(again)),
+                }
+            }
+        }
+    }
+}
