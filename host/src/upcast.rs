@@ -191,6 +191,8 @@ impl Upcaster {
             }
             Err(other) => return Err(failed(first, other.to_string())),
         };
+        // The new data and metadata are slices of the answer: one buffer, no copy per event.
+        let answers = Bytes::from(answers);
         let decoded = lantern_wire::decode_upcasts(&answers)
             .map_err(|e| failed(first, format!("its answer is malformed: {e}")))?;
         if decoded.len() != indices.len() {
@@ -220,8 +222,7 @@ impl Upcaster {
                     format!("it answered type {event_type:?}, which it does not declare it gives"),
                 ));
             }
-            validate_event_type(event_type)
-                .map_err(|e| failed(position, format!("it answered a bad type: {e}")))?;
+
             let json = |what: &str, bytes: &[u8]| {
                 serde_json::from_slice::<IgnoredAny>(bytes)
                     .map_err(|e| failed(position, format!("its {what} is not JSON: {e}")))
@@ -231,10 +232,12 @@ impl Upcaster {
                 json("metadata", metadata)?;
             }
             if event.event_type != event_type {
+                validate_event_type(event_type)
+                    .map_err(|e| failed(position, format!("it answered a bad type: {e}")))?;
                 event.event_type = event_type.to_owned();
             }
-            event.data = Bytes::copy_from_slice(data);
-            event.metadata = metadata.map(Bytes::copy_from_slice);
+            event.data = answers.slice_ref(data);
+            event.metadata = metadata.map(|m| answers.slice_ref(m));
         }
         self.events
             .fetch_add(indices.len() as u64, Ordering::Relaxed);

@@ -208,6 +208,13 @@ impl Default for UpcastEncoder {
 }
 
 impl UpcastEncoder {
+    /// An empty list with room for `bytes` bytes of answers.
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut out = Vec::with_capacity(bytes.max(4));
+        out.extend_from_slice(&[0; 4]);
+        UpcastEncoder { out, count: 0 }
+    }
+
     /// Adds the answer for the next event.
     pub fn push(&mut self, upcast: UpcastView<'_>) {
         match upcast {
@@ -240,6 +247,7 @@ impl UpcastEncoder {
 }
 
 /// Reads values off the front of a byte slice.
+#[derive(Debug)]
 struct Reader<'a> {
     bytes: &'a [u8],
 }
@@ -282,11 +290,38 @@ impl<'a> Reader<'a> {
 
 /// Decodes an encoded batch.
 pub fn decode_batch(bytes: &[u8]) -> Result<Vec<EventView<'_>>, DecodeError> {
-    let mut reader = Reader { bytes };
-    let count = reader.u32()? as usize;
+    let mut events = BatchIter::new(bytes)?;
     // Every event takes at least 57 bytes: do not trust `count` for the allocation.
-    let mut events = Vec::with_capacity(count.min(bytes.len() / 57));
-    for _ in 0..count {
+    let mut decoded = Vec::with_capacity(events.remaining.min(bytes.len() / 57));
+    for event in &mut events {
+        decoded.push(event?);
+    }
+    Ok(decoded)
+}
+
+/// The events of an encoded batch, decoded one at a time (no list of them is built); the last
+/// item is an error if the bytes do not end with the last event.
+#[derive(Debug)]
+pub struct BatchIter<'a> {
+    reader: Reader<'a>,
+    remaining: usize,
+    failed: bool,
+}
+
+impl<'a> BatchIter<'a> {
+    /// Reads the batch's header.
+    pub fn new(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut reader = Reader { bytes };
+        let remaining = reader.u32()? as usize;
+        Ok(BatchIter {
+            reader,
+            remaining,
+            failed: false,
+        })
+    }
+
+    fn event(&mut self) -> Result<EventView<'a>, DecodeError> {
+        let reader = &mut self.reader;
         let position = reader.u64()?;
         let revision = reader.u64()?;
         let id = reader.take(16)?.try_into().expect("16 bytes");
@@ -299,7 +334,7 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Vec<EventView<'_>>, DecodeError> {
             1 => Some(reader.bytes()?),
             _ => return Err(DecodeError("bad metadata flag")),
         };
-        events.push(EventView {
+        Ok(EventView {
             position,
             revision,
             id,
@@ -308,12 +343,29 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Vec<EventView<'_>>, DecodeError> {
             event_type,
             data,
             metadata,
-        });
+        })
     }
-    if !reader.bytes.is_empty() {
-        return Err(DecodeError("trailing bytes"));
+}
+
+impl<'a> Iterator for BatchIter<'a> {
+    type Item = Result<EventView<'a>, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        if self.remaining == 0 {
+            if self.reader.bytes.is_empty() {
+                return None;
+            }
+            self.failed = true;
+            return Some(Err(DecodeError("trailing bytes")));
+        }
+        self.remaining -= 1;
+        let event = self.event();
+        self.failed = event.is_err();
+        Some(event)
     }
-    Ok(events)
 }
 
 /// Decodes encoded writes.

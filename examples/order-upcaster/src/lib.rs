@@ -8,14 +8,22 @@
 //! This upcaster takes both types and gives `OrderPlaced` in today's shape; an event already in
 //! today's shape is left unchanged.
 
-use lantern_sdk::{Event, Upcast, UpcastTypes, Upcaster, json};
-use serde::Deserialize;
+use lantern_sdk::{Event, Upcast, UpcastTypes, Upcaster};
+use serde::{Deserialize, Serialize};
 
-/// The fields of an order before 2025.
+/// An order in any of its shapes: before 2025 it had `customer_id` and `amount_cents`.
 #[derive(Deserialize)]
-struct OrderV1 {
-    customer_id: String,
-    amount_cents: i64,
+struct AnyOrder<'a> {
+    #[serde(borrow)]
+    customer_id: Option<&'a str>,
+    amount_cents: Option<i64>,
+}
+
+/// Today's fields.
+#[derive(Serialize)]
+struct Order<'a> {
+    customer: &'a str,
+    amount: i64,
 }
 
 /// The upcaster.
@@ -30,21 +38,21 @@ impl Upcaster for OrderUpcaster {
     }
 
     fn upcast(event: &Event<'_>) -> lantern_sdk::Result<Upcast> {
-        // Today's shape has `customer`; only the old one has `customer_id`.
-        if event.event_type() == "OrderPlaced" && !contains(event.data_json(), b"\"customer_id\"") {
-            return Ok(Upcast::unchanged());
+        // One parse tells the shapes apart (today's has no `customer_id`) and reads the old one.
+        let order: AnyOrder<'_> = serde_json::from_slice(event.data_json())?;
+        match (order.customer_id, order.amount_cents) {
+            (Some(customer), Some(amount)) => {
+                Ok(Upcast::data(Order { customer, amount }).with_type("OrderPlaced"))
+            }
+            (None, None) if event.event_type() == "OrderPlaced" => Ok(Upcast::unchanged()),
+            _ => Err(format!(
+                "{} at position {} is in no shape this upcaster knows",
+                event.event_type(),
+                event.position()
+            )
+            .into()),
         }
-        let old: OrderV1 = event.data()?;
-        Ok(
-            Upcast::data(json!({"customer": old.customer_id, "amount": old.amount_cents}))
-                .with_type("OrderPlaced"),
-        )
     }
-}
-
-/// Whether `needle` occurs in `haystack` (a cheap test on the JSON text before parsing it).
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 lantern_sdk::export_upcaster!(OrderUpcaster);

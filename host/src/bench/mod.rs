@@ -40,6 +40,13 @@ pub struct BenchOptions {
     /// `cargo build --release --target wasm32-wasip2 -p order-totals`).
     #[arg(long, default_value = "target/wasm32-wasip2/release/order_totals.wasm")]
     pub module: PathBuf,
+    /// The `order-upcaster` module for the upcasting benchmark (build it with
+    /// `cargo build --release --target wasm32-wasip2 -p order-upcaster`).
+    #[arg(
+        long,
+        default_value = "target/wasm32-wasip2/release/order_upcaster.wasm"
+    )]
+    pub upcaster_module: PathBuf,
     /// Events in the projection catch-up benchmark.
     #[arg(long, default_value_t = 1_000_000)]
     pub projection_events: u64,
@@ -52,6 +59,7 @@ mod access;
 mod projection;
 mod replication;
 mod snapshots;
+mod upcasters;
 
 struct Figure {
     bench: String,
@@ -163,7 +171,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         store.close();
     }
     let module_built = options.module.exists();
-    if !module_built && (wanted("projection") || wanted("rebuild") || wanted("access")) {
+    if !module_built
+        && (wanted("projection") || wanted("rebuild") || wanted("access") || wanted("upcast"))
+    {
         eprintln!(
             "skipping the projection benchmarks: {} is missing (cargo build --release --target wasm32-wasip2 -p order-totals)",
             options.module.display()
@@ -177,6 +187,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     }
     if module_built && wanted("access") {
         access::run(base.path(), &options, &mut report).await?;
+    }
+    if module_built && wanted("upcast") {
+        upcasters::run(base.path(), &options, &mut report).await?;
     }
     if wanted("replication") {
         replication::run(base.path(), &options, &mut report).await?;

@@ -260,6 +260,10 @@ impl Runtime {
         let cache_dir = limits.compile_cache.as_deref().unwrap_or(default_cache);
         let mut config = Config::new();
         config.epoch_interruption(true);
+        // `LANTERN_WASM_PERF_MAP=1`: guest functions by name in `perf report` (/tmp/perf-PID.map).
+        if std::env::var_os("LANTERN_WASM_PERF_MAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let mut cache = CacheConfig::new();
         cache.with_directory(std::path::absolute(cache_dir)?);
         let cache = Cache::new(cache).map_err(to_anyhow)?;
