@@ -692,3 +692,60 @@ async fn followers_copy_snapshots() {
     let (status, _) = send(client().get(format!("{}/streams/order-s-3/snapshot", lead.url))).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// Upcasters reach followers: reads and projections there see the same shapes as on the leader,
+/// and a deleted upcaster goes from the follower too.
+#[tokio::test]
+async fn followers_copy_upcasters() {
+    let dir = tempfile::tempdir().unwrap();
+    let lead = leader(&dir.path().join("leader"), None);
+    let http = client();
+    for i in 0..20 {
+        let event = if i % 2 == 0 {
+            json!({"type": "OrderCreated", "data": {"customer_id": format!("c-{}", i % 3), "amount_cents": i}})
+        } else {
+            json!({"type": "OrderPlaced", "data": {"customer": format!("c-{}", i % 3), "amount": i}})
+        };
+        let (status, body) = send(
+            http.post(format!("{}/streams/order-{i}", lead.url))
+                .json(&json!({ "events": [event] })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, _) = send(
+        http.put(format!("{}/upcasters/order-shapes", lead.url))
+            .body(guest("order_upcaster")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = send(
+        http.put(format!("{}/projections/totals", lead.url))
+            .body(guest("order_totals")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let copy = follower(&dir.path().join("follower"), &lead.url);
+    caught_up(&copy.url, 20).await;
+    let expected = top_when_at(&lead.url, "totals", 20).await;
+    assert_eq!(expected.as_array().unwrap().len(), 3, "{expected}");
+    assert_eq!(top_when_at(&copy.url, "totals", 20).await, expected);
+    let (_, page) = send(http.get(format!("{}/streams/order-0", copy.url))).await;
+    assert_eq!(page["events"][0]["type"], "OrderPlaced", "{page}");
+    let (status, body) = send(http.delete(format!("{}/upcasters/order-shapes", copy.url))).await;
+    assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{body}");
+
+    let response = http
+        .delete(format!("{}/upcasters/order-shapes", lead.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    eventually("the follower to delete the upcaster", || async {
+        let (_, page) = send(http.get(format!("{}/streams/order-0", copy.url))).await;
+        (page["events"][0]["type"] == "OrderCreated").then_some(())
+    })
+    .await;
+    let (_, listed) = send(http.get(format!("{}/upcasters", copy.url))).await;
+    assert_eq!(listed["upcasters"], json!([]));
+}

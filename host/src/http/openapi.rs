@@ -656,6 +656,7 @@ fn schemas() -> Value {
                 }},
                 "tokens": {"type": "object"},
                 "snapshot_change": int,
+                "upcasters": {"type": "object", "additionalProperties": string},
             },
             "additionalProperties": false,
         },

@@ -128,6 +128,12 @@ pub(super) async fn state(State(state): State<AppState>) -> Result<Response, Api
         store_id: state.store.id(),
         head: state.store.head(),
         projections: state.projections.wanted().await,
+        upcasters: state
+            .projections
+            .upcaster_statuses()
+            .into_iter()
+            .map(|u| (u.name, u.module_sha256))
+            .collect(),
         tokens,
         snapshot_change: {
             let store = state.store.clone();

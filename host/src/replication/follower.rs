@@ -385,6 +385,26 @@ impl Follower {
         self.access
             .tokens
             .replace_all(&serde_json::to_vec(&state.tokens)?)?;
+        // Upcasters first: the projections deployed next are then made with the right ones.
+        let own_upcasters: std::collections::BTreeMap<String, String> = self
+            .projections
+            .upcaster_statuses()
+            .into_iter()
+            .map(|u| (u.name, u.module_sha256))
+            .collect();
+        for (name, sha) in &state.upcasters {
+            if own_upcasters.get(name) != Some(sha) {
+                let bytes = self.module(sha).await?;
+                tracing::info!(upcaster = %name, module_sha256 = %sha, "deploying the leader's upcaster");
+                self.projections.deploy_upcaster(name, bytes).await?;
+            }
+        }
+        for name in own_upcasters.keys() {
+            if !state.upcasters.contains_key(name) {
+                tracing::info!(upcaster = %name, "the leader deleted it: deleting");
+                self.projections.delete_upcaster(name).await?;
+            }
+        }
         let own = self.projections.wanted().await;
         tracing::debug!(?own, leader = ?state.projections, ?seen, "copying the leader's projections");
         for (name, wanted) in &state.projections {

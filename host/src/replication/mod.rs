@@ -117,6 +117,9 @@ pub struct LeaderState {
     /// Its newest snapshot change (`store::Snapshot::change`); 0 from a leader without snapshots.
     #[serde(default)]
     pub snapshot_change: u64,
+    /// Its upcasters: name -> module (SHA-256, hex).
+    #[serde(default)]
+    pub upcasters: BTreeMap<String, String>,
 }
 
 /// One snapshot as `GET /replicate/snapshots` sends it: the stored form, change number and time
