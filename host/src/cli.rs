@@ -100,6 +100,9 @@ enum Command {
         /// Start with the stream's snapshot (printed first) and read the events after it.
         #[arg(long, conflicts_with_all = ["all", "from", "backward"])]
         from_snapshot: bool,
+        /// The events as stored, not through the upcasters.
+        #[arg(long)]
+        raw: bool,
         /// Stop after this many events (default: read to the end).
         #[arg(long)]
         limit: Option<u64>,
@@ -124,6 +127,9 @@ enum Command {
         /// Only these event types (comma-separated).
         #[arg(long)]
         types: Option<String>,
+        /// The events as stored, not through the upcasters.
+        #[arg(long)]
+        raw: bool,
     },
     /// Deploy a projection module: a new projection catches up from the start; a new version of
     /// one rebuilds beside the current version and replaces it when caught up.
@@ -179,6 +185,9 @@ enum Command {
     /// Read or save a stream's snapshot (an aggregate's state at one of its revisions).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Deploy, list and delete upcasters (admin).
+    #[command(subcommand)]
+    Upcaster(UpcasterCommand),
     /// Manage access tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -371,6 +380,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         http: http_client(cli.token.as_deref(), cli.ca_cert.as_deref())?,
         url: cli.url.trim_end_matches('/').to_owned(),
         json: cli.json,
+        raw: matches!(
+            cli.command,
+            Command::Read { raw: true, .. } | Command::Tail { raw: true, .. }
+        ),
     };
     match cli.command {
         Command::Serve(_)
@@ -404,6 +417,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             from,
             backward,
             from_snapshot,
+            raw: _,
             limit,
             category,
             types,
@@ -417,7 +431,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             category,
             stream,
             types,
+            raw: _,
         } => client.tail(from, category, stream, types).await,
+        Command::Upcaster(command) => client.upcaster(command).await,
         Command::Deploy {
             name,
             file,
@@ -647,6 +663,25 @@ fn events_from_stdin() -> anyhow::Result<Vec<Value>> {
 }
 
 #[derive(Debug, Subcommand)]
+enum UpcasterCommand {
+    /// Deploy an upcaster module (`cargo build --release --target wasm32-wasip2`); the
+    /// projections it affects rebuild, live.
+    Deploy {
+        /// The upcaster's name (upcasters run in name order).
+        name: String,
+        /// The `.wasm` file.
+        file: std::path::PathBuf,
+    },
+    /// List the upcasters, in the order they run.
+    List,
+    /// Delete an upcaster; the projections it affected rebuild, live.
+    Delete {
+        /// The upcaster's name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum SnapshotCommand {
     /// Print the stream's snapshot.
     Get {
@@ -676,6 +711,8 @@ struct Client {
     http: reqwest::Client,
     url: String,
     json: bool,
+    /// Reads ask for the events as stored (`raw=true`).
+    raw: bool,
 }
 
 impl Client {
@@ -694,6 +731,96 @@ impl Client {
             (Some(message), Some(code)) => Err(anyhow!("{message} ({code})")),
             _ => Err(anyhow!("the server answered {status}")),
         }
+    }
+
+    /// `raw=true` when the reader asked for the events as stored.
+    fn raw_query(&self) -> Option<(&'static str, String)> {
+        self.raw.then(|| ("raw", "true".to_owned()))
+    }
+
+    /// `lantern upcaster ...`
+    async fn upcaster(&self, command: UpcasterCommand) -> anyhow::Result<()> {
+        match command {
+            UpcasterCommand::Deploy { name, file } => {
+                let bytes =
+                    std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+                let request = self
+                    .http
+                    .put(format!("{}/upcasters/{}", self.url, encode_path(&name)))
+                    .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+                    .body(bytes);
+                let answer: Value = self.send(request).await?.json().await?;
+                if self.json {
+                    println!("{answer}");
+                    return Ok(());
+                }
+                let what = if answer["unchanged"] == true {
+                    "unchanged".to_owned()
+                } else {
+                    format!("version {} deployed", answer["version"])
+                };
+                let rebuilding: Vec<&str> = answer["rebuilding"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                if rebuilding.is_empty() {
+                    println!("upcaster {name}: {what}");
+                } else {
+                    println!(
+                        "upcaster {name}: {what}; rebuilding {}",
+                        rebuilding.join(", ")
+                    );
+                }
+            }
+            UpcasterCommand::List => {
+                let list = self.get_json("/upcasters", &[]).await?;
+                let upcasters = list["upcasters"].as_array().cloned().unwrap_or_default();
+                if self.json {
+                    println!("{list}");
+                } else if upcasters.is_empty() {
+                    println!("no upcasters deployed");
+                }
+                for u in upcasters.iter().filter(|_| !self.json) {
+                    let names = |key: &str| {
+                        u[key]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    };
+                    let fault = match &u["error"] {
+                        Value::Null => String::new(),
+                        e => format!(
+                            "  FAULT at {}: {}",
+                            e["position"],
+                            e["message"].as_str().unwrap_or_default()
+                        ),
+                    };
+                    println!(
+                        "{:<24} v{:<4} takes {} gives {}  {} events{fault}",
+                        u["name"].as_str().unwrap_or_default(),
+                        u["version"],
+                        names("takes"),
+                        names("gives"),
+                        u["events"],
+                    );
+                }
+            }
+            UpcasterCommand::Delete { name } => {
+                let request =
+                    self.http
+                        .delete(format!("{}/upcasters/{}", self.url, encode_path(&name)));
+                self.send(request).await?;
+                if !self.json {
+                    println!("upcaster {name} deleted; the projections it affected rebuild");
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn get_json(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
@@ -757,6 +884,7 @@ impl Client {
             if let Some(from) = next {
                 query.push(("from", from.to_string()));
             }
+            query.extend(self.raw_query());
             let page = self.get_json(&path, &query).await?;
             remaining -= self.print_events(&page["events"])?;
             match page["next"].as_u64() {
@@ -769,10 +897,11 @@ impl Client {
 
     /// The snapshot (or a line saying there is none), then the events after it.
     async fn read_from_snapshot(&self, stream: &str, limit: Option<u64>) -> anyhow::Result<()> {
-        let query = [
+        let mut query = vec![
             ("from", "snapshot".to_owned()),
             ("limit", limit.unwrap_or(1000).clamp(1, 1000).to_string()),
         ];
+        query.extend(self.raw_query());
         let page = self
             .get_json(&format!("/streams/{}", encode_path(stream)), &query)
             .await?;
@@ -818,6 +947,7 @@ impl Client {
             ];
             query.extend(category.clone().map(|c| ("category", c)));
             query.extend(types.clone().map(|t| ("types", t)));
+            query.extend(self.raw_query());
             let page = self.get_json("/all", &query).await?;
             remaining -= self.print_events(&page["events"])?;
             match page["next"].as_u64() {
@@ -840,6 +970,7 @@ impl Client {
         query.extend(category.map(|c| ("category", c)));
         query.extend(stream.map(|s| ("stream", s)));
         query.extend(types.map(|t| ("types", t)));
+        query.extend(self.raw_query());
         let response = self
             .send(
                 self.http
@@ -858,6 +989,16 @@ impl Client {
                     continue; // heartbeat
                 }
                 let event: Value = serde_json::from_slice(&line)?;
+                if let Some(error) = event.get("error") {
+                    // The server ends a subscription it cannot go on with (an upcaster failed).
+                    bail!(
+                        "{} ({})",
+                        error["message"]
+                            .as_str()
+                            .unwrap_or("the subscription failed"),
+                        error["code"].as_str().unwrap_or("error")
+                    );
+                }
                 self.print_events(&Value::Array(vec![event]))?;
             }
         }

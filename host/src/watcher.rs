@@ -1,5 +1,6 @@
 //! `lantern serve --watch DIR`: every `*.wasm` in DIR is deployed under its file stem at
-//! start-up, and again (a live rebuild) whenever the file changes.
+//! start-up, and again (a live rebuild) whenever the file changes: `NAME.wasm` as the projection
+//! NAME, `NAME.upcaster.wasm` as the upcaster NAME.
 //!
 //! A change is acted on only once the file has been quiet for [`QUIET`] and its size has stopped
 //! moving, so a half-written file is not deployed; a file that still does not validate is
@@ -22,17 +23,36 @@ const QUIET: Duration = Duration::from_millis(250);
 /// How often pending files are looked at.
 const TICK: Duration = Duration::from_millis(50);
 
-/// The projection name for a module file: its stem, if it is a `.wasm` file.
-fn name_of(path: &Path) -> Option<String> {
+/// What a module file deploys: `NAME.wasm` the projection NAME, `NAME.upcaster.wasm` the
+/// upcaster NAME (a projection name has no dot, so the two never mix).
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    Projection(String),
+    Upcaster(String),
+}
+
+fn target_of(path: &Path) -> Option<Target> {
     if path.extension()? != "wasm" {
         return None;
     }
-    Some(path.file_stem()?.to_str()?.to_owned())
+    let stem = path.file_stem()?.to_str()?;
+    Some(match stem.strip_suffix(".upcaster") {
+        Some(name) => Target::Upcaster(name.to_owned()),
+        None => Target::Projection(stem.to_owned()),
+    })
 }
 
-/// Deploys one file; logs what happened. Returns the bytes' size for stability checks.
+fn name_of(path: &Path) -> Option<String> {
+    target_of(path).map(|t| match t {
+        Target::Projection(name) | Target::Upcaster(name) => name,
+    })
+}
+
+/// Deploys one file; logs what happened.
 async fn deploy_file(projections: &Projections, path: &Path) {
-    let Some(name) = name_of(path) else { return };
+    let Some(target) = target_of(path) else {
+        return;
+    };
     let bytes = match tokio::fs::read(path).await {
         Ok(bytes) => bytes,
         Err(error) => {
@@ -40,19 +60,34 @@ async fn deploy_file(projections: &Projections, path: &Path) {
             return;
         }
     };
-    match projections.deploy(&name, bytes).await {
+    let (name, deployed) = match target {
+        Target::Projection(name) => {
+            let deployed = projections.deploy(&name, bytes).await;
+            (name, deployed)
+        }
+        Target::Upcaster(name) => {
+            let deployed = projections.deploy_upcaster(&name, bytes).await;
+            if let Ok(change) = &deployed
+                && !change.rebuilding.is_empty()
+            {
+                tracing::info!(upcaster = %name, rebuilding = ?change.rebuilding, "upcaster deployed; the projections it affects rebuild");
+            }
+            (name, deployed.map(|change| change.deployed))
+        }
+    };
+    match deployed {
         Ok(Deployed::Created) => {
-            tracing::info!(projection = %name, file = %path.display(), "deployed")
+            tracing::info!(module = %name, file = %path.display(), "deployed")
         }
         Ok(Deployed::Rebuilding) => {
-            tracing::info!(projection = %name, file = %path.display(), "new version rebuilding")
+            tracing::info!(module = %name, file = %path.display(), "new version deployed")
         }
-        Ok(Deployed::Unchanged) => tracing::debug!(projection = %name, "unchanged"),
+        Ok(Deployed::Unchanged) => tracing::debug!(module = %name, "unchanged"),
         Err(ProjectionError::InvalidModule(reason) | ProjectionError::TooLarge(reason)) => {
-            tracing::error!(projection = %name, file = %path.display(), %reason, "module refused; the running version stays");
+            tracing::error!(module = %name, file = %path.display(), %reason, "module refused; the running version stays");
         }
         Err(error) => {
-            tracing::error!(projection = %name, file = %path.display(), %error, "deploy failed")
+            tracing::error!(module = %name, file = %path.display(), %error, "deploy failed")
         }
     }
 }

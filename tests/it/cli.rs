@@ -241,3 +241,63 @@ async fn the_cli_saves_and_reads_snapshots() {
     assert!(out.starts_with("snapshot  cart-1@2  "), "{out}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_cli_deploys_lists_and_deletes_upcasters_and_reads_raw() {
+    let server = TestServer::start().await.unwrap();
+    let url = server.url.as_str();
+    let (ok, _, err) = lantern(
+        url,
+        &[
+            "append",
+            "order-1",
+            "--type",
+            "OrderCreated",
+            "--data",
+            r#"{"customer_id":"c-1","amount_cents":40}"#,
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("u.wasm");
+    std::fs::write(&file, guest("order_upcaster")).unwrap();
+    let file = file.to_str().unwrap();
+    let (ok, out, err) = lantern(url, &["upcaster", "deploy", "order-shapes", file]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "upcaster order-shapes: version 1 deployed");
+    let (ok, out, _) = lantern(url, &["upcaster", "list"]).await;
+    assert!(ok);
+    assert!(out.starts_with("order-shapes"), "{out}");
+    assert!(
+        out.contains("takes OrderPlaced,OrderCreated gives OrderPlaced"),
+        "{out}"
+    );
+    let (ok, out, _) = lantern(url, &["--json", "read", "order-1"]).await;
+    assert!(ok);
+    let event: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(event["type"], "OrderPlaced");
+    let (ok, out, _) = lantern(url, &["--json", "read", "--all", "--raw"]).await;
+    assert!(ok);
+    let event: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(event["type"], "OrderCreated");
+    fails_with(
+        url,
+        &["upcaster", "delete", "nothing"],
+        "upcaster_not_found",
+    )
+    .await;
+    fails_with(
+        url,
+        &["upcaster", "deploy", "x", "/no/such/file.wasm"],
+        "reading /no/such/file.wasm",
+    )
+    .await;
+    let (ok, out, _) = lantern(url, &["upcaster", "delete", "order-shapes"]).await;
+    assert!(ok);
+    assert!(out.contains("deleted"), "{out}");
+    let (ok, out, _) = lantern(url, &["upcaster", "list"]).await;
+    assert!(ok);
+    assert_eq!(out.trim(), "no upcasters deployed");
+    server.stop().await;
+}

@@ -275,6 +275,22 @@ async fn the_watched_folder_deploys_on_change_and_ignores_broken_files() {
     assert_eq!(status["version"], 2);
     assert_eq!(status["rebuild"], Value::Null);
 
+    // NAME.upcaster.wasm is an upcaster.
+    std::fs::write(dir.join("ticks.upcaster.wasm"), guest("bad_upcaster")).unwrap();
+    let mut found = false;
+    for _ in 0..100 {
+        if get(&url, "/upcasters/ticks").await.0 == StatusCode::OK {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(found, "the upcaster file was deployed as an upcaster");
+    assert_eq!(
+        get(&url, "/projections/ticks.upcaster").await.0,
+        StatusCode::NOT_FOUND
+    );
+
     // Removal deletes nothing.
     std::fs::remove_file(dir.join("carts.wasm")).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
