@@ -286,6 +286,25 @@ async fn a_failing_upcaster_never_serves_a_wrong_shape_and_faults_alone() {
     let (_, upcaster) = get(url, "/upcasters/ticks").await;
     assert!(upcaster["faults"].as_u64().unwrap() >= 4, "{upcaster}");
     assert!(upcaster["error"]["message"].is_string(), "{upcaster}");
+    // The server says it is degraded, and why, but stays ready (every node has the same
+    // upcasters); the metrics count the faults.
+    let (_, health) = get(url, "/health").await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["problems"][0]["code"], "upcaster_failed", "{health}");
+    assert_eq!(get(url, "/health/ready").await.0, StatusCode::OK);
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let faults: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("lantern_upcaster_faults_total{upcaster=\"ticks\"} "))
+        .expect("the fault counter is exported")
+        .parse()
+        .unwrap();
+    assert!(faults >= 4, "{faults}");
     let (status, body) = get(url, "/upcasters/nothing").await;
     assert_eq!(
         (status, body["error"]["code"].clone()),
@@ -320,4 +339,47 @@ async fn upcaster_deploys_refuse_what_is_not_an_upcaster() {
     assert_eq!(again["unchanged"], true);
     assert_eq!(again["version"], 1);
     server.stop().await;
+}
+
+/// Upcasters are in the registry: after a restart they are loaded again, reads go through them,
+/// and projections keep the chain they were built with.
+#[tokio::test]
+async fn upcasters_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_lantern-under-test"));
+    let server = lantern_tests::ServerProcess::start(binary, dir.path()).unwrap();
+    let url = server.url.clone();
+    append(
+        &url,
+        "order-1",
+        json!({"events": [{"type": "OrderCreated", "data": {"customer_id": "c-1", "amount_cents": 7}}]}),
+    )
+    .await;
+    assert_eq!(
+        deploy_upcaster(&url, "order-shapes", guest("order_upcaster"))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    deploy(&url, "totals", guest("order_totals")).await;
+    wait_status(&url, "totals", |s| {
+        s["lag"] == 0 && s["status"] == "running"
+    })
+    .await;
+    server.kill().unwrap();
+
+    let server = lantern_tests::ServerProcess::start(binary, dir.path()).unwrap();
+    let url = server.url.clone();
+    let (_, listed) = get(&url, "/upcasters").await;
+    assert_eq!(listed["upcasters"][0]["name"], "order-shapes");
+    let (_, page) = get(&url, "/streams/order-1").await;
+    assert_eq!(
+        page["events"][0]["data"],
+        json!({"customer": "c-1", "amount": 7})
+    );
+    let totals = wait_status(&url, "totals", |s| s["lag"] == 0).await;
+    assert_eq!(totals["upcasters"], json!(["order-shapes"]));
+    assert!(totals["rebuild"].is_null(), "nothing to rebuild: {totals}");
+    let (_, value) = get(&url, "/projections/totals/state/customer:c-1").await;
+    assert_eq!(value, json!({"orders": 1, "total": 7}));
 }

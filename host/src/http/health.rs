@@ -17,7 +17,8 @@ use crate::projection::Phase;
 /// `GET /health`: `ok`, or `degraded` with the store's problems (a full disk, a failed write, a
 /// stopped indexer, damaged data found by a read). Always 200: the process is alive.
 pub(super) async fn health(State(state): State<AppState>) -> impl IntoResponse {
-    let problems = problems(&state);
+    let mut problems = problems(&state);
+    problems.extend(upcaster_problems(&state));
     let mut health = json!({
         "status": if problems.is_empty() { "ok" } else { "degraded" },
         "head": state.store.head(),
@@ -41,6 +42,30 @@ fn problems(state: &AppState) -> Vec<Value> {
         .chain(state.follower.as_ref().and_then(|f| f.problem()))
         .map(|p| json!({"code": p.code, "message": p.message}))
         .collect()
+}
+
+/// Upcasters that failed, as `{"code": "upcaster_failed", "message"}`. They make the server
+/// degraded, not unready: every node has the same upcasters, so taking this one out of a load
+/// balancer would help nothing, and the reads that do not need the failing events go on.
+fn upcaster_problems(state: &AppState) -> Vec<Value> {
+    let mut problems = Vec::new();
+    // An upcaster that failed fails the same events again (they never change): reads and
+    // projections that need them answer errors until it is replaced or deleted.
+    for upcaster in state.projections.upcaster_statuses() {
+        let why = match (&upcaster.unloadable, &upcaster.fault) {
+            (Some(why), _) => format!("its module could not be loaded: {why}"),
+            (None, Some(fault)) => format!(
+                "it failed on the event at position {}: {}",
+                fault.position, fault.message
+            ),
+            (None, None) => continue,
+        };
+        problems.push(json!({
+            "code": "upcaster_failed",
+            "message": format!("upcaster {}: {why}; reads and projections that need the events it fails on answer errors until it is replaced or deleted", upcaster.name),
+        }));
+    }
+    problems
 }
 
 fn role(state: &AppState) -> &'static str {

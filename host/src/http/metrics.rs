@@ -254,6 +254,20 @@ fn gauges<V: prometheus_client::encoding::EncodeGaugeValue + Copy>(
     Ok(())
 }
 
+/// A family of counters read at scrape time.
+fn counters(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: &[(Vec<(&str, String)>, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in series {
+        ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
 impl Collector for Live {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let store = &self.store;
@@ -365,6 +379,26 @@ impl Collector for Live {
             "Largest linear memory an instance of a projection's serving module grew to",
             Some(&Unit::Bytes),
             &memory,
+        )?;
+        // Upcasters are named by admins, a handful per store: bounded labels.
+        let upcasters = self.projections.upcaster_statuses();
+        let by_upcaster = |value: fn(&crate::projection::UpcasterStatus) -> u64| {
+            upcasters
+                .iter()
+                .map(|u| (vec![("upcaster", u.name.clone())], value(u)))
+                .collect::<Vec<_>>()
+        };
+        counters(
+            &mut encoder,
+            "upcaster_events",
+            "Events an upcaster has upcast since the server started",
+            &by_upcaster(|u| u.events),
+        )?;
+        counters(
+            &mut encoder,
+            "upcaster_faults",
+            "Calls in which an upcaster failed (the reads and projections that needed them failed)",
+            &by_upcaster(|u| u.faults),
         )?;
         let (hits, misses) = self.projections.runtime().cache_hits_and_misses();
         for (name, help, value) in [
