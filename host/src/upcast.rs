@@ -144,23 +144,77 @@ impl Upcaster {
                 .any(|t| subscription.types.contains(t))
     }
 
-    /// Upcasts the events of `events` at `indices` (each of a type it takes), in place.
+    /// Records a fault and makes the error for it.
+    fn failed(&self, position: u64, message: String) -> UpcastError {
+        *self.fault.lock() = Some(UpcasterFault {
+            position,
+            message: message.clone(),
+            at: SystemTime::now(),
+        });
+        self.faults.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(upcaster = %self.name, position, %message, "upcaster failed");
+        UpcastError {
+            upcaster: self.name.clone(),
+            position,
+            message,
+        }
+    }
+
+    /// Upcasts the events of `events` at `indices` (each of a type it takes), in place. A large
+    /// batch is split over the machine's cores, an instance each; the earliest failing event
+    /// is the one reported.
     fn upcast(&self, events: &mut [RecordedEvent], indices: &[usize]) -> Result<(), UpcastError> {
-        let failed = |position: u64, message: String| {
-            let fault = UpcasterFault {
-                position,
-                message: message.clone(),
-                at: SystemTime::now(),
-            };
-            *self.fault.lock() = Some(fault);
-            self.faults.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(upcaster = %self.name, position, %message, "upcaster failed");
-            UpcastError {
-                upcaster: self.name.clone(),
-                position,
-                message,
-            }
+        let parts = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(indices.len() / PARALLEL_CHUNK)
+            .max(1);
+        let chunk = indices.len().div_ceil(parts);
+        let answered: Vec<_> = if parts == 1 {
+            vec![self.answer(events, indices)]
+        } else {
+            let shared: &[RecordedEvent] = events;
+            std::thread::scope(|scope| {
+                let running: Vec<_> = indices
+                    .chunks(chunk)
+                    .map(|part| scope.spawn(move || self.answer(shared, part)))
+                    .collect();
+                running
+                    .into_iter()
+                    .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect()
+            })
         };
+        for (part, answer) in indices.chunks(chunk).zip(answered) {
+            let (answers, changes) = answer?;
+            for (&i, change) in part.iter().zip(changes) {
+                let Some(Change {
+                    event_type,
+                    data,
+                    metadata,
+                }) = change
+                else {
+                    continue;
+                };
+                let event = &mut events[i];
+                if let Some(event_type) = event_type {
+                    event.event_type = event_type;
+                }
+                event.data = answers.slice(data);
+                event.metadata = metadata.map(|m| answers.slice(m));
+            }
+        }
+        self.events
+            .fetch_add(indices.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Calls the guest on the events at `indices` and checks its answers: each event's new
+    /// type (when it changes), and where its new data and metadata lie in the answer.
+    fn answer(
+        &self,
+        events: &[RecordedEvent],
+        indices: &[usize],
+    ) -> Result<(Bytes, Vec<Option<Change>>), UpcastError> {
         let first = events[indices[0]].position;
         let mut batch = lantern_wire::BatchEncoder::new();
         for &i in indices {
@@ -169,13 +223,13 @@ impl Upcaster {
         let module = self
             .module
             .as_ref()
-            .map_err(|why| failed(first, format!("its module could not be loaded: {why}")))?;
+            .map_err(|why| self.failed(first, format!("its module could not be loaded: {why}")))?;
         let instance = self.idle.lock().pop();
         let mut instance = match instance {
             Some(instance) => instance,
             None => module
                 .instantiate()
-                .map_err(|e| failed(first, e.to_string()))?,
+                .map_err(|e| self.failed(first, e.to_string()))?,
         };
         let answers = match instance.upcast(&batch.finish()) {
             Ok(answers) => answers,
@@ -187,16 +241,17 @@ impl Upcaster {
                 } else {
                     first
                 };
-                return Err(failed(position, message));
+                return Err(self.failed(position, message));
             }
-            Err(other) => return Err(failed(first, other.to_string())),
+            Err(other) => return Err(self.failed(first, other.to_string())),
         };
+        self.idle.lock().push(instance);
         // The new data and metadata are slices of the answer: one buffer, no copy per event.
         let answers = Bytes::from(answers);
         let decoded = lantern_wire::decode_upcasts(&answers)
-            .map_err(|e| failed(first, format!("its answer is malformed: {e}")))?;
+            .map_err(|e| self.failed(first, format!("its answer is malformed: {e}")))?;
         if decoded.len() != indices.len() {
-            return Err(failed(
+            return Err(self.failed(
                 first,
                 format!(
                     "it answered for {} events, it was given {}",
@@ -205,6 +260,12 @@ impl Upcaster {
                 ),
             ));
         }
+        let base = answers.as_ptr() as usize;
+        let range = |bytes: &[u8]| {
+            let start = bytes.as_ptr() as usize - base;
+            start..start + bytes.len()
+        };
+        let mut changes = Vec::with_capacity(indices.len());
         for (&i, answer) in indices.iter().zip(decoded) {
             let lantern_wire::UpcastView::Changed {
                 event_type,
@@ -212,38 +273,49 @@ impl Upcaster {
                 metadata,
             } = answer
             else {
+                changes.push(None);
                 continue;
             };
-            let event = &mut events[i];
+            let event = &events[i];
             let position = event.position;
-            if event_type != event.event_type && !self.gives().iter().any(|t| t == event_type) {
-                return Err(failed(
+            let new_type = event_type != event.event_type;
+            if new_type && !self.gives().iter().any(|t| t == event_type) {
+                return Err(self.failed(
                     position,
                     format!("it answered type {event_type:?}, which it does not declare it gives"),
                 ));
             }
-
             let json = |what: &str, bytes: &[u8]| {
                 serde_json::from_slice::<IgnoredAny>(bytes)
-                    .map_err(|e| failed(position, format!("its {what} is not JSON: {e}")))
+                    .map_err(|e| self.failed(position, format!("its {what} is not JSON: {e}")))
             };
             json("data", data)?;
             if let Some(metadata) = metadata {
                 json("metadata", metadata)?;
             }
-            if event.event_type != event_type {
+            if new_type {
                 validate_event_type(event_type)
-                    .map_err(|e| failed(position, format!("it answered a bad type: {e}")))?;
-                event.event_type = event_type.to_owned();
+                    .map_err(|e| self.failed(position, format!("it answered a bad type: {e}")))?;
             }
-            event.data = answers.slice_ref(data);
-            event.metadata = metadata.map(|m| answers.slice_ref(m));
+            changes.push(Some(Change {
+                event_type: new_type.then(|| event_type.to_owned()),
+                data: range(data),
+                metadata: metadata.map(range),
+            }));
         }
-        self.events
-            .fetch_add(indices.len() as u64, Ordering::Relaxed);
-        self.idle.lock().push(instance);
-        Ok(())
+        Ok((answers, changes))
     }
+}
+
+/// Events per part below which a batch is not split over cores.
+const PARALLEL_CHUNK: usize = 2048;
+
+/// What an upcaster changes of one event: its type (when it changes), and where its new data and
+/// metadata lie in the upcaster's answer.
+struct Change {
+    event_type: Option<String>,
+    data: std::ops::Range<usize>,
+    metadata: Option<std::ops::Range<usize>>,
 }
 
 /// An event as a guest receives it.

@@ -383,3 +383,45 @@ async fn upcasters_survive_a_restart() {
     let (_, value) = get(&url, "/projections/totals/state/customer:c-1").await;
     assert_eq!(value, json!({"orders": 1, "total": 7}));
 }
+
+/// A large page is upcast in parts on several cores: every event gets its own answer, and of
+/// two failing events the earlier one is reported.
+#[tokio::test]
+async fn a_large_page_is_upcast_in_parts_each_event_its_own_answer() {
+    let server = TestServer::start().await.unwrap();
+    let url = &server.url;
+    const N: u64 = 10_000;
+    let events: Vec<Value> = (1..=N)
+        .map(|n| json!({"type": "Tick", "data": {"n": n}}))
+        .collect();
+    let (status, body) = append(url, "clock-1", json!({ "events": events })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        deploy_upcaster(url, "ticks", guest("bad_upcaster")).await.0,
+        StatusCode::CREATED
+    );
+    let (status, page) = get(url, &format!("/all?limit={N}")).await;
+    assert_eq!(status, StatusCode::OK);
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len() as u64, N);
+    for (i, event) in events.iter().enumerate() {
+        assert_eq!(event["position"], i as u64 + 1);
+        assert_eq!(
+            event["data"],
+            json!({"n": i as u64 + 1, "upcast": true}),
+            "{event}"
+        );
+    }
+    // Two failing events far apart (in different parts): the earlier one is reported.
+    let events: Vec<Value> = (1..=N)
+        .map(|n| match n {
+            7_000 | 9_500 => json!({"type": "Tick", "data": {"fail": true}}),
+            n => json!({"type": "Tick", "data": {"n": n}}),
+        })
+        .collect();
+    append(url, "clock-2", json!({ "events": events })).await;
+    let (status, body) = get(url, &format!("/all?from={}&limit={N}", N + 1)).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(body["error"]["position"], N + 7_000);
+    server.stop().await;
+}
