@@ -103,6 +103,12 @@
 //! host's batch semantics (subscription filtering, all-or-nothing batches, the wire encoding);
 //! give events a time with [`testing::TestEvent::at`].
 //!
+//! **Upcasters.** When the shape of an event changes, keep the projection written against
+//! today's shape and deploy an [`Upcaster`]: a module of its own that turns stored events of old
+//! shapes into today's on every read path, projections' input included. Test it with
+//! [`testing::upcast`] and a projection over every shape with [`testing::Harness::upcast_with`];
+//! `docs/upcasters.md` is the guide.
+//!
 //! **Limits** (per instance, the server's defaults): 64 MiB of linear memory, 5 s per call into
 //! the module, 32 MiB for the module and for one batch's writes.
 //!

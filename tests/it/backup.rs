@@ -44,6 +44,14 @@ async fn a_backup_taken_under_load_restores_exactly_its_position() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
+    // An upcaster (of a type no event has: it changes nothing here) goes into the backup too.
+    let response = client()
+        .put(format!("{url}/upcasters/ticks"))
+        .body(guest("bad_upcaster"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
 
     // Appenders run throughout; every acknowledged event is remembered by position.
     let acknowledged: Arc<Mutex<BTreeMap<u64, (String, Value)>>> = Arc::default();
@@ -151,6 +159,8 @@ async fn a_backup_taken_under_load_restores_exactly_its_position() {
         }
     }
     assert_eq!(seen, position);
+    let (_, upcasters) = send(client().get(format!("{url}/upcasters"))).await;
+    assert_eq!(upcasters["upcasters"][0]["name"], "ticks", "{upcasters}");
     // Snapshots came along, none of a revision past the backup's position.
     let mut restored_snapshots = 0;
     for worker in 0..4 {
@@ -213,7 +223,7 @@ async fn a_backup_taken_under_load_restores_exactly_its_position() {
         .collect();
     assert_eq!(
         actions,
-        ["token_bootstrap", "deploy"],
+        ["token_bootstrap", "deploy", "deploy_upcaster"],
         "the trail as of the backup"
     );
 }
