@@ -652,7 +652,7 @@ fn schemas() -> Value {
                 "projections": {"type": "object", "additionalProperties": {
                     "type": "object",
                     "required": ["version", "generation", "module_sha256"],
-                    "properties": {"version": int, "generation": int, "module_sha256": string},
+                    "properties": {"version": int, "generation": int, "module_sha256": string, "upcasters": {"type": "array", "items": string}},
                 }},
                 "tokens": {"type": "object"},
                 "snapshot_change": int,

@@ -941,6 +941,11 @@ impl Projections {
                         version: newest.version,
                         generation: newest.generation,
                         module_sha256: newest.module_sha256.clone(),
+                        upcasters: newest
+                            .upcasters
+                            .iter()
+                            .map(|u| u.module_sha256.clone())
+                            .collect(),
                     },
                 )
             })

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{LeaderState, Message, STORE_ID_HEADER};
+use super::{LeaderState, Message, STORE_ID_HEADER, WantedProjection};
 use crate::access::AccessControl;
 use crate::projection::Projections;
 use crate::store::{Problem, Store, StoreError};
@@ -346,7 +346,7 @@ impl Follower {
     async fn follow_state(self: Arc<Self>, stop: CancellationToken) {
         // The leader's generation of each projection last acted on: a new one with the same
         // module is a rebuild the leader was asked for.
-        let mut seen: HashMap<String, u64> = HashMap::new();
+        let mut seen: HashMap<String, WantedProjection> = HashMap::new();
         let mut last_error = String::new();
         loop {
             match self.copy_state(&mut seen).await {
@@ -367,7 +367,7 @@ impl Follower {
     }
 
     /// Fetches the leader's projections and tokens once and makes this node's match.
-    async fn copy_state(&self, seen: &mut HashMap<String, u64>) -> anyhow::Result<()> {
+    async fn copy_state(&self, seen: &mut HashMap<String, WantedProjection>) -> anyhow::Result<()> {
         if self
             .problem()
             .is_some_and(|p| p.code == "replication_refused")
@@ -410,7 +410,13 @@ impl Follower {
         for (name, wanted) in &state.projections {
             match own.get(name) {
                 Some(mine) if mine.module_sha256 == wanted.module_sha256 => match seen.get(name) {
-                    Some(generation) if *generation < wanted.generation => {
+                    // A new generation with the same module and the same upcasters is a
+                    // rebuild the leader was asked for. (One made because the upcasters changed
+                    // is this node's own doing: it copied the upcasters and rebuilt already.)
+                    Some(last)
+                        if last.generation < wanted.generation
+                            && last.upcasters == wanted.upcasters =>
+                    {
                         tracing::info!(projection = %name, "the leader rebuilt it: rebuilding");
                         self.projections.rebuild(name).await?;
                     }
@@ -422,7 +428,7 @@ impl Follower {
                     self.projections.deploy(name, bytes).await?;
                 }
             }
-            seen.insert(name.clone(), wanted.generation);
+            seen.insert(name.clone(), wanted.clone());
         }
         for name in own.keys() {
             if !state.projections.contains_key(name) {

@@ -101,6 +101,9 @@ pub struct WantedProjection {
     pub generation: u64,
     /// Its module.
     pub module_sha256: String,
+    /// The modules of the upcasters its input passes through, in order.
+    #[serde(default)]
+    pub upcasters: Vec<String>,
 }
 
 /// `GET /replicate/state`: what a follower copies besides the log.
