@@ -162,6 +162,24 @@ async fn order_totals_folds_every_shape_through_the_upcaster_and_reads_see_today
         seen.iter()
             .all(|e| e["type"] == "OrderPlaced" && e["data"]["customer"].is_string())
     );
+    // ... and with raw=true, the stored types.
+    let mut raw = reqwest::Client::new()
+        .get(format!(
+            "{url}/subscribe?from=1&types=OrderCreated&raw=true"
+        ))
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap();
+    let first = raw
+        .chunk()
+        .await
+        .unwrap()
+        .expect("the subscription stays open");
+    let line = std::str::from_utf8(&first).unwrap().lines().next().unwrap();
+    let first: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(first["type"], "OrderCreated");
+    assert_eq!(first["position"], 1);
 
     // Deleting it rebuilds the affected projections again: without it, order-totals cannot
     // fold the old shapes, so that rebuild faults and the version with the upcaster serves on.
