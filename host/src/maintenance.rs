@@ -22,8 +22,13 @@ pub fn check(data: &Path, out: &mut impl Write) -> anyhow::Result<bool> {
     let store = store_check::check(data).context("checking the log")?;
     writeln!(
         out,
-        "log: {} events in {} appends over {} streams, {} bytes; {} index entries checked against it",
-        store.events, store.appends, store.streams, store.log_bytes, store.index_entries
+        "log: {} events in {} appends over {} streams, {} bytes; {} index entries and {} snapshots checked against it",
+        store.events,
+        store.appends,
+        store.streams,
+        store.log_bytes,
+        store.index_entries,
+        store.snapshots
     )?;
     healthy &= report(out, "log", &store.problems, &store.notes)?;
 
@@ -127,6 +132,24 @@ pub fn repair(data: &Path, position: u64, yes: bool, out: &mut impl Write) -> an
             shown.join(", "),
             if plan.streams.len() > 20 {
                 format!(" and {} more", plan.streams.len() - 20)
+            } else {
+                String::new()
+            }
+        )?;
+    }
+    if !plan.snapshots.is_empty() {
+        let shown: Vec<String> = plan
+            .snapshots
+            .iter()
+            .take(20)
+            .map(|(stream, revision)| format!("{stream}@{revision}"))
+            .collect();
+        writeln!(
+            out,
+            "  snapshots of discarded revisions, which go too: {}{}",
+            shown.join(", "),
+            if plan.snapshots.len() > 20 {
+                format!(" and {} more", plan.snapshots.len() - 20)
             } else {
                 String::new()
             }

@@ -97,12 +97,26 @@ async fn check_finds_mid_log_damage_and_repair_cuts_only_when_asked() {
         }
     }
     assert_eq!(read_model(&server.url, 1000).await, fold(&orders, 1000));
+    // A snapshot at each end of the log.
+    for stream in ["order-0", "order-199"] {
+        let (status, body) = send(
+            client
+                .put(format!("{}/streams/{stream}/snapshot", server.url))
+                .json(&json!({"revision": 4, "state": {"stream": stream}})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
     server.terminate().unwrap();
 
     let (ok, out, err) = lantern(&["check", "--data", data_arg]);
     assert!(ok, "{out}{err}");
     assert!(
         out.contains("log: 1000 events in 200 appends over 200 streams"),
+        "{out}"
+    );
+    assert!(
+        out.contains("index entries and 2 snapshots checked against it"),
         "{out}"
     );
     assert!(
@@ -146,6 +160,10 @@ async fn check_finds_mid_log_damage_and_repair_cuts_only_when_asked() {
         out.contains("read model of totals v1 reflects discarded events"),
         "{out}"
     );
+    assert!(
+        out.contains("snapshots of discarded revisions, which go too: order-199@4\n"),
+        "{out}"
+    );
     assert_eq!(std::fs::read(&log_path).unwrap(), log);
     let (ok, out, err) = lantern(&[
         "repair",
@@ -165,8 +183,18 @@ async fn check_finds_mid_log_damage_and_repair_cuts_only_when_asked() {
     let (ok, out, _) = lantern(&["check", "--data", data_arg]);
     assert!(ok, "{out}");
 
+    assert!(out.contains("and 1 snapshots checked"), "{out}");
+
     let server = ServerProcess::start(binary(), &data).unwrap();
     let (_, health) = send(client.get(format!("{}/health", server.url))).await;
     assert_eq!(health["head"], kept);
+    let (status, _) = send(client.get(format!("{}/streams/order-0/snapshot", server.url))).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the snapshot of a kept revision stays"
+    );
+    let (status, _) = send(client.get(format!("{}/streams/order-199/snapshot", server.url))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(read_model(&server.url, kept).await, fold(&orders, kept));
 }

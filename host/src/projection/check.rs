@@ -56,9 +56,36 @@ pub fn check(dir: &Path, head: u64) -> ProjectionsCheck {
             .chain(entry.rebuild.as_ref().map(|r| (r, false)));
         for (generation, serving) in generations {
             check_generation(&layout, name, generation, serving, head, &mut report);
+            for upcaster in &generation.upcasters {
+                let what = format!(
+                    "{name} v{}'s upcaster {}",
+                    generation.version, upcaster.name
+                );
+                check_module(&layout, &what, &upcaster.module_sha256, &mut report);
+            }
         }
     }
+    for (name, upcaster) in &registry.upcasters {
+        let what = format!("upcaster {name} v{}", upcaster.version);
+        check_module(&layout, &what, &upcaster.module_sha256, &mut report);
+    }
     report
+}
+
+/// A module file must be there and have the hash it is named by.
+fn check_module(layout: &Layout, what: &str, sha256: &str, report: &mut ProjectionsCheck) {
+    let module = layout.module(sha256);
+    match std::fs::read(&module) {
+        Ok(bytes) if module_sha256(&bytes) == sha256 => {}
+        Ok(_) => report.problems.push(format!(
+            "{what}: the module file {} does not have the hash it is named by",
+            module.display()
+        )),
+        Err(error) => report.problems.push(format!(
+            "{what}: its module {} cannot be read ({error}); deploy it again",
+            module.display()
+        )),
+    }
 }
 
 fn check_generation(
@@ -69,20 +96,8 @@ fn check_generation(
     head: u64,
     report: &mut ProjectionsCheck,
 ) {
-    let module = layout.module(&generation.module_sha256);
-    match std::fs::read(&module) {
-        Ok(bytes) if module_sha256(&bytes) == generation.module_sha256 => {}
-        Ok(_) => report.problems.push(format!(
-            "{name} v{}: the module file {} does not have the hash it is named by",
-            generation.version,
-            module.display()
-        )),
-        Err(error) => report.problems.push(format!(
-            "{name} v{}: its module {} cannot be read ({error}); deploy it again",
-            generation.version,
-            module.display()
-        )),
-    }
+    let what = format!("{name} v{}", generation.version);
+    check_module(layout, &what, &generation.module_sha256, report);
     let path = layout.read_model(name, generation.generation);
     let checkpoint = if path.exists() {
         match readmodel::read_checkpoint(&path) {

@@ -26,6 +26,8 @@ pub struct StoreCheck {
     pub log_bytes: u64,
     /// Index entries verified against the log.
     pub index_entries: u64,
+    /// Snapshots verified against the log.
+    pub snapshots: u64,
     /// Things that are wrong: the store is damaged.
     pub problems: Vec<String>,
     /// Things worth knowing that are not damage (a torn tail the next start cuts).
@@ -47,6 +49,8 @@ pub struct Truncation {
     pub bytes: u64,
     /// Streams that lose events.
     pub streams: Vec<String>,
+    /// Snapshots of revisions that go (stream, revision): they go too.
+    pub snapshots: Vec<(String, u64)>,
 }
 
 struct Scan {
@@ -271,7 +275,56 @@ pub fn check(dir: &Path) -> Result<StoreCheck, StoreError> {
     let mut report = StoreCheck::default();
     let scan = scan(&file, &mut report, false)?;
     check_index(dir, &file, &scan, &mut report)?;
+    check_snapshots(dir, &file, &scan, &mut report)?;
     Ok(report)
+}
+
+/// Each snapshot must be of an event the log has: its position holds its stream's revision.
+fn check_snapshots(
+    dir: &Path,
+    file: &File,
+    scan: &Scan,
+    report: &mut StoreCheck,
+) -> Result<(), StoreError> {
+    let path = dir.join("snapshots.redb");
+    if !path.exists() {
+        return Ok(());
+    }
+    let snapshots = match super::snapshots::read_file(&path) {
+        Ok(snapshots) => snapshots,
+        Err(error) => {
+            report
+                .problems
+                .push(format!("snapshots.redb cannot be read: {error}"));
+            return Ok(());
+        }
+    };
+    report.snapshots = snapshots.len() as u64;
+    for snapshot in snapshots {
+        let offset = (snapshot.position as usize)
+            .checked_sub(1)
+            .and_then(|i| scan.offsets.get(i));
+        let found = match offset {
+            Some(&offset) => Some(super::log::read_at(file, offset)?.event),
+            None => None,
+        };
+        let fits = found
+            .as_ref()
+            .is_some_and(|e| e.stream == snapshot.stream && e.revision == snapshot.revision);
+        if !fits {
+            report.problems.push(format!(
+                "the snapshot of {:?} at revision {} names position {}, where the log {}",
+                snapshot.stream,
+                snapshot.revision,
+                snapshot.position,
+                match found {
+                    Some(e) => format!("has {:?}@{}", e.stream, e.revision),
+                    None => "has no event".to_owned(),
+                }
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What cutting the log from `position` on would discard; nothing is changed.
@@ -308,6 +361,16 @@ pub fn plan_truncation(dir: &Path, position: u64) -> Result<Truncation, StoreErr
         .into_iter()
         .collect();
     streams.sort();
+    let snapshots_path = dir.join("snapshots.redb");
+    let snapshots = if snapshots_path.exists() {
+        super::snapshots::read_file(&snapshots_path)?
+            .into_iter()
+            .filter(|s| s.position >= from_position)
+            .map(|s| (s.stream, s.revision))
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(Truncation {
         from_position,
         offset,
@@ -315,6 +378,7 @@ pub fn plan_truncation(dir: &Path, position: u64) -> Result<Truncation, StoreErr
         later_records: later,
         bytes: report.log_bytes - offset,
         streams,
+        snapshots,
     })
 }
 
@@ -326,6 +390,9 @@ pub fn truncate(dir: &Path, plan: &Truncation) -> Result<(), StoreError> {
         .open(dir.join("events.log"))?;
     file.set_len(plan.offset)?;
     file.sync_all()?;
+    if !plan.snapshots.is_empty() {
+        super::snapshots::remove_from(&dir.join("snapshots.redb"), plan.from_position)?;
+    }
     match std::fs::remove_file(dir.join("index.redb")) {
         Ok(()) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}

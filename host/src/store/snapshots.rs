@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use parking_lot::RwLock;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::StoreError;
 
@@ -307,6 +307,65 @@ impl Snapshots {
             Ok(copied)
         })
     }
+}
+
+/// Every snapshot in the file at `path`, read without changing it (for `lantern check`); also
+/// checks that the change table lists each snapshot exactly once.
+pub(super) fn read_file(path: &Path) -> Result<Vec<Snapshot>, StoreError> {
+    let db = redb::ReadOnlyDatabase::open(path).map_err(storage)?;
+    let txn = db.begin_read().map_err(storage)?;
+    let snapshots_table = txn.open_table(SNAPSHOTS).map_err(storage)?;
+    let changes = txn.open_table(CHANGES).map_err(storage)?;
+    let mut snapshots = Vec::new();
+    for entry in snapshots_table.iter().map_err(storage)? {
+        let (stream, value) = entry.map_err(storage)?;
+        let snapshot = Snapshot::decode(stream.value(), value.value())?;
+        let listed = changes.get(snapshot.change).map_err(storage)?;
+        if listed.as_ref().map(|s| s.value()) != Some(snapshot.stream.as_str()) {
+            return Err(StoreError::Corrupt(format!(
+                "the snapshot of {:?} has change {}, which the change table does not give it",
+                snapshot.stream, snapshot.change
+            )));
+        }
+        snapshots.push(snapshot);
+    }
+    let listed = changes.len().map_err(storage)?;
+    if listed != snapshots.len() as u64 {
+        return Err(StoreError::Corrupt(format!(
+            "the change table lists {listed} snapshots, the file holds {}",
+            snapshots.len()
+        )));
+    }
+    Ok(snapshots)
+}
+
+/// Removes, durably, every snapshot at a position from `position` on (a repair that cuts the log
+/// there); returns how many.
+pub(super) fn remove_from(path: &Path, position: u64) -> Result<u64, StoreError> {
+    let db = crate::redb_file::create(path, 1 << 20).map_err(storage)?;
+    let txn = db.begin_write().map_err(storage)?;
+    let mut removed = 0;
+    {
+        let mut snapshots = txn.open_table(SNAPSHOTS).map_err(storage)?;
+        let mut changes = txn.open_table(CHANGES).map_err(storage)?;
+        let mut gone = Vec::new();
+        for entry in snapshots.iter().map_err(storage)? {
+            let (stream, value) = entry.map_err(storage)?;
+            let snapshot = Snapshot::decode(stream.value(), value.value())?;
+            if snapshot.position >= position {
+                gone.push(snapshot);
+            }
+        }
+        for snapshot in gone {
+            snapshots
+                .remove(snapshot.stream.as_str())
+                .map_err(storage)?;
+            changes.remove(snapshot.change).map_err(storage)?;
+            removed += 1;
+        }
+    }
+    txn.commit().map_err(storage)?;
+    Ok(removed)
 }
 
 fn write(
