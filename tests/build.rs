@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const GUESTS: [&str; 7] = [
+const GUESTS: [&str; 8] = [
     "order-totals",
     "order-upcaster",
     "bad-upcaster",
+    "tag-upcaster",
     "orders-per-day",
     "carts",
     "hostile",

@@ -443,3 +443,60 @@ async fn a_large_page_is_upcast_in_parts_each_event_its_own_answer() {
     assert_eq!(body["error"]["position"], N + 7_000);
     server.stop().await;
 }
+
+/// Upcasters chain in the byte order of their names, each seeing the previous one's answer.
+#[tokio::test]
+async fn upcasters_chain_in_name_order() {
+    let server = TestServer::start().await.unwrap();
+    let url = &server.url;
+    append(
+        url,
+        "order-1",
+        json!({"events": [
+            {"type": "OrderCreated", "data": {"customer_id": "c-1", "amount_cents": 1}},
+            {"type": "OrderPlaced", "data": {"customer": "c-2", "amount": 2}},
+        ]}),
+    )
+    .await;
+    // The renaming upcaster first, then the tagger: every order arrives tagged, in today's shape.
+    deploy_upcaster(url, "1-order-shapes", guest("order_upcaster")).await;
+    deploy_upcaster(url, "2-tag", guest("tag_upcaster")).await;
+    let (_, listed) = get(url, "/upcasters").await;
+    let names: Vec<&str> = listed["upcasters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["1-order-shapes", "2-tag"]);
+    let (_, page) = get(url, "/streams/order-1").await;
+    assert_eq!(page["events"][0]["type"], "OrderPlaced");
+    assert_eq!(
+        page["events"][0]["data"],
+        json!({"customer": "c-1", "amount": 1, "tagged": true})
+    );
+    assert_eq!(
+        page["events"][1]["data"],
+        json!({"customer": "c-2", "amount": 2, "tagged": true})
+    );
+    // The tagger renamed to run first: it does not take the stored OrderCreated (and the
+    // renaming upcaster then writes it afresh, untagged); today's OrderPlaced it tags, and the
+    // renaming upcaster leaves that unchanged.
+    let response = reqwest::Client::new()
+        .delete(format!("{url}/upcasters/2-tag"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    deploy_upcaster(url, "0-tag", guest("tag_upcaster")).await;
+    let (_, page) = get(url, "/streams/order-1").await;
+    assert_eq!(
+        page["events"][0]["data"],
+        json!({"customer": "c-1", "amount": 1})
+    );
+    assert_eq!(
+        page["events"][1]["data"],
+        json!({"customer": "c-2", "amount": 2, "tagged": true})
+    );
+    server.stop().await;
+}
