@@ -401,6 +401,7 @@ function rebuildCell(p) {
   return h('span', {class: 'rebuild'},
     h('progress', {max: 1, value: r.progress || 0, 'data-progress': r.progress || 0}),
     ` v${r.version} ${r.status} ${Math.floor((r.progress || 0) * 100)}% (${fmt(r.position)} / ${fmt(r.head)})`,
+    r.reason ? h('div', {class: 'muted rebuild-reason'}, `why: ${r.reason}`) : '',
     r.error ? h('div', {class: 'error-text'}, errorText(r.error)) : '');
 }
 

@@ -200,6 +200,7 @@ try:
     version_before = ok("GET", "/projections/slow")["version"]
     css('#projections tr[data-name="slow"] .rebuild-button')[0].click()
     seen = []
+    reasons = []
     shot_taken = False
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -207,6 +208,7 @@ try:
             bars = css('#projections tr[data-name="slow"] progress')
             if bars:
                 seen.append(float(bars[0].get_attribute("data-progress")))
+                reasons += [r.text for r in css('#projections tr[data-name="slow"] .rebuild-reason')]
                 if 0 < seen[-1] < 1 and not shot_taken:
                     shot("3-rebuild-progress")
                     shot_taken = True
@@ -219,6 +221,7 @@ try:
     step(f"progress values seen: {moving}")
     assert len(moving) >= 3, f"the progress bar did not move: {seen[:5]}...{seen[-5:]}"
     assert seen == sorted(seen), "progress went backwards"
+    assert "why: a rebuild was asked for" in reasons, f"the rebuild's reason is shown: {reasons[:3]}"
     after = ok("GET", "/projections/slow")
     assert after["rebuild"] is None and after["status"] == "running", after
     assert after["version"] == version_before
