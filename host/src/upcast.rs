@@ -134,16 +134,6 @@ impl Upcaster {
         self.events.load(Ordering::Relaxed)
     }
 
-    /// Whether a projection with this subscription may see an event it takes or gives.
-    pub fn affects(&self, subscription: &SubscriptionSpec) -> bool {
-        subscription.types.is_empty()
-            || self
-                .takes()
-                .iter()
-                .chain(self.gives())
-                .any(|t| subscription.types.contains(t))
-    }
-
     /// Records a fault and makes the error for it.
     fn failed(&self, position: u64, message: String) -> UpcastError {
         *self.fault.lock() = Some(UpcasterFault {
@@ -369,12 +359,37 @@ impl Chain {
             .collect()
     }
 
-    /// The sub-chain a projection with this subscription must see.
+    /// The sub-chain a projection with this subscription must see: every upcaster through which
+    /// an event may pass on its way to a type the projection wants. With chains that is more
+    /// than the upcasters that give a wanted type: one that turns `W` into `Y` matters to a
+    /// projection of `X` when another turns `Y` into `X`.
     pub fn relevant_to(&self, subscription: &SubscriptionSpec) -> Chain {
+        if subscription.types.is_empty() {
+            return Chain::new(self.upcasters.clone());
+        }
+        // The types an event may have on its way to a wanted one, to a fixed point.
+        let mut wanted: HashSet<&str> = subscription.types.iter().map(String::as_str).collect();
+        let touches = |u: &Upcaster, wanted: &HashSet<&str>| {
+            u.takes()
+                .iter()
+                .chain(u.gives())
+                .any(|t| wanted.contains(t.as_str()))
+        };
+        loop {
+            let before = wanted.len();
+            for upcaster in &self.upcasters {
+                if touches(upcaster, &wanted) {
+                    wanted.extend(upcaster.takes().iter().map(String::as_str));
+                }
+            }
+            if wanted.len() == before {
+                break;
+            }
+        }
         Chain::new(
             self.upcasters
                 .iter()
-                .filter(|u| u.affects(subscription))
+                .filter(|u| touches(u, &wanted))
                 .cloned()
                 .collect(),
         )
@@ -464,5 +479,51 @@ impl Chain {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upcaster(name: &str, takes: &[&str], gives: &[&str]) -> Arc<Upcaster> {
+        let list = |types: &[&str]| types.iter().map(|t| (*t).to_owned()).collect();
+        Arc::new(Upcaster::broken(
+            name,
+            1,
+            "sha",
+            list(takes),
+            list(gives),
+            "types only".into(),
+        ))
+    }
+
+    fn relevant(chain: &Chain, types: &[&str]) -> Vec<String> {
+        let subscription = SubscriptionSpec {
+            types: types.iter().map(|t| (*t).to_owned()).collect(),
+            ..SubscriptionSpec::default()
+        };
+        chain
+            .relevant_to(&subscription)
+            .members()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    #[test]
+    fn relevance_follows_chains_to_a_fixed_point() {
+        // w -> y by "a", y -> x by "b", and an unrelated "c" on z.
+        let chain = Chain::new(vec![
+            upcaster("b", &["Y"], &["X"]),
+            upcaster("a", &["W"], &["Y"]),
+            upcaster("c", &["Z"], &[]),
+        ]);
+        assert_eq!(relevant(&chain, &["X"]), ["a", "b"]);
+        assert_eq!(relevant(&chain, &["Y"]), ["a", "b"]);
+        assert_eq!(relevant(&chain, &["W"]), ["a"]);
+        assert_eq!(relevant(&chain, &["Z", "Q"]), ["c"]);
+        assert_eq!(relevant(&chain, &["Q"]), Vec::<String>::new());
+        assert_eq!(relevant(&chain, &[]), ["a", "b", "c"], "every type: every upcaster");
     }
 }
