@@ -20,6 +20,9 @@ command -v strace >/dev/null || packages+=(strace)
 /usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || packages+=(python3-prometheus-client)
 command -v promtool >/dev/null || packages+=(prometheus)
 command -v systemd-analyze >/dev/null || packages+=(systemd)
+# The TypeScript SDK (guest-sdk-js) is built and tested with Node 20+ and its committed lockfile.
+command -v node >/dev/null || packages+=(nodejs)
+command -v npm >/dev/null || packages+=(npm)
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}"
@@ -29,3 +32,4 @@ if [ ${#packages[@]} -gt 0 ]; then
   fi
 fi
 cargo test --workspace "$@"
+(cd guest-sdk-js && npm ci --no-audit --no-fund --loglevel=error && npm test)
