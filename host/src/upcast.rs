@@ -524,6 +524,10 @@ mod tests {
         assert_eq!(relevant(&chain, &["W"]), ["a"]);
         assert_eq!(relevant(&chain, &["Z", "Q"]), ["c"]);
         assert_eq!(relevant(&chain, &["Q"]), Vec::<String>::new());
-        assert_eq!(relevant(&chain, &[]), ["a", "b", "c"], "every type: every upcaster");
+        assert_eq!(
+            relevant(&chain, &[]),
+            ["a", "b", "c"],
+            "every type: every upcaster"
+        );
     }
 }

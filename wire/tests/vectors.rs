@@ -60,7 +60,11 @@ fn batches_match_the_vectors() {
         let expected = bytes(&case["hex"]);
         assert_eq!(encoder.finish(), expected, "encoding batch {name}");
         if !legacy {
-            assert_eq!(decode_batch(&expected).unwrap(), events, "decoding batch {name}");
+            assert_eq!(
+                decode_batch(&expected).unwrap(),
+                events,
+                "decoding batch {name}"
+            );
         }
     }
     for case in vectors["invalid_batches"].as_array().unwrap() {

@@ -1,0 +1,194 @@
+// The projection model through the test harness: the batch semantics the host applies, state
+// reads and writes, scans, queries and events, each checked against what the test itself fed in.
+
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import {
+  type Event,
+  HandleError,
+  type Params,
+  QueryNotFound,
+  type ReadState,
+  type State,
+  compareKeys,
+  defineProjection,
+  testing,
+} from "../src/index.js";
+
+interface Totals {
+  orders: number;
+  total: number;
+}
+
+/** order-totals, as examples/order-totals has it in Rust. */
+const orderTotals = defineProjection({
+  subscription: { categories: ["order"] },
+  handle(event: Event, state: State) {
+    const sign = event.type === "OrderPlaced" ? 1 : event.type === "OrderCancelled" ? -1 : 0;
+    if (sign === 0) return;
+    const { customer, amount } = event.data as { customer: string; amount: number };
+    if (typeof customer !== "string" || typeof amount !== "number") {
+      throw new Error(`${event.type} at position ${event.position}: data does not fit`);
+    }
+    state.update<Totals>(`customer:${customer}`, { orders: 0, total: 0 }, (t) => {
+      t.orders += sign;
+      t.total += sign * amount;
+    });
+  },
+  query(name: string, params: Params, state: ReadState) {
+    if (name !== "top") throw new QueryNotFound(name);
+    const n = Number(params.n ?? "10");
+    return state
+      .scan<Totals>("customer:")
+      .sort((a, b) => b[1].total - a[1].total || compareKeys(a[0], b[0]))
+      .slice(0, n)
+      .map(([key, t]) => ({ customer: key.slice("customer:".length), total: t.total, orders: t.orders }));
+  },
+});
+
+test("order totals follow placed and cancelled orders, and only the subscribed events", () => {
+  const harness = new testing.Harness(orderTotals);
+  harness.append("order-1", "OrderPlaced", { customer: "c-1", amount: 250 });
+  harness.append("order-2", "OrderPlaced", { customer: "c-1", amount: 100 });
+  harness.append("order-3", "OrderPlaced", { customer: "c-2", amount: 70 });
+  harness.append("order-2", "OrderCancelled", { customer: "c-1", amount: 100 });
+  // Not in the subscription: an order event in another category never reaches the module.
+  harness.append("cart-1", "OrderPlaced", { customer: "c-1", amount: 999 });
+  assert.deepEqual(harness.get("customer:c-1"), { orders: 1, total: 250 });
+  assert.deepEqual(harness.query("top", { n: "1" }), [{ customer: "c-1", total: 250, orders: 1 }]);
+  assert.deepEqual(harness.query("top"), [
+    { customer: "c-1", total: 250, orders: 1 },
+    { customer: "c-2", total: 70, orders: 1 },
+  ]);
+  assert.throws(() => harness.query("nothing"), QueryNotFound);
+  assert.equal(harness.position, 5);
+});
+
+test("a failing event fails its whole batch: none of the batch's writes are kept", () => {
+  const harness = new testing.Harness(orderTotals);
+  harness.append("order-1", "OrderPlaced", { customer: "c-1", amount: 5 });
+  assert.throws(
+    () =>
+      harness.batch([
+        { stream: "order-2", type: "OrderPlaced", data: { customer: "c-1", amount: 7 } },
+        { stream: "order-3", type: "OrderPlaced", data: { customer: "c-9" } },
+      ]),
+    (error: unknown) => error instanceof HandleError && error.position === 3,
+  );
+  assert.deepEqual(harness.get("customer:c-1"), { orders: 1, total: 5 }, "position 2's write is gone");
+  assert.equal(harness.get("customer:c-9"), undefined);
+});
+
+test("reads see the batch's start plus the batch's own writes; gets are copies", () => {
+  const seen: unknown[] = [];
+  const probe = defineProjection({
+    subscription: {},
+    handle(event: Event, state: State) {
+      switch (event.type) {
+        case "Put":
+          state.put(event.data.key, event.data.value);
+          break;
+        case "Delete":
+          state.delete(event.data.key);
+          break;
+        case "Read": {
+          const value = state.get(event.data.key);
+          seen.push(structuredClone(value));
+          if (value !== null && typeof value === "object") value.mutated = true; // a copy: no effect
+          break;
+        }
+        case "Count":
+          state.update<number>("count", 0, (n) => n + 1);
+          break;
+      }
+    },
+  });
+  const harness = new testing.Harness(probe);
+  harness.append("s-1", "Put", { key: "a", value: { x: 1 } });
+  harness.batch([
+    { stream: "s-1", type: "Read", data: { key: "a" } },
+    { stream: "s-1", type: "Read", data: { key: "a" } },
+    { stream: "s-1", type: "Put", data: { key: "a", value: { x: 2 } } },
+    { stream: "s-1", type: "Read", data: { key: "a" } },
+    { stream: "s-1", type: "Delete", data: { key: "a" } },
+    { stream: "s-1", type: "Read", data: { key: "a" } },
+    { stream: "s-1", type: "Count", data: {} },
+    { stream: "s-1", type: "Count", data: {} },
+  ]);
+  assert.deepEqual(seen, [{ x: 1 }, { x: 1 }, { x: 2 }, undefined]);
+  assert.equal(harness.get("a"), undefined);
+  assert.equal(harness.get("count"), 2);
+});
+
+test("scans merge committed pages with the batch's writes, in byte order, across pages", () => {
+  let scanned: Array<[string, unknown]> = [];
+  const fill = defineProjection({
+    subscription: {},
+    handle(event: Event, state: State) {
+      if (event.type === "Fill") {
+        for (let i = 0; i < 2500; i++) state.put(`k:${String(i).padStart(4, "0")}`, i);
+      } else {
+        state.delete("k:0001");
+        state.put("k:0002", "changed");
+        state.put("k:zz", "new");
+        state.put("other", 1);
+        scanned = state.scan("k:");
+      }
+    },
+  });
+  const harness = new testing.Harness(fill);
+  harness.append("s-1", "Fill", {});
+  harness.append("s-1", "Scan", {});
+  assert.equal(scanned.length, 2500, "2,500 - 1 deleted + 1 new, over three pages of 1,000");
+  assert.deepEqual(scanned[0], ["k:0000", 0]);
+  assert.deepEqual(scanned[1], ["k:0002", "changed"]);
+  assert.deepEqual(scanned[scanned.length - 1], ["k:zz", "new"]);
+  const keys = scanned.map(([k]) => k);
+  assert.deepEqual(keys, [...keys].sort(compareKeys));
+});
+
+test("keys sort by their UTF-8 bytes, as the host's do", () => {
+  const alphabet = ["a", "z", "é", "\u{ffff}", "\u{e000}", "😀", "\u{10ffff}", "\u{7f}", "\u{80}", ""];
+  let seed = 7;
+  const random = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31);
+  const words = Array.from({ length: 400 }, () =>
+    Array.from({ length: random() % 4 }, () => alphabet[random() % alphabet.length]).join(""),
+  );
+  const byBytes = [...words].sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+  assert.deepEqual([...words].sort(compareKeys), byBytes);
+});
+
+test("events carry their place, id, time and parsed data", () => {
+  const events: Event[] = [];
+  const keep = defineProjection({ subscription: { types: ["T"] }, handle: (e) => void events.push(e) });
+  const harness = new testing.Harness(keep);
+  harness.batch([
+    {
+      stream: "shop-7",
+      type: "T",
+      data: { n: 1 },
+      metadata: { by: "me" },
+      recordedAt: new Date("2026-03-04T05:06:07.089Z"),
+      id: "0192f0e5-1d2c-7a3b-8c4d-5e6f70819203",
+    },
+    { stream: "plain", type: "T", data: [1, 2] },
+    { stream: "plain", type: "Other", data: null },
+  ]);
+  assert.equal(events.length, 2, "only the subscribed type");
+  const [first, second] = events as [Event, Event];
+  assert.equal(first.position, 1);
+  assert.equal(first.revision, 0);
+  assert.equal(first.stream, "shop-7");
+  assert.equal(first.category, "shop");
+  assert.equal(first.id, "0192f0e5-1d2c-7a3b-8c4d-5e6f70819203");
+  assert.equal(first.recordedAt.toISOString(), "2026-03-04T05:06:07.089Z");
+  assert.equal(first.recordedAtMicros, Date.UTC(2026, 2, 4, 5, 6, 7, 89) * 1000);
+  assert.deepEqual(first.data, { n: 1 });
+  assert.deepEqual(first.metadata, { by: "me" });
+  assert.equal(second.category, "plain");
+  assert.equal(second.revision, 0);
+  assert.equal(second.metadata, null);
+  assert.equal(second.dataText, "[1,2]");
+  assert.equal(second.recordedAt.getTime(), Date.UTC(2026, 0, 1) + 2);
+});
