@@ -31,5 +31,10 @@ if [ ${#packages[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+# The TypeScript SDK and its example, from their committed lockfiles (the example uses the SDK by
+# path, so the SDK is installed and built first); the Rust tests then build the example into a
+# module and run it on a real server beside the Rust one.
+for package in guest-sdk-js examples/order-totals-ts; do
+  (cd "$package" && npm ci --no-audit --no-fund --loglevel=error && npm test)
+done
 cargo test --workspace "$@"
-(cd guest-sdk-js && npm ci --no-audit --no-fund --loglevel=error && npm test)

@@ -23,6 +23,7 @@ mod snapshots;
 mod storage_faults;
 mod subscribe;
 mod torture;
+mod typescript;
 mod upcasters;
 
 use reqwest::StatusCode;

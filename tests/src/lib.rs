@@ -38,6 +38,50 @@ pub fn guest(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
+/// The TypeScript example `examples/order-totals-ts` built into a module (`npm ci` where the
+/// packages are not installed yet, then the SDK's and the example's builds), once per test run.
+pub fn ts_guest() -> Vec<u8> {
+    static BUILT: std::sync::OnceLock<Result<std::path::PathBuf, String>> =
+        std::sync::OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ sits in the workspace");
+        let npm = |dir: &Path, args: &[&str]| -> Result<(), String> {
+            let output = Command::new("npm")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .map_err(|e| format!("running npm (install Node 20 and npm): {e}"))?;
+            if output.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "npm {} in {} failed:\n{}{}",
+                    args.join(" "),
+                    dir.display(),
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                ))
+            }
+        };
+        for package in ["guest-sdk-js", "examples/order-totals-ts"] {
+            let dir = workspace.join(package);
+            if !dir.join("node_modules").exists() {
+                npm(&dir, &["ci", "--no-audit", "--no-fund", "--loglevel=error"])?;
+            }
+            npm(&dir, &["run", "build", "--silent"])?;
+        }
+        Ok(workspace.join("examples/order-totals-ts/dist/order_totals_ts.wasm"))
+    });
+    match built {
+        Ok(path) => {
+            std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        }
+        Err(why) => panic!("{why}"),
+    }
+}
+
 /// `config` with the compile cache every test shares, so each guest compiles once per run.
 pub fn shared_compile_cache(config: WasmConfig) -> WasmConfig {
     WasmConfig {
