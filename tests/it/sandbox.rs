@@ -121,3 +121,50 @@ async fn a_fault_inside_a_batch_is_pinned_to_its_event() {
         server.stop().await;
     }
 }
+
+/// Linear memory never shrinks, and a garbage-collected guest's heap grows across batches: an
+/// instance past half its memory cap is replaced by a fresh one between batches, so a module that
+/// keeps 10 MiB per event (cap 64 MiB) folds twelve such events, one batch each, without a
+/// fault.
+#[tokio::test]
+async fn an_instance_past_half_its_memory_is_renewed_between_batches() {
+    let server = TestServer::start().await.unwrap();
+    let url = &server.url;
+    assert_eq!(
+        deploy(url, "hostile", guest("hostile")).await.0,
+        StatusCode::CREATED
+    );
+    for i in 1..=12u64 {
+        let (_, appended) = append(
+            url,
+            "hostile-1",
+            json!({"events": [{"type": "Leak", "data": 10}]}),
+        )
+        .await;
+        let position = &appended["last_position"];
+        // One batch each: wait until it is folded before the next.
+        let (code, count) = get(
+            url,
+            &format!("/projections/hostile/state/count?min_position={position}"),
+        )
+        .await;
+        assert_eq!(code, StatusCode::OK, "{count}");
+        assert_eq!(count, json!(i));
+    }
+    let (_, status) = get(url, "/projections/hostile").await;
+    assert_eq!(status["status"], "running", "{status}");
+    // Not even a fault it recovered from (a retry on a fresh instance would hide one).
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let faults: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("lantern_projection_faults_total{") && l.contains("hostile"))
+        .filter(|l| !l.ends_with(" 0"))
+        .collect();
+    assert!(faults.is_empty(), "{faults:?}");
+    server.stop().await;
+}

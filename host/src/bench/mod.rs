@@ -47,6 +47,13 @@ pub struct BenchOptions {
         default_value = "target/wasm32-wasip2/release/order_upcaster.wasm"
     )]
     pub upcaster_module: PathBuf,
+    /// The `order-totals-ts` module for the TypeScript benchmark (build it with
+    /// `cd examples/order-totals-ts && npm ci && npm run build`).
+    #[arg(
+        long,
+        default_value = "examples/order-totals-ts/dist/order_totals_ts.wasm"
+    )]
+    pub ts_module: PathBuf,
     /// Events in the projection catch-up benchmark.
     #[arg(long, default_value_t = 1_000_000)]
     pub projection_events: u64,
@@ -59,6 +66,7 @@ mod access;
 mod projection;
 mod replication;
 mod snapshots;
+mod typescript;
 mod upcasters;
 
 struct Figure {
@@ -187,6 +195,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     }
     if module_built && wanted("access") {
         access::run(base.path(), &options, &mut report).await?;
+    }
+    if module_built && wanted("ts") {
+        typescript::run(base.path(), &options, &mut report).await?;
     }
     if module_built && wanted("upcast") {
         upcasters::run(base.path(), &options, &mut report).await?;

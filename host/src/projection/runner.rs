@@ -410,6 +410,12 @@ impl Generation {
             .await
             .map_err(|e| fault(format!("runner task failed: {e}"), from))?;
             let guest = match result {
+                // A guest whose memory has grown past half its cap starts the next batch afresh
+                // (its state lives in the read model, not in the instance).
+                Ok(()) if guest.should_be_renewed() => self
+                    .module
+                    .instantiate()
+                    .map_err(|e| fault(e.to_string(), next_checkpoint + 1))?,
                 Ok(()) => guest,
                 Err(BatchError::Storage(message)) => {
                     return Err(storage_fault(message, from));

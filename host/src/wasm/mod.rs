@@ -177,6 +177,8 @@ impl WasiView for GuestState {
 struct Limiter {
     limits: StoreLimits,
     high_water: Arc<AtomicUsize>,
+    /// The largest linear memory of this instance so far.
+    grown_to: usize,
 }
 
 impl wasmtime::ResourceLimiter for Limiter {
@@ -189,6 +191,7 @@ impl wasmtime::ResourceLimiter for Limiter {
         let allowed = self.limits.memory_growing(current, desired, maximum)?;
         if allowed {
             self.high_water.fetch_max(desired, Ordering::Relaxed);
+            self.grown_to = self.grown_to.max(desired);
         }
         Ok(allowed)
     }
@@ -393,6 +396,7 @@ impl Runtime {
                     .trap_on_grow_failure(true)
                     .build(),
                 high_water: high_water.clone(),
+                grown_to: 0,
             },
             view: None,
             name: name.clone(),
@@ -593,6 +597,7 @@ impl Module {
             bindings,
             deadline_ticks: self.runtime.deadline_ticks(),
             max_write_bytes: self.runtime.limits.max_write_bytes,
+            memory_cap: self.runtime.limits.memory_bytes,
         })
     }
 }
@@ -603,6 +608,7 @@ pub struct Instance {
     bindings: Projection,
     deadline_ticks: u64,
     max_write_bytes: usize,
+    memory_cap: usize,
 }
 
 impl Instance {
@@ -616,6 +622,14 @@ impl Instance {
         let result = call(&self.bindings, &mut self.store);
         self.store.data_mut().view = None;
         result.map_err(|error| trap(error, &self.store))
+    }
+
+    /// Whether its linear memory has grown past half the cap. Linear memory never shrinks, and a
+    /// garbage-collected guest (a JavaScript engine) keeps growing it across batches: such an
+    /// instance is best replaced by a fresh one between batches, before a batch hits the cap.
+    pub fn should_be_renewed(&self) -> bool {
+        let data = self.store.data();
+        data.limits.grown_to > self.memory_cap / 2
     }
 
     /// Folds one encoded batch; returns the encoded writes.

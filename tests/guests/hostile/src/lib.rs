@@ -1,9 +1,16 @@
 //! Misbehaves on the event type's command: `Trap` panics, `Loop` never returns, `Grow` eats
 //! memory, `Flood` writes a huge write set, `Fail` returns an error, `Slow` spins `data` times
-//! (a number) before counting, so a rebuild takes long enough to watch. Anything else counts the
-//! event under `count`, so tests can see it working between faults.
+//! (a number) before counting, so a rebuild takes long enough to watch, `Leak` keeps `data` MiB
+//! for the rest of the instance's life and counts (as a garbage-collected guest's heap grows
+//! across batches). Anything else counts the event under `count`, so tests can see it working
+//! between faults.
 
 use lantern_sdk::{Event, Projection, State, Subscription};
+
+thread_local! {
+    /// What `Leak` keeps: it lives as long as the instance.
+    static LEAKED: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// The projection.
 pub struct Hostile;
@@ -37,6 +44,11 @@ impl Projection for Hostile {
                 Ok(())
             }
             "Fail" => Err(lantern_sdk::Error::new("told to fail")),
+            "Leak" => {
+                let mib: usize = event.data()?;
+                LEAKED.with(|leaked| leaked.borrow_mut().push(vec![1u8; mib << 20]));
+                state.update("count", |n: &mut u64| *n += 1)
+            }
             "Slow" => {
                 let spins: u64 = event.data()?;
                 let mut done = 0u64;
