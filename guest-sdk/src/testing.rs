@@ -200,6 +200,26 @@ impl<P: Projection> Harness<P> {
             data: Vec<u8>,
             metadata: Option<Vec<u8>>,
         }
+        impl Placed<'_> {
+            /// The event as the guest sees it, with this type, data and metadata.
+            fn view<'v>(
+                &'v self,
+                event_type: &'v str,
+                data: &'v [u8],
+                metadata: Option<&'v [u8]>,
+            ) -> EventView<'v> {
+                EventView {
+                    position: self.position,
+                    revision: self.revision,
+                    id: self.id,
+                    recorded_at_micros: self.recorded_at_micros,
+                    stream: &self.event.stream,
+                    event_type,
+                    data,
+                    metadata,
+                }
+            }
+        }
         let placed: Vec<Placed<'_>> = events
             .iter()
             .map(|event| {
@@ -238,31 +258,14 @@ impl<P: Projection> Harness<P> {
                 placed.metadata.clone(),
             );
             for upcaster in &self.upcasters {
-                let view = EventView {
-                    position: placed.position,
-                    revision: placed.revision,
-                    id: placed.id,
-                    recorded_at_micros: placed.recorded_at_micros,
-                    stream: &placed.event.stream,
-                    event_type: &event_type,
-                    data: &data,
-                    metadata: metadata.as_deref(),
-                };
-                if let Some(upcast) = upcaster(&view)? {
+                if let Some(upcast) =
+                    upcaster(&placed.view(&event_type, &data, metadata.as_deref()))?
+                {
                     (event_type, data, metadata) = upcast;
                 }
             }
             if subscription.matches(&placed.event.stream, &event_type) {
-                encoder.push(&EventView {
-                    position: placed.position,
-                    revision: placed.revision,
-                    id: placed.id,
-                    recorded_at_micros: placed.recorded_at_micros,
-                    stream: &placed.event.stream,
-                    event_type: &event_type,
-                    data: &data,
-                    metadata: metadata.as_deref(),
-                });
+                encoder.push(&placed.view(&event_type, &data, metadata.as_deref()));
             }
         }
         let encoded = encoder.finish();

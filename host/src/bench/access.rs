@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::Server;
 use super::projection::{CUSTOMERS, seed_orders, wait_caught_up};
 use super::{BenchOptions, RawConnection, Report, payload};
 use crate::access::{AccessControl, Role};
@@ -90,36 +91,6 @@ pub(super) async fn run(
     projections.shutdown().await;
     store.close();
     Ok(())
-}
-
-struct Server {
-    address: String,
-    shutdown: tokio_util::sync::CancellationToken,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Server {
-    async fn start(state: AppState) -> anyhow::Result<Server> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let address = listener.local_addr()?.to_string();
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let task = tokio::spawn(crate::http::run(
-            listener,
-            state,
-            shutdown.clone().cancelled_owned(),
-        ));
-        Ok(Server {
-            address,
-            shutdown,
-            task,
-        })
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        self.task.await??;
-        Ok(())
-    }
 }
 
 /// Durable single-event appends from 64 clients for `duration`: appends per second.

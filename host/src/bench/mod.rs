@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use crate::http::AppState;
+use crate::projection::Projections;
 use crate::store::{Direction, ExpectedRevision, Filter, NewEvent, Store, StoreOptions};
 
 /// What to measure and how big.
@@ -112,6 +113,47 @@ impl Report {
     }
 }
 
+/// The API served on a free loopback port for a benchmark, until `stop`.
+pub(crate) struct Server {
+    pub(crate) address: String,
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    pub(crate) async fn start(state: AppState) -> anyhow::Result<Server> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?.to_string();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(crate::http::run(
+            listener,
+            state,
+            shutdown.clone().cancelled_owned(),
+        ));
+        Ok(Server {
+            address,
+            shutdown,
+            task,
+        })
+    }
+
+    /// In open mode (no tokens), over `store` and `projections`.
+    pub(crate) async fn open(store: &Store, projections: &Projections) -> anyhow::Result<Server> {
+        Self::start(AppState::new(
+            store.clone(),
+            projections.clone(),
+            crate::access::AccessControl::in_memory(),
+        ))
+        .await
+    }
+
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await??;
+        Ok(())
+    }
+}
+
 /// A ~200-byte JSON payload.
 fn payload(i: u64) -> Bytes {
     Bytes::from(format!(
@@ -154,28 +196,16 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     }
     if wanted("http") {
         let store = Store::open(&base.path().join("http"), StoreOptions::default())?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let address = listener.local_addr()?.to_string();
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let projections = crate::projection::Projections::open(
+        let projections = Projections::open(
             store.clone(),
             &base.path().join("http-projections"),
             crate::wasm::WasmConfig::default(),
         )
         .await?;
-        let server = tokio::spawn(crate::http::run(
-            listener,
-            AppState::new(
-                store.clone(),
-                projections,
-                crate::access::AccessControl::in_memory(),
-            ),
-            shutdown.clone().cancelled_owned(),
-        ));
-        bench_http_batched(&address, &options, &mut report).await?;
-        bench_http_single(&address, &options, &mut report).await?;
-        shutdown.cancel();
-        server.await??;
+        let server = Server::open(&store, &projections).await?;
+        bench_http_batched(&server.address, &options, &mut report).await?;
+        bench_http_single(&server.address, &options, &mut report).await?;
+        server.stop().await?;
         store.close();
     }
     let module_built = options.module.exists();

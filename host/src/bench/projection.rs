@@ -11,7 +11,6 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::Report;
-use crate::http::AppState;
 use crate::projection::{MinPosition, Projections};
 use crate::store::{ExpectedRevision, Filter, NewEvent, Store, StoreOptions};
 use crate::wasm::WasmConfig;
@@ -157,27 +156,16 @@ pub(super) async fn run(
     report.record_percentiles("projection_live_visible", &mut latencies);
 
     // Point queries over HTTP from 32 clients.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?.to_string();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn(crate::http::run(
-        listener,
-        AppState::new(
-            store.clone(),
-            projections.clone(),
-            crate::access::AccessControl::in_memory(),
-        ),
-        shutdown.clone().cancelled_owned(),
-    ));
+    let server = super::Server::open(&store, &projections).await?;
     let rate =
-        super::access::point_queries(&address, "", Duration::from_secs(options.seconds)).await?;
+        super::access::point_queries(&server.address, "", Duration::from_secs(options.seconds))
+            .await?;
     report.record(
         "projection_point_queries_http_32_clients",
         rate,
         "queries/s",
     );
-    shutdown.cancel();
-    server.await??;
+    server.stop().await?;
 
     // Ten projections: a restart resumes them all from their checkpoints.
     for i in 0..9 {

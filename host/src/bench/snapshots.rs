@@ -5,8 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{BenchOptions, RawConnection, Report, payload};
-use crate::http::AppState;
+use super::{BenchOptions, RawConnection, Report, Server, payload};
 use crate::store::{ExpectedRevision, NewEvent, Store, StoreOptions};
 
 const EVENTS: u64 = 100_000;
@@ -31,25 +30,14 @@ pub(super) async fn run(
             .append("cart-big", ExpectedRevision::Any, events)
             .await?;
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?.to_string();
-    let shutdown = tokio_util::sync::CancellationToken::new();
     let projections = crate::projection::Projections::open(
         store.clone(),
         &base.join("snapshots-projections"),
         crate::wasm::WasmConfig::default(),
     )
     .await?;
-    let server = tokio::spawn(crate::http::run(
-        listener,
-        AppState::new(
-            store.clone(),
-            projections,
-            crate::access::AccessControl::in_memory(),
-        ),
-        shutdown.clone().cancelled_owned(),
-    ));
-    let mut connection = RawConnection::open(&address).await?;
+    let server = Server::open(&store, &projections).await?;
+    let mut connection = RawConnection::open(&server.address).await?;
     let state = format!(
         r#"{{"revision":{SNAPSHOT_AT},"state":{{"items":{SNAPSHOT_AT},"note":"{}"}}}}"#,
         "x".repeat(1000)
@@ -90,8 +78,7 @@ pub(super) async fn run(
         full.push(sent.elapsed());
     }
     report.record_percentiles("full_load_100k_stream", &mut full);
-    shutdown.cancel();
-    server.await??;
+    server.stop().await?;
     store.close();
     Ok(())
 }

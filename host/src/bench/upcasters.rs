@@ -9,8 +9,7 @@ use anyhow::Context;
 use bytes::Bytes;
 
 use super::projection::{CUSTOMERS, seed_orders, wait_caught_up};
-use super::{RawConnection, Report};
-use crate::http::AppState;
+use super::{RawConnection, Report, Server};
 use crate::projection::Projections;
 use crate::store::{ExpectedRevision, NewEvent, Store, StoreOptions};
 use crate::wasm::WasmConfig;
@@ -132,18 +131,8 @@ pub(super) async fn run(
         "upcast/current",
     );
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?.to_string();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn(crate::http::run(
-        listener,
-        AppState::new(
-            old.clone(),
-            projections.clone(),
-            crate::access::AccessControl::in_memory(),
-        ),
-        shutdown.clone().cancelled_owned(),
-    ));
+    let server = Server::open(&old, &projections).await?;
+    let address = server.address.clone();
     // Alternating rounds; the best of each, so a noisy moment does not decide the ratio.
     let (mut raw_rate, mut upcast_rate) = (0f64, 0f64);
     for _ in 0..3 {
@@ -157,8 +146,7 @@ pub(super) async fn run(
         upcast_rate / raw_rate,
         "upcast/raw",
     );
-    shutdown.cancel();
-    server.await??;
+    server.stop().await?;
     projections.shutdown().await;
     old.close();
     Ok(())

@@ -151,10 +151,7 @@ fn json_response(body: Vec<u8>) -> Response {
 async fn blocking<T: Send + 'static>(
     read: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(read)
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::from)
+    blocking_api(move || read().map_err(ApiError::from)).await
 }
 
 /// `GET /streams/{stream}`
