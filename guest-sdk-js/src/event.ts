@@ -1,50 +1,69 @@
-import type { EventView } from "./wire.js";
-
 const utf8 = new TextDecoder();
 
-/** One event of the log, as a projection sees it. `data` and `metadata` are parsed on first use. */
+/**
+ * One event of the log, as a projection sees it. `data` and `metadata` are parsed on first use;
+ * until then the event holds only where they are in the batch's bytes.
+ */
 export class Event {
+  /** Position in the global log, from 1. */
+  readonly position: number;
+  /** Revision in its stream, from 0. */
+  readonly revision: number;
+  /** The stream's name. */
+  readonly stream: string;
+  /** The event type. */
+  readonly type: string;
+  /** When the store recorded it, in microseconds since the Unix epoch. */
+  readonly recordedAtMicros: number;
+  // Where the id, data and metadata are in `bytes` (`metadataStart` -1: no metadata); the parsed
+  // values once asked for (`undefined`: not parsed yet).
+  private readonly bytes: Uint8Array;
+  private readonly idStart: number;
+  private readonly dataStart: number;
+  private readonly dataEnd: number;
+  private readonly metadataStart: number;
+  private readonly metadataEnd: number;
   private parsedData: unknown;
   private parsedMetadata: unknown;
-  private dataParsed = false;
-  private metadataParsed = false;
 
-  constructor(private readonly view: EventView) {}
-
-  /** Position in the global log, from 1. */
-  get position(): number {
-    return this.view.position;
-  }
-
-  /** Revision in its stream, from 0. */
-  get revision(): number {
-    return this.view.revision;
-  }
-
-  /** The stream's name. */
-  get stream(): string {
-    return this.view.stream;
+  /** Made by the SDK from a batch (`wire.ts`); a projection is handed events, never makes them. */
+  constructor(
+    position: number,
+    revision: number,
+    stream: string,
+    type: string,
+    recordedAtMicros: number,
+    bytes: Uint8Array,
+    idStart: number,
+    dataStart: number,
+    dataEnd: number,
+    metadataStart: number,
+    metadataEnd: number,
+  ) {
+    this.position = position;
+    this.revision = revision;
+    this.stream = stream;
+    this.type = type;
+    this.recordedAtMicros = recordedAtMicros;
+    this.bytes = bytes;
+    this.idStart = idStart;
+    this.dataStart = dataStart;
+    this.dataEnd = dataEnd;
+    this.metadataStart = metadataStart;
+    this.metadataEnd = metadataEnd;
+    this.parsedData = undefined;
+    this.parsedMetadata = undefined;
   }
 
   /** The stream's category: the part of its name before the first `-`. */
   get category(): string {
-    return categoryOf(this.view.stream);
-  }
-
-  /** The event type. */
-  get type(): string {
-    return this.view.type;
+    return categoryOf(this.stream);
   }
 
   /** The event's id, a UUID in its usual form (`0192f4c5-...`). */
   get id(): string {
-    const hex = Array.from(this.view.id, (b) => b.toString(16).padStart(2, "0")).join("");
+    const hex = Array.from(this.bytes.subarray(this.idStart, this.idStart + 16), (b) => b.toString(16).padStart(2, "0")).join("");
     return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
-  }
-
-  /** When the store recorded it, in microseconds since the Unix epoch. */
-  get recordedAtMicros(): number {
-    return this.view.recordedAtMicros;
   }
 
   /**
@@ -52,34 +71,31 @@ export class Event {
    * which a projection does not have: it must fold the same way on every replay.
    */
   get recordedAt(): Date {
-    return new Date(Math.floor(this.view.recordedAtMicros / 1000));
+    return new Date(Math.floor(this.recordedAtMicros / 1000));
   }
 
   /** The data, parsed from JSON. */
   get data(): any {
-    if (!this.dataParsed) {
-      this.parsedData = parseJson(this.view.data, () => `${this.type} at position ${this.position}: data`);
-      this.dataParsed = true;
+    if (this.parsedData === undefined) {
+      this.parsedData = parseJson(this.bytes.subarray(this.dataStart, this.dataEnd), this, "data");
     }
     return this.parsedData;
   }
 
   /** The metadata, parsed from JSON; `null` when the event has none. */
   get metadata(): any {
-    if (!this.metadataParsed) {
-      const metadata = this.view.metadata;
+    if (this.parsedMetadata === undefined) {
       this.parsedMetadata =
-        metadata === null
+        this.metadataStart < 0
           ? null
-          : parseJson(metadata, () => `${this.type} at position ${this.position}: metadata`);
-      this.metadataParsed = true;
+          : parseJson(this.bytes.subarray(this.metadataStart, this.metadataEnd), this, "metadata");
     }
     return this.parsedMetadata;
   }
 
   /** The data as JSON text, unparsed. */
   get dataText(): string {
-    return utf8.decode(this.view.data);
+    return utf8.decode(this.bytes.subarray(this.dataStart, this.dataEnd));
   }
 }
 
@@ -89,10 +105,11 @@ export function categoryOf(stream: string): string {
   return dash < 0 ? stream : stream.slice(0, dash);
 }
 
-function parseJson(bytes: Uint8Array, what: () => string): unknown {
+// JSON text never parses to `undefined`, so `undefined` can mean "not parsed yet" above.
+function parseJson(bytes: Uint8Array, event: Event, what: string): unknown {
   try {
     return JSON.parse(utf8.decode(bytes));
   } catch (error) {
-    throw new Error(`${what()} is not JSON: ${(error as Error).message}`);
+    throw new Error(`${event.type} at position ${event.position}: ${what} is not JSON: ${(error as Error).message}`);
   }
 }

@@ -1,6 +1,6 @@
 import { Event, categoryOf } from "./event.js";
 import { type Backend, type ReadState, State } from "./state.js";
-import { decodeBatch } from "./wire.js";
+import { BatchReader } from "./wire.js";
 
 /**
  * Which events a projection wants: events of any listed category or any listed stream (every
@@ -74,25 +74,47 @@ export function matches(subscription: Subscription, stream: string, type: string
  * harness both run.
  */
 export function handleBatch(projection: Projection, batch: Uint8Array, backend: Backend): Uint8Array {
-  let events;
+  // Events are decoded as they are handled, each made just before its turn: none outlives its
+  // `handle` unless the projection keeps it. A malformed batch fails like a failing event: no
+  // write of the batch is kept.
+  let reader: BatchReader;
   try {
-    events = decodeBatch(batch);
+    reader = new BatchReader(batch);
   } catch (error) {
-    throw new HandleError(0, (error as Error).message);
+    throw new HandleError(0, messageOf(error));
   }
   const state = new State(backend);
-  for (const view of events) {
+  let last = 0;
+  for (;;) {
     try {
-      projection.handle(new Event(view), state);
+      if (!reader.next()) break;
     } catch (error) {
-      throw new HandleError(view.position, messageOf(error));
+      throw new HandleError(0, messageOf(error));
+    }
+    last = reader.position;
+    const event = new Event(
+      reader.position,
+      reader.revision,
+      reader.stream,
+      reader.type,
+      reader.recordedAtMicros,
+      batch,
+      reader.idStart,
+      reader.dataStart,
+      reader.dataEnd,
+      reader.metadataStart,
+      reader.metadataEnd,
+    );
+    try {
+      projection.handle(event, state);
+    } catch (error) {
+      throw new HandleError(last, messageOf(error));
     }
   }
-  const last = events[events.length - 1];
   try {
     return state.finish();
   } catch (error) {
-    throw new HandleError(last === undefined ? 0 : last.position, messageOf(error));
+    throw new HandleError(last, messageOf(error));
   }
 }
 

@@ -1,6 +1,5 @@
-import { type WriteView, encodeWrites } from "./wire.js";
+import { WritesEncoder } from "./wire.js";
 
-const utf8 = new TextEncoder();
 const utf8Decoder = new TextDecoder();
 
 /** Where committed values come from: the host (in a module) or the test harness. */
@@ -19,8 +18,21 @@ export interface ReadState {
   scan<T = any>(prefix: string): Array<[string, T]>;
 }
 
-/** A value written in this batch: JSON text (put), a live value (update), or a delete. */
-type Written = { text: string } | { live: unknown } | null;
+/**
+ * A key written in this batch: deleted, JSON text (`put`), or a live value (`update`, which
+ * changes it in place until the batch ends). One mutable slot per key, so repeated updates of a
+ * key allocate nothing.
+ */
+interface Slot {
+  kind: SlotKind;
+  value: unknown;
+}
+
+const enum SlotKind {
+  Deleted,
+  Text,
+  Live,
+}
 
 const SCAN_PAGE = 1000;
 
@@ -30,29 +42,28 @@ const SCAN_PAGE = 1000;
  * if the whole batch succeeds.
  */
 export class State implements ReadState {
-  private readonly writes = new Map<string, Written>();
+  private readonly writes = new Map<string, Slot>();
 
   constructor(private readonly backend: Backend) {}
 
   get<T = any>(key: string): T | undefined {
-    const written = this.writes.get(key);
-    if (written === undefined) {
+    const slot = this.writes.get(key);
+    if (slot === undefined) {
       const bytes = this.backend.get(key);
       return bytes === undefined ? undefined : parse<T>(key, utf8Decoder.decode(bytes));
     }
-    if (written === null) return undefined;
     // A copy: changing what `get` returned never changes the state behind `put`'s back.
-    return parse<T>(key, "text" in written ? written.text : json(key, written.live));
+    return slot.kind === SlotKind.Deleted ? undefined : parse<T>(key, textOf(key, slot));
   }
 
   /** Stores `value` (as JSON) under `key`. */
   put(key: string, value: unknown): void {
-    this.writes.set(key, { text: json(key, value) });
+    this.write(key, SlotKind.Text, json(key, value));
   }
 
   /** Removes `key`. */
   delete(key: string): void {
-    this.writes.set(key, null);
+    this.write(key, SlotKind.Deleted, undefined);
   }
 
   /**
@@ -62,16 +73,26 @@ export class State implements ReadState {
    * parse and one serialization.
    */
   update<T>(key: string, initial: T, change: (value: T) => T | void): void {
-    const written = this.writes.get(key);
-    let value: T;
-    if (written !== undefined && written !== null && "live" in written) {
-      value = written.live as T;
-    } else {
-      const current = this.get<T>(key);
-      value = current === undefined ? copy(key, initial) : current;
+    const slot = this.writes.get(key);
+    if (slot !== undefined && slot.kind === SlotKind.Live) {
+      const changed = change(slot.value as T);
+      if (changed !== undefined) slot.value = changed;
+      return;
     }
+    const current = this.get<T>(key);
+    const value = current === undefined ? copy(key, initial) : current;
     const changed = change(value);
-    this.writes.set(key, { live: changed === undefined ? value : changed });
+    this.write(key, SlotKind.Live, changed === undefined ? value : changed);
+  }
+
+  private write(key: string, kind: SlotKind, value: unknown): void {
+    const slot = this.writes.get(key);
+    if (slot === undefined) {
+      this.writes.set(key, { kind, value });
+    } else {
+      slot.kind = kind;
+      slot.value = value;
+    }
   }
 
   scan<T = any>(prefix: string): Array<[string, T]> {
@@ -84,9 +105,9 @@ export class State implements ReadState {
       if (page.length < SCAN_PAGE || last === undefined) break;
       after = last[0];
     }
-    for (const [key, written] of this.writes) {
+    for (const [key, slot] of this.writes) {
       if (!key.startsWith(prefix)) continue;
-      merged.set(key, written === null ? null : "text" in written ? written.text : json(key, written.live));
+      merged.set(key, slot.kind === SlotKind.Deleted ? null : textOf(key, slot));
     }
     const keys = [...merged.keys()].sort(compareKeys);
     const out: Array<[string, T]> = [];
@@ -97,17 +118,25 @@ export class State implements ReadState {
     return out;
   }
 
-  /** The batch's writes in the wire encoding, in key order, for the host. */
+  /**
+   * The batch's writes in the wire encoding, for the host. They are sorted (the host's B-tree
+   * takes sorted keys fastest; the order means nothing): by UTF-16 code units, JavaScript's own
+   * sort, which is not quite the host's byte order (see `compareKeys`) and need not be.
+   */
   finish(): Uint8Array {
-    const keys = [...this.writes.keys()].sort(compareKeys);
-    const writes: WriteView[] = keys.map((key): WriteView => {
-      const written = this.writes.get(key)!;
-      if (written === null) return { kind: "delete", key };
-      const text = "text" in written ? written.text : json(key, written.live);
-      return { kind: "put", key, value: utf8.encode(text) };
-    });
-    return encodeWrites(writes);
+    const keys = [...this.writes.keys()].sort();
+    const out = new WritesEncoder();
+    for (const key of keys) {
+      const slot = this.writes.get(key)!;
+      if (slot.kind === SlotKind.Deleted) out.delete(key);
+      else out.put(key, textOf(key, slot));
+    }
+    return out.finish();
   }
+}
+
+function textOf(key: string, slot: Slot): string {
+  return slot.kind === SlotKind.Text ? (slot.value as string) : json(key, slot.value);
 }
 
 /**

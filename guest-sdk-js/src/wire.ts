@@ -97,8 +97,13 @@ class Writer {
     this.raw(bytes);
   }
 
+  /** A string as UTF-8, encoded straight into the buffer. */
   str(s: string): void {
-    this.bytesField(utf8.encode(s));
+    // At most three bytes per UTF-16 code unit; the length is written once the size is known.
+    this.reserve(4 + 3 * s.length);
+    const { written } = utf8.encodeInto(s, this.bytes.subarray(this.length + 4));
+    this.view.setUint32(this.length, written, true);
+    this.length += 4 + written;
   }
 
   /** Writes `count` over the first four bytes and returns the encoding. */
@@ -131,14 +136,6 @@ class Reader {
     const n = this.view.getUint32(this.offset, true);
     this.offset += 4;
     return n;
-  }
-
-  u64(): number {
-    this.need(8);
-    const n = this.view.getBigUint64(this.offset, true);
-    this.offset += 8;
-    if (n > BigInt(Number.MAX_SAFE_INTEGER)) throw new DecodeError(`${n} is past 2^53 - 1`);
-    return Number(n);
   }
 
   take(n: number): Uint8Array {
@@ -177,24 +174,122 @@ class Reader {
   }
 }
 
+const MAX_SAFE_HIGH = 0x1fffff; // the high 32 bits of 2^53 - 1
+
+/**
+ * Reads an encoded batch one event at a time, with no object per field: after `next()` returns
+ * true its fields describe the next event (`data` and `metadata` as offsets into `bytes`). The
+ * one decoder of batches: `decodeBatch` and the projection runtime are both built on it. It checks
+ * as it goes; the trailing-bytes check comes with the `next()` that returns false.
+ */
+export class BatchReader {
+  readonly bytes: Uint8Array;
+  private readonly view: DataView;
+  private offset = 4;
+  private remaining: number;
+  position = 0;
+  revision = 0;
+  idStart = 0;
+  recordedAtMicros = 0;
+  stream = "";
+  type = "";
+  dataStart = 0;
+  dataEnd = 0;
+  /** -1 when the event has no metadata. */
+  metadataStart = -1;
+  metadataEnd = -1;
+
+  constructor(bytes: Uint8Array) {
+    this.bytes = bytes;
+    this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    if (bytes.length < 4) throw new DecodeError("truncated");
+    this.remaining = this.view.getUint32(0, true);
+  }
+
+  /** Moves to the next event; false after the last (and then the batch must have ended). */
+  next(): boolean {
+    if (this.remaining === 0) {
+      if (this.offset !== this.bytes.length) throw new DecodeError("trailing bytes");
+      return false;
+    }
+    this.remaining--;
+    const view = this.view;
+    const length = this.bytes.length;
+    let o = this.offset;
+    // Fixed part: position, revision, id, recorded time, then the stream's length.
+    if (o + 44 > length) throw new DecodeError("truncated");
+    this.position = u64(view, o);
+    this.revision = u64(view, o + 8);
+    this.idStart = o + 16;
+    this.recordedAtMicros = u64(view, o + 32);
+    let n = view.getUint32(o + 40, true);
+    o += 44;
+    if (o + n + 4 > length) throw new DecodeError("truncated");
+    this.stream = text(this.bytes, o, o + n);
+    o += n;
+    n = view.getUint32(o, true);
+    o += 4;
+    if (o + n + 4 > length) throw new DecodeError("truncated");
+    this.type = text(this.bytes, o, o + n);
+    o += n;
+    n = view.getUint32(o, true);
+    o += 4;
+    if (o + n + 1 > length) throw new DecodeError("truncated");
+    this.dataStart = o;
+    this.dataEnd = o + n;
+    o += n;
+    const flag = this.bytes[o++];
+    if (flag === 0) {
+      this.metadataStart = -1;
+      this.metadataEnd = -1;
+    } else if (flag === 1) {
+      if (o + 4 > length) throw new DecodeError("truncated");
+      n = view.getUint32(o, true);
+      o += 4;
+      if (o + n > length) throw new DecodeError("truncated");
+      this.metadataStart = o;
+      this.metadataEnd = o + n;
+      o += n;
+    } else {
+      throw new DecodeError("bad metadata flag");
+    }
+    this.offset = o;
+    return true;
+  }
+}
+
+function u64(view: DataView, offset: number): number {
+  const high = view.getUint32(offset + 4, true);
+  if (high > MAX_SAFE_HIGH) {
+    throw new DecodeError(`${view.getBigUint64(offset, true)} is past 2^53 - 1`);
+  }
+  return high * 0x100000000 + view.getUint32(offset, true);
+}
+
+function text(bytes: Uint8Array, start: number, end: number): string {
+  try {
+    return utf8Strict.decode(bytes.subarray(start, end));
+  } catch {
+    throw new DecodeError("string is not UTF-8");
+  }
+}
+
 /** Decodes an encoded batch. `data` and `metadata` are views into `bytes`, not copies. */
 export function decodeBatch(bytes: Uint8Array): EventView[] {
-  const reader = new Reader(bytes);
-  const count = reader.u32();
+  const reader = new BatchReader(bytes);
   const events: EventView[] = [];
-  for (let i = 0; i < count; i++) {
+  while (reader.next()) {
     events.push({
-      position: reader.u64(),
-      revision: reader.u64(),
-      id: reader.take(16),
-      recordedAtMicros: reader.u64(),
-      stream: reader.str(),
-      type: reader.str(),
-      data: reader.bytesField(),
-      metadata: reader.optionalBytes(),
+      position: reader.position,
+      revision: reader.revision,
+      id: bytes.subarray(reader.idStart, reader.idStart + 16),
+      recordedAtMicros: reader.recordedAtMicros,
+      stream: reader.stream,
+      type: reader.type,
+      data: bytes.subarray(reader.dataStart, reader.dataEnd),
+      metadata: reader.metadataStart < 0 ? null : bytes.subarray(reader.metadataStart, reader.metadataEnd),
     });
   }
-  reader.end();
   return events;
 }
 
@@ -226,21 +321,51 @@ export function encodeBatch(events: readonly EventView[], legacy = false): Uint8
   return out.finish(events.length);
 }
 
+/** Encodes writes one at a time, with no object per write (what a batch's end runs). */
+export class WritesEncoder {
+  private readonly out = new Writer();
+  private count = 0;
+
+  constructor() {
+    this.out.u32(0);
+  }
+
+  /** A put of JSON text under `key`. */
+  put(key: string, json: string): void {
+    this.out.u8(1);
+    this.out.str(key);
+    this.out.str(json);
+    this.count++;
+  }
+
+  /** A put of JSON text, as its UTF-8 bytes, under `key`. */
+  putBytes(key: string, value: Uint8Array): void {
+    this.out.u8(1);
+    this.out.str(key);
+    this.out.bytesField(value);
+    this.count++;
+  }
+
+  /** A delete of `key`. */
+  delete(key: string): void {
+    this.out.u8(0);
+    this.out.str(key);
+    this.count++;
+  }
+
+  finish(): Uint8Array {
+    return this.out.finish(this.count);
+  }
+}
+
 /** Encodes a batch's writes. */
 export function encodeWrites(writes: readonly WriteView[]): Uint8Array {
-  const out = new Writer();
-  out.u32(0);
+  const out = new WritesEncoder();
   for (const write of writes) {
-    if (write.kind === "put") {
-      out.u8(1);
-      out.str(write.key);
-      out.bytesField(write.value);
-    } else {
-      out.u8(0);
-      out.str(write.key);
-    }
+    if (write.kind === "put") out.putBytes(write.key, write.value);
+    else out.delete(write.key);
   }
-  return out.finish(writes.length);
+  return out.finish();
 }
 
 /** Decodes encoded writes. */

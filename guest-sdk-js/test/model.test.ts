@@ -121,6 +121,39 @@ test("reads see the batch's start plus the batch's own writes; gets are copies",
   assert.equal(harness.get("count"), 2);
 });
 
+test("update, put and delete of one key follow each other within a batch", () => {
+  const seen: unknown[] = [];
+  const probe = defineProjection({
+    subscription: {},
+    handle(event: Event, state: State) {
+      const key = "n";
+      if (event.type === "Put") state.put(key, event.data);
+      if (event.type === "Add") state.update<number>(key, 100, (n) => n + (event.data as number));
+      if (event.type === "Bump") state.update<{ n: number }>(key, { n: 0 }, (o) => void (o.n += 1));
+      if (event.type === "Delete") state.delete(key);
+      seen.push(state.get(key));
+    },
+  });
+  const harness = new testing.Harness(probe);
+  const e = (type: string, data: unknown) => ({ stream: "s-1", type, data });
+  harness.batch([
+    e("Put", 10),
+    e("Add", 1), // from the put
+    e("Add", 1), // from the live value
+    e("Put", 0), // replaces the live value
+    e("Add", 5),
+    e("Delete", null),
+    e("Add", 1), // from the initial value again
+    e("Delete", null),
+    e("Bump", null), // changed in place, nothing returned
+    e("Bump", null),
+  ]);
+  assert.deepEqual(seen, [10, 11, 12, 0, 5, undefined, 101, undefined, { n: 1 }, { n: 2 }]);
+  assert.deepEqual(harness.get("n"), { n: 2 });
+  harness.append("s-1", "Bump", null); // the next batch starts from the committed value
+  assert.deepEqual(seen[10], { n: 3 });
+});
+
 test("scans merge committed pages with the batch's writes, in byte order, across pages", () => {
   let scanned: Array<[string, unknown]> = [];
   const fill = defineProjection({

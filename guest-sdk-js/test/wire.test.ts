@@ -108,11 +108,13 @@ test("upcasts match the shared vectors", () => {
 });
 
 test("numbers a JavaScript number cannot hold are refused, not rounded", () => {
-  const tooBig = new Uint8Array(4 + 8);
-  const view = new DataView(tooBig.buffer);
-  view.setUint32(0, 1, true);
-  view.setBigUint64(4, 2n ** 53n, true);
-  assert.throws(() => decodeBatch(tooBig), /past 2\^53 - 1/);
+  // A whole, valid event, then each of its three numbers set to 2^53 in turn.
+  const valid = encodeBatch([(vectors.batches[1].events as VectorEvent[]).map(event)[0]!]);
+  for (const offset of [4, 12, 36]) {
+    const tooBig = valid.slice();
+    new DataView(tooBig.buffer).setBigUint64(offset, 2n ** 53n, true);
+    assert.throws(() => decodeBatch(tooBig), /9007199254740992 is past 2\^53 - 1/, `offset ${offset}`);
+  }
   const base = (vectors.batches[1].events as VectorEvent[]).map(event)[0]!;
   assert.throws(() => encodeBatch([{ ...base, position: 2 ** 53 }]), RangeError);
 });
