@@ -230,9 +230,10 @@ enum Command {
     },
     /// Run the benchmark program and print its figures.
     Bench(BenchOptions),
-    /// Rebuild a projection crate on every save and deploy it to the server (Ctrl-C to stop).
+    /// Rebuild a projection crate (or npm package) on every save and deploy it to the server
+    /// (Ctrl-C to stop).
     Dev {
-        /// The crate's folder.
+        /// The crate's or package's folder.
         #[arg(default_value = ".")]
         dir: std::path::PathBuf,
         /// The projection's name (by default the crate's).
@@ -247,10 +248,13 @@ enum Command {
         /// The folder to create it in.
         #[arg(long, default_value = ".")]
         dir: std::path::PathBuf,
-        /// The `guest-sdk` folder of a Lantern checkout (by default the one this binary was
-        /// built from).
+        /// The SDK folder of a Lantern checkout, `guest-sdk` (`guest-sdk-js` with --ts; by
+        /// default the one this binary was built from).
         #[arg(long, value_name = "PATH")]
         sdk: Option<std::path::PathBuf>,
+        /// An npm package in TypeScript (`@lantern/sdk`) instead of a Rust crate.
+        #[arg(long)]
+        ts: bool,
     },
 }
 
@@ -349,10 +353,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             options.follow_ca_cert = cli.ca_cert.clone();
             return server::serve(options).await;
         }
-        Command::New { name, dir, sdk } => {
-            let made = crate::scaffold::new_projection(&name, &dir, sdk.as_deref())?;
+        Command::New { name, dir, sdk, ts } => {
+            let language = if ts {
+                crate::scaffold::Language::TypeScript
+            } else {
+                crate::scaffold::Language::Rust
+            };
+            let made = crate::scaffold::new_projection(&name, &dir, sdk.as_deref(), language)?;
+            let first = if ts {
+                "`npm install && npm test`"
+            } else {
+                "`cargo test`"
+            };
             println!(
-                "created {}: cd into it, then `cargo test`; its README says how to build and deploy it",
+                "created {}: cd into it, then {first}; its README says how to build and deploy it",
                 made.display()
             );
             return Ok(());
@@ -1009,7 +1023,7 @@ impl Client {
     /// manifest, printing how long each save took to serve.
     async fn dev(&self, dir: &std::path::Path, name: Option<String>) -> anyhow::Result<()> {
         use notify::{RecursiveMode, Watcher};
-        let krate = crate::scaffold::DevCrate::locate(dir)?;
+        let krate = crate::scaffold::DevProject::locate(dir)?;
         let name = name.unwrap_or_else(|| krate.package.clone());
         let (saved_tx, mut saved) = tokio::sync::mpsc::unbounded_channel::<()>();
         let mut watcher =
@@ -1021,7 +1035,7 @@ impl Client {
                 }
             })?;
         watcher.watch(&dir.join("src"), RecursiveMode::Recursive)?;
-        watcher.watch(&dir.join("Cargo.toml"), RecursiveMode::NonRecursive)?;
+        watcher.watch(&krate.manifest, RecursiveMode::NonRecursive)?;
         println!(
             "watching {} for changes; deploying as {name} to {}",
             dir.display(),

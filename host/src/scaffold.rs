@@ -1,33 +1,62 @@
 //! `lantern new NAME`: a projection crate of its own, outside any workspace, ready to test, build
-//! and deploy: a manifest with the SDK, a handler with a query, a native test, a README.
+//! and deploy: a manifest with the SDK, a handler with a query, a native test, a README. With
+//! `--ts`, the same as an npm package in TypeScript (`@lantern/sdk`, a `node --test` test,
+//! `lantern-build`). `lantern dev` builds and deploys either kind (`DevProject`).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-/// Where this build's SDK sits, if the binary runs from a Lantern checkout.
-fn checkout_sdk() -> Option<PathBuf> {
-    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk");
-    sdk.join("Cargo.toml")
+/// The language of a new projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    /// A crate with `lantern-sdk` (the `guest-sdk` folder; `Cargo.toml` marks it).
+    Rust,
+    /// An npm package with `@lantern/sdk` (the `guest-sdk-js` folder; `package.json` marks it).
+    TypeScript,
+}
+
+impl Language {
+    fn sdk_folder(self) -> (&'static str, &'static str) {
+        match self {
+            Language::Rust => ("guest-sdk", "Cargo.toml"),
+            Language::TypeScript => ("guest-sdk-js", "package.json"),
+        }
+    }
+}
+
+/// Where this build's SDK for `language` sits, if the binary runs from a Lantern checkout.
+fn checkout_sdk(language: Language) -> Option<PathBuf> {
+    let (folder, manifest) = language.sdk_folder();
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(folder);
+    sdk.join(manifest)
         .exists()
         .then(|| sdk.canonicalize().ok())?
 }
 
-/// Writes the crate `name` into `parent/name`; returns its folder. `sdk` is the `guest-sdk`
-/// folder of a Lantern checkout (by default the one this binary was built from).
-pub fn new_projection(name: &str, parent: &Path, sdk: Option<&Path>) -> anyhow::Result<PathBuf> {
+/// Writes the projection `name` into `parent/name`; returns its folder. `sdk` is the SDK folder
+/// of a Lantern checkout for `language` (by default the one this binary was built from).
+pub fn new_projection(
+    name: &str,
+    parent: &Path,
+    sdk: Option<&Path>,
+    language: Language,
+) -> anyhow::Result<PathBuf> {
     crate::projection::validate_name(name)?;
+    let (folder, manifest) = language.sdk_folder();
     let sdk = match sdk {
         Some(sdk) => sdk
             .canonicalize()
             .with_context(|| format!("the SDK folder {}", sdk.display()))?,
-        None => checkout_sdk().context(
-            "this binary was not built from a Lantern checkout: pass --sdk PATH (the guest-sdk folder of one)",
-        )?,
+        None => checkout_sdk(language).with_context(|| {
+            format!("this binary was not built from a Lantern checkout: pass --sdk PATH (the {folder} folder of one)")
+        })?,
     };
     anyhow::ensure!(
-        sdk.join("Cargo.toml").exists(),
-        "{} is not the SDK (no Cargo.toml)",
+        sdk.join(manifest).exists(),
+        "{} is not the SDK (no {manifest}; --sdk names the {folder} folder)",
         sdk.display()
     );
     let dir = parent.join(name);
@@ -36,26 +65,160 @@ pub fn new_projection(name: &str, parent: &Path, sdk: Option<&Path>) -> anyhow::
         "{} exists already; choose another name or folder",
         dir.display()
     );
-    std::fs::create_dir_all(dir.join("src"))
-        .with_context(|| format!("creating {}", dir.display()))?;
+    let files = match language {
+        Language::Rust => rust_files(name, &sdk),
+        Language::TypeScript => typescript_files(name, &sdk)?,
+    };
+    for (path, text) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().expect("a file in the folder"))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(dir)
+}
+
+fn rust_files(name: &str, sdk: &Path) -> Vec<(&'static str, String)> {
     let crate_name = name.replace('-', "_");
-    let files = [
-        ("Cargo.toml", manifest(name, &sdk)),
+    vec![
+        ("Cargo.toml", manifest(name, sdk)),
         ("src/lib.rs", LIB.replace("{{name}}", name)),
         (
             "README.md",
-            README
+            (README.to_owned() + README_TAIL)
                 .replace("{{name}}", name)
                 .replace("{{crate}}", &crate_name),
         ),
         (".gitignore", "/target\n".to_owned()),
-    ];
-    for (path, text) in files {
-        std::fs::write(dir.join(path), text)
-            .with_context(|| format!("writing {}", dir.join(path).display()))?;
-    }
-    Ok(dir)
+    ]
 }
+
+fn typescript_files(name: &str, sdk: &Path) -> anyhow::Result<Vec<(&'static str, String)>> {
+    // The SDK's own versions of the compiler and node's types: what its tests pass with.
+    let sdk_manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(sdk.join("package.json")).context("reading the SDK's package.json")?,
+    )
+    .context("the SDK's package.json is not JSON")?;
+    let dev_dependencies = sdk_manifest["devDependencies"].clone();
+    anyhow::ensure!(
+        dev_dependencies.is_object(),
+        "the SDK's package.json has no devDependencies"
+    );
+    let module = format!("dist/{name}.wasm");
+    let package = serde_json::json!({
+        "name": name,
+        "version": "0.1.0",
+        "private": true,
+        "type": "module",
+        "scripts": {
+            "build": format!("tsc -p . && lantern-build src/index.ts -o {module}"),
+            "test": "tsc -p . && node --test dist/test/",
+        },
+        // Where `npm run build` puts the module: `lantern dev` deploys it from there.
+        "lantern": { "module": module },
+        "dependencies": { "@lantern/sdk": format!("file:{}", sdk.display()) },
+        "devDependencies": dev_dependencies,
+    });
+    Ok(vec![
+        (
+            "package.json",
+            serde_json::to_string_pretty(&package).expect("JSON") + "\n",
+        ),
+        ("tsconfig.json", TSCONFIG.to_owned()),
+        ("src/index.ts", INDEX_TS.replace("{{name}}", name)),
+        ("test/index.test.ts", TEST_TS.to_owned()),
+        (
+            "README.md",
+            (README_TS.to_owned() + README_TAIL).replace("{{name}}", name),
+        ),
+        (".gitignore", "/node_modules\n/dist\n".to_owned()),
+    ])
+}
+
+const TSCONFIG: &str = r#"{
+  "compilerOptions": {
+    "target": "ES2022",
+    "module": "NodeNext",
+    "moduleResolution": "NodeNext",
+    "lib": ["ES2022"],
+    "types": ["node"],
+    "strict": true,
+    "skipLibCheck": true,
+    "outDir": "dist",
+    "rootDir": "."
+  },
+  "include": ["src", "test"]
+}
+"#;
+
+const INDEX_TS: &str = r#"// The `{{name}}` projection: counts events per type.
+//
+// `type:<EventType>` holds `{"events": n}`. Query `count?type=OrderPlaced` returns that count.
+
+import { type Event, QueryNotFound, type State, defineProjection } from "@lantern/sdk";
+
+interface Count {
+  events: number;
+}
+
+export default defineProjection({
+  // Which events reach `handle`: here, every event. Narrow it with `categories: ["order"]`,
+  // `streams: ["order-42"]` or `types: ["OrderPlaced"]`.
+  subscription: {},
+
+  // Folds one event into the state. Reads see the state as of the batch's start plus the batch's
+  // own writes; if this throws, none of the batch's writes are kept.
+  handle(event: Event, state: State) {
+    state.update<Count>(`type:${event.type}`, { events: 0 }, (count) => {
+      count.events += 1;
+    });
+  },
+
+  // Answers `GET /projections/{{name}}/query/NAME?...` with JSON.
+  query(name, params, state) {
+    if (name !== "count") throw new QueryNotFound(name);
+    const type = params.type ?? "";
+    return { type, events: state.get<Count>(`type:${type}`)?.events ?? 0 };
+  },
+});
+"#;
+
+const TEST_TS: &str = r#"import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { testing } from "@lantern/sdk";
+
+import projection from "../src/index.js";
+
+test("counts events per type", () => {
+  const harness = new testing.Harness(projection);
+  harness.append("order-1", "OrderPlaced", { amount: 5 });
+  harness.append("order-2", "OrderPlaced", { amount: 7 });
+  harness.append("order-1", "OrderShipped", {});
+  assert.deepEqual(harness.get("type:OrderPlaced"), { events: 2 });
+  assert.deepEqual(harness.query("count", { type: "OrderShipped" }), { type: "OrderShipped", events: 1 });
+});
+"#;
+
+const README_TS: &str = r#"# {{name}}
+
+A Lantern projection in TypeScript (`@lantern/sdk`'s README describes the model, the harness and
+the build). Edit `src/index.ts`; the test beside it runs under node:
+
+```sh
+npm install
+npm test
+```
+
+Build the WebAssembly component and deploy it to a running server:
+
+```sh
+npm run build                        # dist/{{name}}.wasm, with lantern-build
+lantern deploy {{name}} dist/{{name}}.wasm
+lantern dev .                        # or: build and deploy again on every save
+```
+
+"#;
 
 fn manifest(name: &str, sdk: &Path) -> String {
     // TOML basic strings escape backslashes and quotes.
@@ -155,6 +318,19 @@ mod tests {
 }
 "#;
 
+/// The end of both READMEs: how to read the projection.
+const README_TAIL: &str = r#"Then read it:
+
+```sh
+lantern status {{name}}
+lantern query {{name}} --prefix type:
+lantern query {{name}} --query count --param type=OrderPlaced
+```
+
+Deploying a changed module rebuilds the read model beside the serving one, which answers until the
+new one has caught up.
+"#;
+
 const README: &str = r#"# {{name}}
 
 A Lantern projection. Edit `src/lib.rs`; the test beside it runs natively:
@@ -172,31 +348,29 @@ lantern deploy {{name}} target/wasm32-wasip2/release/{{crate}}.wasm
 lantern dev .                        # or: build and deploy again on every save
 ```
 
-Then read it:
-
-```sh
-lantern status {{name}}
-lantern query {{name}} --prefix type:
-lantern query {{name}} --query count --param type=OrderPlaced
-```
-
-Deploying a changed module rebuilds the read model beside the serving one, which answers until the
-new one has caught up.
 "#;
 
-/// What `lantern dev` builds in a projection crate: its name and where its module lands.
-pub struct DevCrate {
-    /// The crate's folder.
+/// What `lantern dev` builds: a projection crate (`Cargo.toml`) or npm package (`package.json`),
+/// its name, where its module lands, and the files whose change means a new build.
+pub struct DevProject {
+    /// The project's folder.
     pub dir: PathBuf,
     /// The package name (also the projection's name unless another is given).
     pub package: String,
-    /// The module `cargo build --release --target wasm32-wasip2` makes.
+    /// The module a build makes.
     pub module: PathBuf,
+    /// The manifest (`Cargo.toml` or `package.json`); `src/` is watched as well.
+    pub manifest: PathBuf,
+    npm: bool,
 }
 
-impl DevCrate {
-    /// Reads the crate's package name and target folder with `cargo metadata`.
-    pub fn locate(dir: &Path) -> anyhow::Result<DevCrate> {
+impl DevProject {
+    /// A crate (its package name and target folder from `cargo metadata`) or, without a
+    /// `Cargo.toml`, an npm package (its name, and the module from its `lantern.module` field).
+    pub fn locate(dir: &Path) -> anyhow::Result<DevProject> {
+        if !dir.join("Cargo.toml").exists() && dir.join("package.json").exists() {
+            return Self::locate_npm(dir);
+        }
         let output = std::process::Command::new(cargo())
             .current_dir(dir)
             .args(["metadata", "--format-version", "1", "--no-deps"])
@@ -228,21 +402,56 @@ impl DevCrate {
         let module = Path::new(target)
             .join("wasm32-wasip2/release")
             .join(format!("{}.wasm", package.replace('-', "_")));
-        Ok(DevCrate {
+        Ok(DevProject {
             dir: dir.to_owned(),
             package,
             module,
+            manifest,
+            npm: false,
         })
     }
 
-    /// Builds the module; the compiler's messages go to the terminal. True if it built.
+    fn locate_npm(dir: &Path) -> anyhow::Result<DevProject> {
+        let manifest = dir.join("package.json");
+        let package: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&manifest).with_context(|| format!("reading {}", manifest.display()))?,
+        )
+        .with_context(|| format!("{} is not JSON", manifest.display()))?;
+        let name = package["name"]
+            .as_str()
+            .with_context(|| format!("{} has no name", manifest.display()))?;
+        let module = package["lantern"]["module"].as_str().with_context(|| {
+            format!(
+                "{} has no \"lantern\": {{\"module\": \"PATH\"}}: the module `npm run build` makes",
+                manifest.display()
+            )
+        })?;
+        Ok(DevProject {
+            dir: dir.to_owned(),
+            package: name.to_owned(),
+            module: dir.join(module),
+            manifest,
+            npm: true,
+        })
+    }
+
+    /// Builds the module (`cargo build --release --target wasm32-wasip2`, or `npm run build`);
+    /// the compiler's messages go to the terminal. True if it built.
     pub async fn build(&self) -> anyhow::Result<bool> {
-        let status = tokio::process::Command::new(cargo())
+        let mut command = if self.npm {
+            let mut npm = tokio::process::Command::new("npm");
+            npm.args(["run", "build"]);
+            npm
+        } else {
+            let mut cargo = tokio::process::Command::new(cargo());
+            cargo.args(["build", "--release", "--target", "wasm32-wasip2"]);
+            cargo
+        };
+        let status = command
             .current_dir(&self.dir)
-            .args(["build", "--release", "--target", "wasm32-wasip2"])
             .status()
             .await
-            .context("running cargo build")?;
+            .with_context(|| format!("running {command:?}"))?;
         Ok(status.success())
     }
 }

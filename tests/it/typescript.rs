@@ -1,6 +1,7 @@
 //! Projections in TypeScript (`guest-sdk-js`): the example `examples/order-totals-ts`, built with
 //! `lantern-build`, folds the same events as the Rust `order-totals` on a real server to the same
-//! read model and the same answers, and faults on the same event.
+//! read model and the same answers, and faults on the same event; its KurrentDB-style twin
+//! (`@lantern/sdk/kurrent`) keeps the same totals per customer.
 
 use std::collections::BTreeMap;
 
@@ -62,9 +63,11 @@ async fn the_typescript_order_totals_folds_like_the_rust_one() {
         deploy(url, "rust", guest("order_totals")).await.0,
         StatusCode::CREATED
     );
-    let (status, body) = deploy(url, "ts", ts_guest()).await;
+    let (status, body) = deploy(url, "ts", ts_guest("order_totals_ts")).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    for name in ["rust", "ts"] {
+    let (status, body) = deploy(url, "kurrent", ts_guest("order_totals_kurrent")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for name in ["rust", "ts", "kurrent"] {
         wait_status(url, name, |s| s["lag"] == 0 && s["status"] == "running").await;
     }
     let state = |name: &'static str| async move {
@@ -94,6 +97,30 @@ async fn the_typescript_order_totals_folds_like_the_rust_one() {
             "{query}"
         );
     }
+    // The KurrentDB-style twin: a partition per customer, answered by its `state` query.
+    for (customer, (orders, total)) in &expected {
+        let (status, body) = get(
+            url,
+            &format!("/projections/kurrent/query/state?partition={customer}"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            body,
+            json!({"orders": orders, "total": total}),
+            "{customer}"
+        );
+    }
+    let (status, page) = get(
+        url,
+        "/projections/kurrent/state?prefix=partition:&limit=1000",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["items"].as_array().unwrap().len(), expected.len());
+    let (status, body) = get(url, "/projections/kurrent/query/state").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
     let (status, body) = get(url, "/projections/ts/query/nothing").await;
     assert_eq!(
         (status, body["error"]["code"].clone()),

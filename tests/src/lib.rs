@@ -38,9 +38,11 @@ pub fn guest(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
-/// The TypeScript example `examples/order-totals-ts` built into a module (`npm ci` where the
-/// packages are not installed yet, then the SDK's and the example's builds), once per test run.
-pub fn ts_guest() -> Vec<u8> {
+/// A module of the TypeScript example `examples/order-totals-ts` (`order_totals_ts`, or
+/// `order_totals_kurrent`: the same totals through the KurrentDB-style facade), built once per
+/// test run (`npm ci` where the packages are not installed yet, then the SDK's and the example's
+/// builds).
+pub fn ts_guest(module: &str) -> Vec<u8> {
     static BUILT: std::sync::OnceLock<Result<std::path::PathBuf, String>> =
         std::sync::OnceLock::new();
     let built = BUILT.get_or_init(|| {
@@ -72,11 +74,12 @@ pub fn ts_guest() -> Vec<u8> {
             }
             npm(&dir, &["run", "build", "--silent"])?;
         }
-        Ok(workspace.join("examples/order-totals-ts/dist/order_totals_ts.wasm"))
+        Ok(workspace.join("examples/order-totals-ts/dist"))
     });
     match built {
-        Ok(path) => {
-            std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        Ok(dist) => {
+            let path = dist.join(format!("{module}.wasm"));
+            std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
         }
         Err(why) => panic!("{why}"),
     }

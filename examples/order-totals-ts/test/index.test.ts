@@ -6,6 +6,7 @@ import { test } from "node:test";
 import { HandleError, QueryNotFound, testing } from "@lantern/sdk";
 
 import orderTotals from "../src/index.js";
+import kurrentTotals from "../src/kurrent.js";
 
 test("totals follow placed and cancelled orders", () => {
   const harness = new testing.Harness(orderTotals);
@@ -30,4 +31,22 @@ test("a malformed order fails its batch and keeps nothing of it", () => {
     (e: unknown) => e instanceof HandleError && e.position === 2,
   );
   assert.deepEqual(harness.entries(), []);
+});
+
+test("the KurrentDB-style twin keeps the same totals per customer", () => {
+  const events = [
+    { stream: "order-1", type: "OrderPlaced", data: { customer: "c-1", amount: 250 } },
+    { stream: "order-2", type: "OrderPlaced", data: { customer: "c-1", amount: 100 } },
+    { stream: "order-2", type: "OrderCancelled", data: { customer: "c-1", amount: 100 } },
+    { stream: "order-3", type: "OrderPlaced", data: { customer: "c-2", amount: 999 } },
+    { stream: "order-3", type: "OrderShipped", data: { customer: "c-2" } },
+  ];
+  const kurrent = new testing.Harness(kurrentTotals);
+  const native = new testing.Harness(orderTotals);
+  kurrent.batch(events);
+  native.batch(events);
+  for (const customer of ["c-1", "c-2"]) {
+    assert.deepEqual(kurrent.query("state", { partition: customer }), native.get(`customer:${customer}`));
+  }
+  assert.deepEqual(kurrent.query("state", { partition: "c-1" }), { orders: 1, total: 250 });
 });
