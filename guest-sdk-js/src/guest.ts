@@ -6,7 +6,7 @@
 import { get, log, scan } from "lantern:projection/host@0.1.1";
 
 import { HandleError, type Projection, QueryNotFound, handleBatch, runQuery } from "./projection.js";
-import type { Backend } from "./state.js";
+import { type Backend, Committed } from "./state.js";
 
 const host: Backend = {
   get: (key) => get(key) ?? undefined,
@@ -15,6 +15,8 @@ const host: Backend = {
 
 /** The three exports of the `projection` world, for `projection`. */
 export function exportsOf(projection: Projection) {
+  // This instance's memory of the read model, from batch to batch.
+  const committed = new Committed();
   return {
     describe() {
       const s = projection.subscription;
@@ -22,7 +24,7 @@ export function exportsOf(projection: Projection) {
     },
     handle(batch: Uint8Array): Uint8Array {
       try {
-        return handleBatch(projection, batch, host);
+        return handleBatch(projection, batch, host, committed);
       } catch (error) {
         // The `handle-error` of the world: the event it failed on, and the message.
         const failure =

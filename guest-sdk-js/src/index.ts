@@ -18,6 +18,6 @@ export {
   matches,
   runQuery,
 } from "./projection.js";
-export { type Backend, type ReadState, State, compareKeys } from "./state.js";
+export { type Backend, Committed, type ReadState, State, compareKeys } from "./state.js";
 export * as testing from "./testing.js";
 export * from "./wire.js";

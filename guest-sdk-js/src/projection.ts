@@ -1,5 +1,5 @@
 import { Event, categoryOf } from "./event.js";
-import { type Backend, type ReadState, State } from "./state.js";
+import { type Backend, type Committed, type ReadState, State } from "./state.js";
 import { BatchReader } from "./wire.js";
 
 /**
@@ -70,10 +70,16 @@ export function matches(subscription: Subscription, stream: string, type: string
 
 /**
  * Folds an encoded batch with `projection` over `backend`; returns the encoded writes, or throws
- * a `HandleError` naming the event it failed on. What a module's `handle` export and the test
- * harness both run.
+ * a `HandleError` naming the event it failed on. `committed` carries what the instance's earlier
+ * batches read and wrote (see `Committed`). What a module's `handle` export and the test harness
+ * both run.
  */
-export function handleBatch(projection: Projection, batch: Uint8Array, backend: Backend): Uint8Array {
+export function handleBatch(
+  projection: Projection,
+  batch: Uint8Array,
+  backend: Backend,
+  committed: Committed | null = null,
+): Uint8Array {
   // Events are decoded as they are handled, each made just before its turn: none outlives its
   // `handle` unless the projection keeps it. A malformed batch fails like a failing event: no
   // write of the batch is kept.
@@ -83,7 +89,7 @@ export function handleBatch(projection: Projection, batch: Uint8Array, backend: 
   } catch (error) {
     throw new HandleError(0, messageOf(error));
   }
-  const state = new State(backend);
+  const state = new State(backend, committed);
   let last = 0;
   for (;;) {
     try {

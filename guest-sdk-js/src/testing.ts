@@ -6,7 +6,7 @@
  */
 
 import { type Projection, handleBatch, matches, runQuery } from "./projection.js";
-import { type Backend, compareKeys } from "./state.js";
+import { type Backend, Committed, compareKeys } from "./state.js";
 import { type EventView, decodeWrites, encodeBatch } from "./wire.js";
 
 /** An event to feed the harness. */
@@ -47,6 +47,8 @@ export class Harness {
   private readonly backend = new MapBackend();
   private nextPosition = 1;
   private readonly revisions = new Map<string, number>();
+  // As in a module: what earlier batches read and wrote, kept from batch to batch.
+  private readonly committed = new Committed();
 
   constructor(private readonly projection: Projection) {}
 
@@ -83,7 +85,7 @@ export class Harness {
       };
     });
     const wanted = placed.filter((e) => matches(this.projection.subscription, e.stream, e.type));
-    const writes = handleBatch(this.projection, encodeBatch(wanted), this.backend);
+    const writes = handleBatch(this.projection, encodeBatch(wanted), this.backend, this.committed);
     for (const write of decodeWrites(writes)) {
       if (write.kind === "put") this.backend.values.set(write.key, write.value);
       else this.backend.values.delete(write.key);

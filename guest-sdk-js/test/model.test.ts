@@ -5,6 +5,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
+  type Backend,
+  Committed,
   type Event,
   HandleError,
   type Params,
@@ -12,7 +14,10 @@ import {
   type ReadState,
   type State,
   compareKeys,
+  decodeWrites,
   defineProjection,
+  encodeBatch,
+  handleBatch,
   testing,
 } from "../src/index.js";
 
@@ -224,4 +229,70 @@ test("events carry their place, id, time and parsed data", () => {
   assert.equal(second.metadata, null);
   assert.equal(second.dataText, "[1,2]");
   assert.equal(second.recordedAt.getTime(), Date.UTC(2026, 0, 1) + 2);
+});
+
+test("an instance reads each key from the host once, and a failed batch's changes never come back", () => {
+  // A host of our own: a map, a count of `get` calls, writes applied only when a batch succeeds.
+  const values = new Map<string, Uint8Array>([["n:a", new TextEncoder().encode("5")]]);
+  let gets = 0;
+  const backend: Backend = {
+    get(key) {
+      gets++;
+      return values.get(key);
+    },
+    scan: () => [],
+  };
+  const adder = defineProjection({
+    subscription: {},
+    handle(event: Event, state: State) {
+      const { key, add } = event.data as { key: string; add: number };
+      state.update<{ n: number }>(key, { n: 0 }, (v) => {
+        if (typeof v === "number") return { n: v + add }; // the committed "5"
+        v.n += add; // in place, before a possible failure below
+      });
+      if (event.type === "Fail") throw new Error("no");
+    },
+  });
+  const committed = new Committed();
+  let position = 0;
+  const run = (events: Array<{ type: string; key: string; add: number }>) => {
+    const batch = encodeBatch(
+      events.map((e) => ({
+        position: ++position,
+        revision: 0,
+        id: new Uint8Array(16),
+        recordedAtMicros: 0,
+        stream: "s-1",
+        type: e.type,
+        data: new TextEncoder().encode(JSON.stringify({ key: e.key, add: e.add })),
+        metadata: null,
+      })),
+    );
+    for (const w of decodeWrites(handleBatch(adder, batch, backend, committed))) {
+      if (w.kind === "put") values.set(w.key, w.value);
+    }
+  };
+  const value = (key: string) => JSON.parse(new TextDecoder().decode(values.get(key)!));
+  run([
+    { type: "Add", key: "n:a", add: 1 },
+    { type: "Add", key: "n:b", add: 2 },
+    { type: "Add", key: "n:a", add: 1 },
+  ]);
+  assert.equal(gets, 2); // once per key
+  assert.deepEqual([value("n:a"), value("n:b")], [{ n: 7 }, { n: 2 }]);
+  run([
+    { type: "Add", key: "n:a", add: 10 },
+    { type: "Add", key: "n:b", add: 10 },
+  ]);
+  assert.equal(gets, 2); // none: both known from the last batch
+  assert.deepEqual([value("n:a"), value("n:b")], [{ n: 17 }, { n: 12 }]);
+  assert.throws(() => run([{ type: "Fail", key: "n:a", add: 100 }]), HandleError);
+  run([{ type: "Add", key: "n:a", add: 1 }]);
+  assert.deepEqual(value("n:a"), { n: 18 }); // not 118
+  // A full memory starts again: the host is asked again.
+  const small = new Committed(2);
+  small.remember("x", "1");
+  small.remember("y", "2");
+  small.remember("z", "3");
+  assert.deepEqual([small.lookup("x"), small.lookup("z"), small.size], [undefined, "3", 1]);
 });

@@ -445,6 +445,9 @@ impl Generation {
             })
             .await
             .map_err(|e| fault(format!("runner task failed: {e}"), from))?;
+            // An instance whose batch failed, or whose writes were not committed, is never called
+            // again (the WIT's promise: a module may keep the read model's values in memory
+            // between batches; the TypeScript SDK does).
             let guest = match result {
                 // A guest whose memory has grown past half its cap starts the next batch afresh
                 // (its state lives in the read model, not in the instance).
