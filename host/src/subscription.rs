@@ -40,6 +40,12 @@ impl Subscription {
         self.next_position
     }
 
+    /// Reads from `position` again (a reader that took fewer events of a batch than it was
+    /// given). Never moves forward.
+    pub fn rewind(&mut self, position: u64) {
+        self.next_position = self.next_position.min(position.max(1));
+    }
+
     /// The next matching events that are already committed, at most `limit`; empty at the head.
     /// Runs the log read on the blocking pool.
     pub async fn poll_batch(&mut self, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {

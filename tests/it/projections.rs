@@ -425,3 +425,34 @@ async fn a_module_built_against_the_previous_wit_still_runs() {
     assert_eq!(old_top.as_array().unwrap().len(), 6);
     assert_eq!(old_top, new_top);
 }
+
+#[tokio::test]
+async fn batches_of_large_events_are_cut_to_fit_and_lose_nothing() {
+    // 48 orders of about 600 KB each (29 MB): more than one batch may hold (16 MiB), so the
+    // runner cuts a batch short and reads the rest again; each order must be folded exactly once.
+    let server = TestServer::start().await.unwrap();
+    let url = &server.url;
+    let pad = "x".repeat(600_000);
+    let mut amounts = 0;
+    for chunk in 0..8 {
+        let events: Vec<Value> = (0..6)
+            .map(|i| {
+                let amount = chunk * 6 + i + 1;
+                amounts += amount;
+                json!({"type": "OrderPlaced", "data": {"customer": "c-1", "amount": amount, "pad": pad}})
+            })
+            .collect();
+        let (status, body) =
+            append(url, &format!("order-{chunk}"), json!({ "events": events })).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, body) = deploy(url, "order-totals", guest("order_totals")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    wait_status(url, "order-totals", |s| {
+        s["lag"] == 0 && s["status"] == "running"
+    })
+    .await;
+    let (status, body) = get(url, "/projections/order-totals/state/customer:c-1").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"orders": 48, "total": amounts}));
+}

@@ -18,8 +18,14 @@ use crate::subscription::Subscription;
 use crate::wasm::{self, GuestFailure};
 use tracing::Instrument;
 
-/// Events examined per batch: at most this many, fewer for a slow guest (see `BatchSize`).
-const MAX_BATCH: usize = 32_768;
+/// Events examined per batch: at most this many, fewer for a slow guest or large events (see
+/// `BatchSize`). Large batches make catch-up cheaper: each batch reads and writes every key it
+/// touches once (order-totals over 10,000 customers: 32k-event batches 0.24x the native fold,
+/// 131k 0.30x).
+const MAX_BATCH: usize = 131_072;
+/// At most this many bytes of events per batch (at least one event): the guest holds the whole
+/// encoded batch in its memory, whose cap is 64 MiB by default.
+const MAX_BATCH_BYTES: usize = 16 << 20;
 /// The fewest events a batch examines, however slow the guest.
 const MIN_BATCH: usize = 256;
 /// How long one batch should take: long enough that a batch's fixed costs (a read-model commit,
@@ -76,6 +82,11 @@ impl BatchSize {
         self.0
     }
 
+    /// A batch of `events` was as many as fit in `MAX_BATCH_BYTES`: the next is no larger.
+    fn fit(&mut self, events: usize) {
+        self.0 = self.0.min(events).max(MIN_BATCH);
+    }
+
     fn observe(&mut self, full: bool, took: Duration) {
         if took > 2 * BATCH_TARGET {
             self.0 = (self.0 / 2).max(MIN_BATCH);
@@ -83,6 +94,24 @@ impl BatchSize {
             self.0 = (self.0 * 2).min(MAX_BATCH);
         }
     }
+}
+
+/// Where to cut `events` so the ones before stay within `budget` bytes (always at least one
+/// event); `None` when they all fit.
+fn cut_at_bytes(events: &[RecordedEvent], budget: usize) -> Option<usize> {
+    let mut bytes = 0;
+    for (i, event) in events.iter().enumerate() {
+        // What the wire encoding holds of it: the fixed fields, the names, data and metadata.
+        bytes += 64
+            + event.stream.len()
+            + event.event_type.len()
+            + event.data.len()
+            + event.metadata.as_ref().map_or(0, |m| m.len());
+        if bytes > budget && i > 0 {
+            return Some(i);
+        }
+    }
+    None
 }
 
 /// Why one batch failed.
@@ -371,9 +400,20 @@ impl Generation {
                     return Err(storage_fault(format!("reading the log: {error}"), from));
                 }
             };
+            let mut events = events;
+            // Only a batch that got all it asked for, uncut, says the guest could take more.
+            let full_batch = events.len() == batch_size.events();
+            let full_batch = if let Some(cut) = cut_at_bytes(&events, MAX_BATCH_BYTES) {
+                // The rest is read again for the next batch, which is no larger than this one.
+                subscription.rewind(events[cut].position);
+                events.truncate(cut);
+                batch_size.fit(cut);
+                false
+            } else {
+                full_batch
+            };
             let next_checkpoint = subscription.next_position() - 1;
             let subscription_spec = self.module.subscription();
-            let mut events = events;
             if !self.chain.is_empty() && !events.is_empty() {
                 // The events it may be given, in their current shape (the others stay as they
                 // are: they only advance the checkpoint).
@@ -425,7 +465,6 @@ impl Generation {
                 }
             }
             let batch_started = Instant::now();
-            let full_batch = events.len() == batch_size.events();
             let head_before = store.head();
             let read_model = self.read_model.clone();
             let guest = instance.take().expect("an instance between batches");
@@ -620,13 +659,15 @@ mod tests {
         assert_eq!(size.events(), MAX_BATCH);
         // Slow: halved each time, down to the floor and no further.
         let mut seen = vec![size.events()];
-        for _ in 0..10 {
+        for _ in 0..12 {
             size.observe(true, 3 * BATCH_TARGET);
             seen.push(size.events());
         }
         assert_eq!(
-            &seen[..9],
-            &[32_768, 16_384, 8_192, 4_096, 2_048, 1_024, 512, 256, 256]
+            &seen[..11],
+            &[
+                131_072, 65_536, 32_768, 16_384, 8_192, 4_096, 2_048, 1_024, 512, 256, 256
+            ]
         );
         // Within the band: unchanged.
         size.observe(true, BATCH_TARGET);
@@ -639,5 +680,10 @@ mod tests {
             size.observe(true, Duration::from_millis(1));
         }
         assert_eq!(size.events(), MAX_BATCH);
+        // Cut short by bytes: no larger than what fit, never below the floor.
+        size.fit(1000);
+        assert_eq!(size.events(), 1000);
+        size.fit(10);
+        assert_eq!(size.events(), MIN_BATCH);
     }
 }
