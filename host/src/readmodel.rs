@@ -14,11 +14,32 @@ const STATE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("state");
 /// `"checkpoint"`: the last log position the state reflects.
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
-/// How long, and for how many commits, progress may stay non-durable. A crash loses at most
-/// this much progress, never consistency: redb reverts to its last durable commit, whose
-/// checkpoint matches its state, and the projection replays the log from there.
+/// How long, for how many commits and over how many log positions, progress may stay
+/// non-durable. A crash loses at most this much progress, never consistency: redb reverts to its
+/// last durable commit, whose checkpoint matches its state, and the projection replays the log
+/// from there. (A batch of 65,536 events or more is made durable at once: an fsync costs little
+/// next to it.)
 const DURABLE_EVERY: Duration = Duration::from_secs(1);
 const DURABLE_EVERY_COMMITS: u32 = 4;
+const DURABLE_EVERY_POSITIONS: u64 = 65_536;
+
+/// The last durable commit: when it was made, how many non-durable ones followed it, and its
+/// checkpoint.
+struct Durable {
+    at: Instant,
+    commits_since: u32,
+    checkpoint: u64,
+}
+
+impl Durable {
+    fn now(checkpoint: u64) -> Self {
+        Durable {
+            at: Instant::now(),
+            commits_since: 0,
+            checkpoint,
+        }
+    }
+}
 
 /// Errors of the read model.
 #[derive(Debug, thiserror::Error)]
@@ -88,8 +109,7 @@ pub struct ReadModel {
     /// `None` between closing a database that failed and opening it again.
     db: parking_lot::RwLock<Option<Arc<Database>>>,
     checkpoint: watch::Sender<u64>,
-    /// When the last durable commit was made, and how many non-durable ones followed it.
-    durability: parking_lot::Mutex<(Instant, u32)>,
+    durability: parking_lot::Mutex<Durable>,
 }
 
 impl ReadModel {
@@ -100,7 +120,7 @@ impl ReadModel {
             path: path.to_owned(),
             db: parking_lot::RwLock::new(Some(Arc::new(db))),
             checkpoint: watch::Sender::new(checkpoint),
-            durability: parking_lot::Mutex::new((Instant::now(), 0)),
+            durability: parking_lot::Mutex::new(Durable::now(checkpoint)),
         })
     }
 
@@ -114,10 +134,11 @@ impl ReadModel {
     /// Blocking; fails while snapshots of the old database are still in use (try again later).
     pub fn reopen(&self) -> Result<(), ReadModelError> {
         // The same lock order as `apply` and `flush`: durability, then the database.
-        let _durability = self.durability.lock();
+        let mut durability = self.durability.lock();
         let mut slot = self.db.write();
         *slot = None; // the old file handle closes once its last snapshot is dropped
         let (db, checkpoint) = open_database(&self.path)?;
+        *durability = Durable::now(checkpoint);
         *slot = Some(Arc::new(db));
         self.checkpoint.send_replace(checkpoint);
         Ok(())
@@ -139,8 +160,9 @@ impl ReadModel {
         // The same order as `flush`: the durability lock, then the write transaction.
         let mut durability = self.durability.lock();
         let mut txn = self.db()?.begin_write().map_err(storage)?;
-        let durable =
-            durability.0.elapsed() >= DURABLE_EVERY || durability.1 + 1 >= DURABLE_EVERY_COMMITS;
+        let durable = durability.at.elapsed() >= DURABLE_EVERY
+            || durability.commits_since + 1 >= DURABLE_EVERY_COMMITS
+            || checkpoint.saturating_sub(durability.checkpoint) >= DURABLE_EVERY_POSITIONS;
         if !durable {
             txn.set_durability(Durability::None).map_err(storage)?;
         }
@@ -160,18 +182,18 @@ impl ReadModel {
             meta.insert("checkpoint", checkpoint).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
-        *durability = if durable {
-            (Instant::now(), 0)
+        if durable {
+            *durability = Durable::now(checkpoint);
         } else {
-            (durability.0, durability.1 + 1)
-        };
+            durability.commits_since += 1;
+        }
         self.checkpoint.send_replace(checkpoint);
         Ok(())
     }
 
     /// Whether commits since the last durable one would be lost by a crash.
     pub fn is_dirty(&self) -> bool {
-        self.durability.lock().1 > 0
+        self.durability.lock().commits_since > 0
     }
 
     /// Makes everything committed so far durable (when idle, and at shutdown): an empty commit
@@ -180,7 +202,7 @@ impl ReadModel {
         let mut durability = self.durability.lock();
         let txn = self.db()?.begin_write().map_err(storage)?;
         txn.commit().map_err(storage)?;
-        *durability = (Instant::now(), 0);
+        *durability = Durable::now(self.checkpoint());
         Ok(())
     }
 

@@ -456,3 +456,46 @@ async fn batches_of_large_events_are_cut_to_fit_and_lose_nothing() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, json!({"orders": 48, "total": amounts}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_of_one_projection_run_side_by_side() {
+    // One query held busy in the module must not hold up another of the same projection.
+    let server = TestServer::start().await.unwrap();
+    let url = server.url.clone();
+    let (status, body) = deploy(&url, "h", guest("hostile")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    append(
+        &url,
+        "hostile-1",
+        json!({"events": [{"type": "Ping", "data": {}}]}),
+    )
+    .await;
+    wait_status(&url, "h", |s| s["lag"] == 0 && s["status"] == "running").await;
+    // Spins for about 1.5 s (well inside the 5 s call deadline), measured on this machine.
+    let timed = |spins: u64| {
+        let url = url.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let (status, body) = get(&url, &format!("/projections/h/query/spin?n={spins}")).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(body, json!({"count": 1, "spins": spins}));
+            started.elapsed()
+        }
+    };
+    let probe = 20_000_000;
+    let per_spin = timed(probe).await.as_secs_f64() / probe as f64;
+    let spins = (1.5 / per_spin) as u64;
+    let slow = tokio::spawn(timed(spins));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let (status, body) = get(&url, "/projections/h/query/count").await;
+    let quick = started.elapsed();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"count": 1, "spins": 0}));
+    assert!(
+        !slow.is_finished(),
+        "the quick query ({quick:?}) waited for the slow one"
+    );
+    let slow = slow.await.unwrap();
+    assert!(quick < slow / 2, "quick {quick:?}, slow {slow:?}");
+}

@@ -129,6 +129,21 @@ pub(super) async fn point_queries(
     header: &str,
     duration: Duration,
 ) -> anyhow::Result<f64> {
+    requests_per_second(address, header, duration, |client, done| {
+        let customer = (client * 7919 + done * 31) % CUSTOMERS;
+        format!("/projections/order-totals/state/customer:c-{customer}")
+    })
+    .await
+}
+
+/// GETs of `path(client, request)` from 32 clients, each on its own connection, for `duration`:
+/// answers per second.
+pub(super) async fn requests_per_second(
+    address: &str,
+    header: &str,
+    duration: Duration,
+    path: fn(u64, u64) -> String,
+) -> anyhow::Result<f64> {
     let until = Instant::now() + duration;
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -138,9 +153,7 @@ pub(super) async fn point_queries(
             let mut connection = RawConnection::open(&address).await?.with_headers(&header);
             let mut done = 0u64;
             while Instant::now() < until {
-                let customer = (client * 7919 + done * 31) % CUSTOMERS;
-                let path = format!("/projections/order-totals/state/customer:c-{customer}");
-                connection.request("GET", &path, b"").await?;
+                connection.request("GET", &path(client, done), b"").await?;
                 done += 1;
             }
             anyhow::Ok(done)

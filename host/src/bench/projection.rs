@@ -165,6 +165,20 @@ pub(super) async fn run(
         rate,
         "queries/s",
     );
+    // Module queries over HTTP from 32 clients: `top?n=3`, which scans all 10,000 customers in
+    // the module (the Rust module's answer; a query runs on one of the generation's instances).
+    let rate = super::access::requests_per_second(
+        &server.address,
+        "",
+        Duration::from_secs(options.seconds),
+        |_, _| "/projections/order-totals/query/top?n=3".to_owned(),
+    )
+    .await?;
+    report.record(
+        "projection_module_queries_http_32_clients",
+        rate,
+        "queries/s",
+    );
     server.stop().await?;
 
     // Ten projections: a restart resumes them all from their checkpoints.

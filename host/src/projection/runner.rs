@@ -72,8 +72,10 @@ fn storage_fault(message: String, position: u64) -> Fault {
 struct BatchSize(usize);
 
 impl Default for BatchSize {
+    /// A quarter of the largest: a guest proves it is quick before it gets the largest batches
+    /// (two doublings), and a slow one's first batch stays short.
     fn default() -> Self {
-        Self(MAX_BATCH)
+        Self(MAX_BATCH / 4)
     }
 }
 
@@ -201,8 +203,10 @@ pub(crate) struct Generation {
     stop: Mutex<CancellationToken>,
     /// Serving generations retry faults with backoff; a rebuild stops at its first fault.
     serving: AtomicBool,
-    /// The instance that answers queries, made on first use and dropped after a trap.
-    query_instance: Mutex<Option<wasm::Instance>>,
+    /// Instances that answer queries, idle between them: a query takes one (or makes one), so
+    /// queries of one projection run side by side. At most `query_instances_kept()` wait here; one
+    /// that trapped, or whose memory grew past half its cap, is dropped.
+    query_instances: Mutex<Vec<wasm::Instance>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     stats: Arc<super::ProjectionStats>,
     /// Its projection's run series while serving and while rebuilding, made on first use (a
@@ -234,7 +238,7 @@ impl Generation {
             }),
             stop: Mutex::new(CancellationToken::new()),
             serving: AtomicBool::new(false),
-            query_instance: Mutex::new(None),
+            query_instances: Mutex::new(Vec::new()),
             task: Mutex::new(None),
             reads: stats.read_series(name),
             runs: Default::default(),
@@ -617,27 +621,41 @@ impl Generation {
             .snapshot()
             .map_err(|e| BatchFailure::Storage(e.to_string()))?;
         let position = snapshot.position();
-        let mut slot = self.query_instance.lock();
-        if slot.is_none() {
-            *slot = Some(
-                self.module
-                    .instantiate()
-                    .map_err(|e| BatchFailure::Module(e.to_string()))?,
-            );
-        }
-        let instance = slot.as_mut().expect("just made");
+        let idle = self.query_instances.lock().pop();
+        let mut instance = match idle {
+            Some(instance) => instance,
+            None => self
+                .module
+                .instantiate()
+                .map_err(|e| BatchFailure::Module(e.to_string()))?,
+        };
         match instance.query(name, params_json, Box::new(snapshot)) {
-            Ok(answer) => Ok((answer, position)),
-            Err(failure) => {
-                // A trapped instance is not used again.
-                *slot = None;
-                Err(match failure {
-                    GuestFailure::Storage(message) => BatchFailure::Storage(message),
-                    other => BatchFailure::Module(other.to_string()),
-                })
+            Ok(answer) => {
+                if !instance.should_be_renewed() {
+                    let mut idle = self.query_instances.lock();
+                    if idle.len() < query_instances_kept() {
+                        idle.push(instance);
+                    }
+                }
+                Ok((answer, position))
             }
+            // A trapped instance is not used again.
+            Err(GuestFailure::Storage(message)) => Err(BatchFailure::Storage(message)),
+            Err(other) => Err(BatchFailure::Module(other.to_string())),
         }
     }
+}
+
+/// How many idle query instances a generation keeps: one per core (at most 8), so a projection's
+/// queries use every core without making an instance per query. Queries beyond that many at
+/// once make an instance each.
+fn query_instances_kept() -> usize {
+    static KEPT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *KEPT.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(2, std::num::NonZero::get)
+            .min(8)
+    })
 }
 
 /// Why a call into the module failed, as the caller needs to know it.
@@ -656,6 +674,9 @@ mod tests {
     #[test]
     fn a_slow_guest_gets_smaller_batches_and_a_fast_one_full_ones_again() {
         let mut size = BatchSize::default();
+        assert_eq!(size.events(), 32_768);
+        size.observe(true, Duration::from_millis(1));
+        size.observe(true, Duration::from_millis(1));
         assert_eq!(size.events(), MAX_BATCH);
         // Slow: halved each time, down to the floor and no further.
         let mut seen = vec![size.events()];

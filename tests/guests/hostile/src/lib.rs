@@ -3,9 +3,10 @@
 //! (a number) before counting, so a rebuild takes long enough to watch, `Leak` keeps `data` MiB
 //! for the rest of the instance's life and counts (as a garbage-collected guest's heap grows
 //! across batches). Anything else counts the event under `count`, so tests can see it working
-//! between faults.
+//! between faults. Queries: `count` answers the count; `spin?n=N` spins N times first, so a test
+//! can hold a query running while it asks another.
 
-use lantern_sdk::{Event, Projection, State, Subscription};
+use lantern_sdk::{Event, Params, Projection, QueryError, State, Subscription, Value, json};
 
 thread_local! {
     /// What `Leak` keeps: it lives as long as the instance.
@@ -59,6 +60,20 @@ impl Projection for Hostile {
             }
             _ => state.update("count", |n: &mut u64| *n += 1),
         }
+    }
+
+    fn query(name: &str, params: &Params, state: &State) -> Result<Value, QueryError> {
+        let spins: u64 = match name {
+            "count" => 0,
+            "spin" => params.parse_or("n", 0)?,
+            _ => return Err(QueryError::NotFound),
+        };
+        let mut done = 0u64;
+        while std::hint::black_box(done) < spins {
+            done += 1;
+        }
+        let count: Option<u64> = state.get("count")?;
+        Ok(json!({"count": count.unwrap_or(0), "spins": done}))
     }
 }
 
