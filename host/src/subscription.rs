@@ -15,6 +15,8 @@ pub struct Subscription {
     filter: Filter,
     next_position: u64,
     head: watch::Receiver<u64>,
+    /// A batch's vector handed back (`recycle`), filled again by the next read.
+    spare: Vec<RecordedEvent>,
 }
 
 impl Subscription {
@@ -26,6 +28,7 @@ impl Subscription {
             filter,
             next_position: from.max(1),
             head,
+            spare: Vec::new(),
         }
     }
 
@@ -38,6 +41,12 @@ impl Subscription {
     /// The position the next batch starts from.
     pub fn next_position(&self) -> u64 {
         self.next_position
+    }
+
+    /// Hands back a batch's vector once its events are used: the next batch is read into it
+    /// (a projection's batches hold up to 131k events: one allocation, not one per batch).
+    pub fn recycle(&mut self, events: Vec<RecordedEvent>) {
+        self.spare = events;
     }
 
     /// Reads from `position` again (a reader that took fewer events of a batch than it was
@@ -58,13 +67,17 @@ impl Subscription {
             let store = self.store.clone();
             let filter = self.filter.clone();
             let from = self.next_position;
-            let slice = tokio::task::spawn_blocking(move || store.read_all(from, limit, &filter))
-                .await
-                .map_err(|e| StoreError::Unavailable(format!("reader task failed: {e}")))??;
+            let spare = std::mem::take(&mut self.spare);
+            let slice = tokio::task::spawn_blocking(move || {
+                store.read_all_into(from, limit, &filter, spare)
+            })
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("reader task failed: {e}")))??;
             self.next_position = slice.next_from;
             if !slice.events.is_empty() {
                 return Ok(slice.events);
             }
+            self.spare = slice.events;
             // Nothing matched in what was examined: keep going while there is more log.
         }
     }

@@ -80,19 +80,24 @@ impl Default for BatchEncoder {
 impl BatchEncoder {
     /// An empty batch.
     pub fn new() -> Self {
-        BatchEncoder {
-            out: vec![0; 4],
-            count: 0,
-            legacy: false,
-        }
+        Self::reusing(Vec::new(), false)
     }
 
     /// An empty batch in the legacy encoding (no id, no recorded time), for modules built
     /// against WIT `lantern:projection@0.1.0`.
     pub fn legacy() -> Self {
+        Self::reusing(Vec::new(), true)
+    }
+
+    /// An empty batch written into `buffer` (cleared; its capacity kept): a caller that encodes
+    /// batch after batch reuses one allocation (`finish` hands it back).
+    pub fn reusing(mut buffer: Vec<u8>, legacy: bool) -> Self {
+        buffer.clear();
+        buffer.extend_from_slice(&[0; 4]);
         BatchEncoder {
-            legacy: true,
-            ..Self::new()
+            out: buffer,
+            count: 0,
+            legacy,
         }
     }
 

@@ -390,6 +390,9 @@ impl Generation {
             Subscription::from_position(store.clone(), checkpoint + 1, Filter::default());
         let mut window = (Instant::now(), 0u64);
         let mut batch_size = BatchSize::default();
+        // The encoded batch's buffer, handed back after each guest call: a batch of up to 16 MiB
+        // is not allocated, faulted in and freed again every time.
+        let mut spare_buffer = Vec::new();
         loop {
             let from = subscription.next_position();
             let events = tokio::select! {
@@ -458,7 +461,9 @@ impl Generation {
                 }
                 continue;
             }
-            let mut batch = self.module.batch_encoder();
+            let mut batch = self
+                .module
+                .batch_encoder_reusing(std::mem::take(&mut spare_buffer));
             let mut first_delivered = None;
             let mut delivered = 0;
             for event in &events {
@@ -474,20 +479,21 @@ impl Generation {
             let guest = instance.take().expect("an instance between batches");
             let batch = (!batch.is_empty()).then(|| batch.finish());
             let span = tracing::Span::current();
-            let (guest, result) = tokio::task::spawn_blocking(move || {
+            let (guest, result, buffer) = tokio::task::spawn_blocking(move || {
                 let _in_projection = span.enter();
                 let mut guest = guest;
                 let applied = (|| -> Result<(), BatchError> {
-                    let writes = match batch {
+                    let writes = match &batch {
                         None => lantern_wire::WritesEncoder::default().finish(),
-                        Some(batch) => guest.handle(&batch, Box::new(read_model.snapshot()?))?,
+                        Some(batch) => guest.handle(batch, Box::new(read_model.snapshot()?))?,
                     };
                     Ok(read_model.apply(&writes, next_checkpoint)?)
                 })();
-                (guest, applied)
+                (guest, applied, batch)
             })
             .await
             .map_err(|e| fault(format!("runner task failed: {e}"), from))?;
+            spare_buffer = buffer.unwrap_or_default();
             // An instance whose batch failed, or whose writes were not committed, is never called
             // again (the WIT's promise: a module may keep the read model's values in memory
             // between batches; the TypeScript SDK does).
@@ -507,8 +513,9 @@ impl Generation {
                     // replay the batch one event at a time (a trap does not say which event,
                     // and a failed batch keeps none of its writes).
                     let singles: Vec<RecordedEvent> = events
-                        .into_iter()
+                        .iter()
                         .filter(|e| subscription_spec.matches(&e.stream, &e.event_type))
+                        .cloned()
                         .collect();
                     let generation = self.clone();
                     let span = tracing::Span::current();
@@ -527,6 +534,7 @@ impl Generation {
                 }
             };
             instance = Some(guest);
+            subscription.recycle(events);
             self.run_series().batch(delivered, batch_started.elapsed());
             batch_size.observe(full_batch, batch_started.elapsed());
             window.1 += next_checkpoint + 1 - from;

@@ -661,7 +661,19 @@ impl Store {
         limit: usize,
         filter: &Filter,
     ) -> Result<AllSlice, StoreError> {
-        self.noting(self.read_all_unchecked(from, limit, filter))
+        self.read_all_into(from, limit, filter, Vec::new())
+    }
+
+    /// `read_all`, into `events` (cleared first; its capacity is kept): a reader that reads
+    /// batch after batch reuses one allocation.
+    pub fn read_all_into(
+        &self,
+        from: u64,
+        limit: usize,
+        filter: &Filter,
+        events: Vec<RecordedEvent>,
+    ) -> Result<AllSlice, StoreError> {
+        self.noting(self.read_all_unchecked(from, limit, filter, events))
     }
 
     fn read_all_unchecked(
@@ -669,11 +681,13 @@ impl Store {
         from: u64,
         limit: usize,
         filter: &Filter,
+        mut events: Vec<RecordedEvent>,
     ) -> Result<AllSlice, StoreError> {
+        events.clear();
         let from = from.max(1);
         let (start, committed) = self.inner.index.seek(from)?;
         let mut slice = AllSlice {
-            events: Vec::new(),
+            events,
             next_from: from,
             head: committed.head_position,
         };

@@ -578,11 +578,12 @@ impl Module {
 
     /// An empty batch in the encoding this module decodes.
     pub fn batch_encoder(&self) -> lantern_wire::BatchEncoder {
-        if self.legacy_batches {
-            lantern_wire::BatchEncoder::legacy()
-        } else {
-            lantern_wire::BatchEncoder::new()
-        }
+        self.batch_encoder_reusing(Vec::new())
+    }
+
+    /// The same, written into `buffer` (see `BatchEncoder::reusing`).
+    pub fn batch_encoder_reusing(&self, buffer: Vec<u8>) -> lantern_wire::BatchEncoder {
+        lantern_wire::BatchEncoder::reusing(buffer, self.legacy_batches)
     }
 
     /// A fresh instance in its own sandboxed store.
