@@ -61,9 +61,16 @@ pub struct BenchOptions {
     /// Events the replication benchmark appends on the leader (then a follower copies them).
     #[arg(long, default_value_t = 1_000_000)]
     pub replication_events: u64,
+    /// Orders in the memory benchmark (run it with `--only memory`: it is not in the default run).
+    #[arg(long, default_value_t = 10_000_000)]
+    pub memory_events: u64,
+    /// Distinct customers (read-model keys) in the memory benchmark.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub memory_keys: u64,
 }
 
 mod access;
+mod memory;
 mod projection;
 mod replication;
 mod snapshots;
@@ -237,6 +244,10 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     }
     if wanted("snapshot") {
         snapshots::run(base.path(), &options, &mut report).await?;
+    }
+    // Ten million events take minutes to append: only when asked for by name.
+    if module_built && options.only.iter().any(|w| w == "memory") {
+        memory::run(base.path(), &options, &mut report).await?;
     }
     report.print_table();
     Ok(())
@@ -532,7 +543,16 @@ fn ms(duration: Duration) -> f64 {
 
 /// The process's peak resident set (VmHWM), in KiB.
 fn peak_rss_kib() -> Option<u64> {
+    status_kib("VmHWM:")
+}
+
+fn current_rss_kib() -> Option<u64> {
+    status_kib("VmRSS:")
+}
+
+/// A `/proc/self/status` figure in KiB.
+fn status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -18,12 +18,17 @@ use crate::wasm::WasmConfig;
 pub(super) const CUSTOMERS: u64 = 10_000;
 
 fn order_event(i: u64) -> NewEvent {
+    order_of(i, CUSTOMERS)
+}
+
+/// The `i`th order, by customer `i % customers`.
+fn order_of(i: u64, customers: u64) -> NewEvent {
     NewEvent {
         id: None,
         event_type: "OrderPlaced".into(),
         data: Bytes::from(format!(
             r#"{{"customer":"c-{}","amount":{}}}"#,
-            i % CUSTOMERS,
+            i % customers,
             100 + i % 900
         )),
         metadata: None,
@@ -32,9 +37,18 @@ fn order_event(i: u64) -> NewEvent {
 
 /// Appends `events` order events in appends of 1000, a stream per append.
 pub(super) async fn seed_orders(store: &Store, events: u64) -> anyhow::Result<()> {
+    seed_orders_of(store, events, CUSTOMERS).await
+}
+
+/// `seed_orders` over `customers` customers.
+pub(super) async fn seed_orders_of(
+    store: &Store,
+    events: u64,
+    customers: u64,
+) -> anyhow::Result<()> {
     for chunk in 0..events.div_ceil(1000) {
         let batch = (chunk * 1000..((chunk + 1) * 1000).min(events))
-            .map(order_event)
+            .map(|i| order_of(i, customers))
             .collect();
         store
             .append(&format!("order-{chunk}"), ExpectedRevision::Any, batch)
