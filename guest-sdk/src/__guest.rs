@@ -58,13 +58,17 @@ impl<P: Projection> Guest for Adapter<P> {
     }
 
     fn handle(batch: Vec<u8>) -> Result<Vec<u8>, types::HandleError> {
-        let events = lantern_wire::decode_batch(&batch).map_err(|e| types::HandleError {
+        // Decoded as handled, with no list of views (a batch holds up to 131k events). A malformed
+        // batch fails like a failing event: none of its writes are kept.
+        let malformed = |e: lantern_wire::DecodeError| types::HandleError {
             position: 0,
             message: e.to_string(),
-        })?;
-        let last = events.last().map_or(0, |e| e.position);
+        };
+        let mut last = 0;
         let mut state = State::new(Box::new(HostBackend));
-        for view in events {
+        for view in lantern_wire::BatchIter::new(&batch).map_err(malformed)? {
+            let view = view.map_err(malformed)?;
+            last = view.position;
             let event = Event { view };
             P::handle(&event, &mut state).map_err(|e| types::HandleError {
                 position: event.position(),
