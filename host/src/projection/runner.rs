@@ -65,9 +65,9 @@ fn storage_fault(message: String, position: u64) -> Fault {
     }
 }
 
-/// How many events the next batch examines: halved while a full batch takes more than twice
-/// `BATCH_TARGET`, doubled while one takes less than half of it (only a full batch says how fast
-/// the guest is: a short one at the head is quick anyway).
+/// How many events the next batch examines: halved while a batch takes more than twice
+/// `BATCH_TARGET`, doubled while a full one takes less than it (only a full batch says how fast
+/// the guest is: a short one at the head is quick anyway), so a batch ends within about a second.
 #[derive(Debug)]
 struct BatchSize(usize);
 
@@ -92,7 +92,7 @@ impl BatchSize {
     fn observe(&mut self, full: bool, took: Duration) {
         if took > 2 * BATCH_TARGET {
             self.0 = (self.0 / 2).max(MIN_BATCH);
-        } else if full && took < BATCH_TARGET / 2 {
+        } else if full && took < BATCH_TARGET {
             self.0 = (self.0 * 2).min(MAX_BATCH);
         }
     }
