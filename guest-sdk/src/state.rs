@@ -131,6 +131,11 @@ impl State {
 
     /// Every key starting with `prefix`, in key order, with its value decoded from JSON.
     pub fn scan<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>> {
+        if !self.writes.keys().any(|key| key.starts_with(prefix)) {
+            // Nothing of this batch to merge (always so in a query): the host's pages, in key
+            // order already, decoded as they come.
+            return self.scan_committed(prefix);
+        }
         let mut merged: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
         // (Committed pages first, then this batch's writes over them.)
         let mut after = String::new();
@@ -155,6 +160,26 @@ impl State {
             .filter_map(|(key, value)| value.map(|v| (key, v)))
             .map(|(key, bytes)| decode(&key, &bytes).map(|v| (key, v)))
             .collect()
+    }
+
+    /// Every committed key starting with `prefix`, in key order, decoded.
+    fn scan_committed<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>> {
+        let mut out = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = self.backend.scan(prefix, &after, SCAN_PAGE);
+            let full = page.len() == SCAN_PAGE as usize;
+            if let Some((last, _)) = page.last() {
+                after.clone_from(last);
+            }
+            for (key, bytes) in page {
+                let value = decode(&key, &bytes)?;
+                out.push((key, value));
+            }
+            if !full {
+                return Ok(out);
+            }
+        }
     }
 
     /// The batch's writes in the wire encoding, for the host.
