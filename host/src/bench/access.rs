@@ -29,7 +29,7 @@ pub(super) async fn run(
         WasmConfig::default(),
     )
     .await?;
-    let module = std::fs::read(&options.module)?;
+    let module = options.order_totals()?;
     projections.deploy("order-totals", module).await?;
     wait_caught_up(&projections, "order-totals", store.head()).await?;
 

@@ -19,8 +19,7 @@ pub(super) async fn run(
     options: &super::BenchOptions,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let module = std::fs::read(&options.module)
-        .with_context(|| format!("reading {}", options.module.display()))?;
+    let module = options.order_totals()?;
     let store = Store::open(&base.join("memory-store"), StoreOptions::default())?;
     let started = Instant::now();
     seed_orders_of(&store, options.memory_events, options.memory_keys).await?;

@@ -542,6 +542,22 @@ fn ms(duration: Duration) -> f64 {
 }
 
 /// The process's peak resident set (VmHWM), in KiB.
+impl BenchOptions {
+    /// The `order-totals` module (`--module`).
+    fn order_totals(&self) -> anyhow::Result<Vec<u8>> {
+        read_module(
+            &self.module,
+            "cargo build --release --target wasm32-wasip2 -p order-totals",
+        )
+    }
+}
+
+/// A module's bytes; a missing file's error says how to build it.
+fn read_module(path: &std::path::Path, build: &str) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    std::fs::read(path).with_context(|| format!("reading {} (build it: {build})", path.display()))
+}
+
 fn peak_rss_kib() -> Option<u64> {
     status_kib("VmHWM:")
 }

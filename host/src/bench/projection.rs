@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use bytes::Bytes;
 use serde::Deserialize;
 
@@ -79,12 +78,7 @@ pub(super) async fn run(
     options: &super::BenchOptions,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let module = std::fs::read(&options.module).with_context(|| {
-        format!(
-            "reading {} (build it with `cargo build --release --target wasm32-wasip2 -p order-totals`)",
-            options.module.display()
-        )
-    })?;
+    let module = options.order_totals()?;
     let store = Store::open(&base.join("projection-store"), StoreOptions::default())?;
     let events = options.projection_events;
     seed_orders(&store, events).await?;
@@ -237,8 +231,7 @@ pub(super) async fn run_rebuild(
     options: &super::BenchOptions,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let module = std::fs::read(&options.module)
-        .with_context(|| format!("reading {}", options.module.display()))?;
+    let module = options.order_totals()?;
     let store = Store::open(&base.join("rebuild-store"), StoreOptions::default())?;
     seed_orders(&store, options.projection_events).await?;
     let projections = Projections::open(

@@ -5,8 +5,6 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::Context;
-
 use super::Report;
 use super::projection::{seed_orders, wait_caught_up};
 use crate::projection::Projections;
@@ -31,14 +29,11 @@ pub(super) async fn run(
     options: &super::BenchOptions,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let rust = std::fs::read(&options.module)
-        .with_context(|| format!("reading {}", options.module.display()))?;
-    let ts = std::fs::read(&options.ts_module).with_context(|| {
-        format!(
-            "reading {} (build it: cd examples/order-totals-ts && npm ci && npm run build)",
-            options.ts_module.display()
-        )
-    })?;
+    let rust = options.order_totals()?;
+    let ts = super::read_module(
+        &options.ts_module,
+        "cd examples/order-totals-ts && npm ci && npm run build",
+    )?;
     let store = Store::open(&base.join("ts-store"), StoreOptions::default())?;
     seed_orders(&store, options.projection_events).await?;
     let head = store.head();

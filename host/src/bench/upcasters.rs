@@ -5,7 +5,6 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::Context;
 use bytes::Bytes;
 
 use super::projection::{CUSTOMERS, seed_orders, wait_caught_up};
@@ -80,14 +79,11 @@ pub(super) async fn run(
     options: &super::BenchOptions,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let module = std::fs::read(&options.module)
-        .with_context(|| format!("reading {}", options.module.display()))?;
-    let upcaster = std::fs::read(&options.upcaster_module).with_context(|| {
-        format!(
-            "reading {} (build it with `cargo build --release --target wasm32-wasip2 -p order-upcaster`)",
-            options.upcaster_module.display()
-        )
-    })?;
+    let module = options.order_totals()?;
+    let upcaster = super::read_module(
+        &options.upcaster_module,
+        "cargo build --release --target wasm32-wasip2 -p order-upcaster",
+    )?;
     let events = options.projection_events;
 
     let current = Store::open(&base.join("upcast-current"), StoreOptions::default())?;
