@@ -6,8 +6,9 @@
 //! subscriber that falls behind costs nothing but its own reads.
 
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-use crate::store::{Filter, RecordedEvent, Store, StoreError};
+use crate::store::{AllSlice, Filter, RecordedEvent, Store, StoreError};
 
 /// A subscription to the global log, from a position on, filtered.
 pub struct Subscription {
@@ -17,6 +18,14 @@ pub struct Subscription {
     head: watch::Receiver<u64>,
     /// A batch's vector handed back (`recycle`), filled again by the next read.
     spare: Vec<RecordedEvent>,
+    /// The next batch, being read while the last one is handled (`read_ahead`).
+    ahead: Option<Ahead>,
+}
+
+/// A read started early: from `from`, on the blocking pool.
+struct Ahead {
+    from: u64,
+    read: JoinHandle<Result<AllSlice, StoreError>>,
 }
 
 impl Subscription {
@@ -29,6 +38,7 @@ impl Subscription {
             next_position: from.max(1),
             head,
             spare: Vec::new(),
+            ahead: None,
         }
     }
 
@@ -55,10 +65,54 @@ impl Subscription {
         self.next_position = self.next_position.min(position.max(1));
     }
 
+    /// Starts reading the next batch now, up to `limit` events, if the log has more: a reader
+    /// that handles a batch while the next is read (a projection catching up) waits for the log
+    /// only once. `poll_batch` takes it up.
+    pub fn read_ahead(&mut self, limit: usize) {
+        if self.ahead.is_some() || self.next_position > *self.head.borrow() {
+            return;
+        }
+        let (store, filter, from) = (self.store.clone(), self.filter.clone(), self.next_position);
+        let spare = std::mem::take(&mut self.spare);
+        let read =
+            tokio::task::spawn_blocking(move || store.read_all_into(from, limit, &filter, spare));
+        self.ahead = Some(Ahead { from, read });
+    }
+
+    /// The read started by `read_ahead`, if it starts where this subscription is (not after a
+    /// `rewind`: that one is dropped, and finishes on its own). Cancel-safe: the read stays in
+    /// place until it is taken.
+    async fn take_ahead(&mut self) -> Option<Result<AllSlice, StoreError>> {
+        let ahead = self.ahead.as_mut()?;
+        if ahead.from != self.next_position {
+            self.ahead = None;
+            return None;
+        }
+        let read = (&mut ahead.read).await;
+        self.ahead = None;
+        Some(
+            read.map_err(|e| StoreError::Unavailable(format!("reader task failed: {e}")))
+                .and_then(|r| r),
+        )
+    }
+
     /// The next matching events that are already committed, at most `limit`; empty at the head.
     /// Runs the log read on the blocking pool.
     pub async fn poll_batch(&mut self, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         loop {
+            if let Some(read) = self.take_ahead().await {
+                let mut slice = read?;
+                if slice.events.len() > limit {
+                    // Read ahead for a larger batch: the rest is read again.
+                    slice.next_from = slice.events[limit].position;
+                    slice.events.truncate(limit);
+                }
+                self.next_position = slice.next_from;
+                if !slice.events.is_empty() {
+                    return Ok(slice.events);
+                }
+                self.spare = slice.events;
+            }
             // Seen before reading, so a commit that lands during the read wakes `wait` later.
             let head = *self.head.borrow_and_update();
             if self.next_position > head {

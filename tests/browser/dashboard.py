@@ -102,10 +102,11 @@ for i in range(40):
 for i in range(5):
     append(f"cart-{i}", [{"type": "ItemAdded", "data": {"sku": f"sku-{i}", "quantity": 1, "price": 250}}])
 # A projection slow enough to watch rebuild: each Slow event spins in the guest. Several
-# batches' worth of events, so its progress has intermediate values.
+# batches' worth of events, so its progress has intermediate values: batches grow while one takes
+# under half a second, so each event must take long enough (~15 us here) that 64k of them do not.
 SLOW_EVENTS = 240_000
 for chunk in range(SLOW_EVENTS // 10_000):
-    append("hostile-1", [{"type": "Slow", "data": 20_000}] * 10_000)
+    append("hostile-1", [{"type": "Slow", "data": 50_000}] * 10_000)
 for name, guest in [("order-totals", "order_totals"), ("orders-per-day", "orders_per_day"),
                     ("carts", "carts"), ("slow", "hostile")]:
     deploy(name, guest)

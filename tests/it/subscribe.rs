@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use lantern::store::{ExpectedRevision, Filter, NewEvent, Store};
+use lantern::store::{ExpectedRevision, Filter, NewEvent, RecordedEvent, Store};
 use lantern::subscription::Subscription;
 use lantern_tests::{TestServer, test_store_options};
 use proptest::prelude::*;
@@ -56,10 +56,12 @@ fn filters() -> impl Strategy<Value = Filter> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     /// Started at any position while appends run, a subscription delivers every matching event
-    /// exactly once, in order, across the switch from catch-up to live and across index chunks.
+    /// exactly once, in order, across the switch from catch-up to live and across index chunks;
+    /// also when it reads ahead (for batches of another size) and when the reader takes only part
+    /// of a batch and rewinds, as a projection's runner does.
     #[test]
     fn subscriptions_deliver_every_matching_event_once_in_order(
         before in 0usize..120,
@@ -67,6 +69,9 @@ proptest! {
         start in 0u64..300,
         batch in 1usize..40,
         filter in filters(),
+        ahead in proptest::option::of(1usize..60),
+        cut in proptest::option::of(1usize..20),
+        ahead_before_cut in any::<bool>(),
     ) {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
@@ -79,12 +84,32 @@ proptest! {
             };
             let mut subscription = Subscription::from_position(store.clone(), start, filter.clone());
             let mut seen = Vec::new();
+            let take = |subscription: &mut Subscription, mut events: Vec<RecordedEvent>| {
+                let read_ahead = |subscription: &mut Subscription| {
+                    if let Some(limit) = ahead {
+                        subscription.read_ahead(limit);
+                    }
+                };
+                if ahead_before_cut {
+                    read_ahead(subscription);
+                }
+                if let Some(cut) = cut.filter(|&cut| cut < events.len()) {
+                    subscription.rewind(events[cut].position);
+                    events.truncate(cut);
+                }
+                if !ahead_before_cut {
+                    read_ahead(subscription);
+                }
+                events
+            };
             // Live while the writer runs (dropping a pending batch is safe: the position only
             // moves when a read completes)...
             let mut writer = writer;
             loop {
                 tokio::select! {
-                    events = subscription.next_batch(batch) => seen.extend(events.unwrap()),
+                    events = subscription.next_batch(batch) => {
+                        seen.extend(take(&mut subscription, events.unwrap()));
+                    }
                     done = &mut writer => {
                         done.unwrap();
                         break;
@@ -94,7 +119,8 @@ proptest! {
             // ...then whatever is left up to the final head.
             let head = store.head();
             while subscription.next_position() <= head {
-                seen.extend(subscription.poll_batch(batch).await.unwrap());
+                let events = subscription.poll_batch(batch).await.unwrap();
+                seen.extend(take(&mut subscription, events));
             }
             let expected = store.read_all(start, usize::MAX, &filter).unwrap().events;
             let seen_positions: Vec<u64> = seen.iter().map(|e| e.position).collect();
@@ -137,6 +163,45 @@ async fn read_messages(response: reqwest::Response, separator: &str, want: usize
         text.push_str(std::str::from_utf8(&chunk).unwrap());
     }
     text
+}
+
+#[tokio::test]
+async fn a_read_ahead_yields_to_a_rewind_and_to_a_smaller_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), test_store_options(false)).unwrap();
+    let events = (0..100).map(|i| new_event("Even", i)).collect();
+    store
+        .append("order-1", ExpectedRevision::Any, events)
+        .await
+        .unwrap();
+    let positions =
+        |events: Vec<RecordedEvent>| -> Vec<u64> { events.iter().map(|e| e.position).collect() };
+    let mut subscription = Subscription::from_position(store.clone(), 1, Filter::default());
+    assert_eq!(
+        positions(subscription.poll_batch(10).await.unwrap()),
+        (1..=10).collect::<Vec<_>>()
+    );
+    // Read ahead from 11, then the reader takes only 1..=5 of its batch.
+    subscription.read_ahead(10);
+    subscription.rewind(6);
+    assert_eq!(
+        positions(subscription.poll_batch(10).await.unwrap()),
+        (6..=15).collect::<Vec<_>>()
+    );
+    // Read ahead 50, then asked for 10: the other 40 come next.
+    subscription.read_ahead(50);
+    assert_eq!(
+        positions(subscription.poll_batch(10).await.unwrap()),
+        (16..=25).collect::<Vec<_>>()
+    );
+    subscription.read_ahead(100);
+    assert_eq!(
+        positions(subscription.poll_batch(100).await.unwrap()),
+        (26..=100).collect::<Vec<_>>()
+    );
+    // At the head, nothing is read ahead and nothing comes.
+    subscription.read_ahead(10);
+    assert!(subscription.poll_batch(10).await.unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -420,6 +420,8 @@ impl Generation {
                 full_batch
             };
             let next_checkpoint = subscription.next_position() - 1;
+            // The next batch is read while this one is handled.
+            subscription.read_ahead(batch_size.events());
             let subscription_spec = self.module.subscription();
             if !self.chain.is_empty() && !events.is_empty() {
                 // The events it may be given, in their current shape (the others stay as they
