@@ -157,12 +157,11 @@ export class State implements ReadState {
   }
 
   /**
-   * The batch's writes in the wire encoding, for the host. They are sorted (the host's B-tree
-   * takes sorted keys fastest; the order means nothing): by UTF-16 code units, JavaScript's own
-   * sort, which is not quite the host's byte order (see `compareKeys`) and need not be.
+   * The batch's writes in the wire encoding, for the host, in the order they were first written
+   * (the host sorts them for its B-tree, natively: faster than here).
    */
   finish(): Uint8Array {
-    const keys = [...this.writes.keys()].sort();
+    const keys = [...this.writes.keys()];
     const texts: Array<string | null> = [];
     const out = new WritesEncoder();
     for (const key of keys) {

@@ -185,10 +185,9 @@ impl State {
     /// The batch's writes in the wire encoding, for the host.
     pub(crate) fn into_writes(self) -> Result<Vec<u8>> {
         let mut encoder = WritesEncoder::default();
-        // In key order: the host's B-tree inserts stay local.
-        let mut writes: Vec<(&String, &Written)> = self.writes.iter().collect();
-        writes.sort_unstable_by_key(|(key, _)| *key);
-        for (key, written) in writes {
+        // In no order: the host sorts them for its B-tree, natively (in wasm, sorting 10k keys
+        // took a tenth of a batch).
+        for (key, written) in &self.writes {
             match written {
                 Written::Deleted => encoder.push(WriteView::Delete(key)),
                 Written::Bytes(bytes) => encoder.push(WriteView::Put(key, bytes)),

@@ -46,6 +46,15 @@ pub enum WriteView<'a> {
     Delete(&'a str),
 }
 
+impl<'a> WriteView<'a> {
+    /// The key written.
+    pub fn key(&self) -> &'a str {
+        match self {
+            WriteView::Put(key, _) | WriteView::Delete(key) => key,
+        }
+    }
+}
+
 /// The bytes are not a valid encoding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeError(pub &'static str);
