@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lantern_wire::WriteRange;
 use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::watch;
 
@@ -154,12 +155,8 @@ impl ReadModel {
         self.checkpoint.subscribe()
     }
 
-    /// Applies a batch's encoded writes and moves the checkpoint, in one transaction.
-    pub fn apply(&self, writes: &[u8], checkpoint: u64) -> Result<(), ReadModelError> {
-        let mut writes = lantern_wire::decode_writes(writes)?;
-        // Guests send writes in any order; in key order the B-tree's inserts stay local. Stable:
-        // of two writes of one key, the later still wins.
-        writes.sort_by(|a, b| a.key().cmp(b.key()));
+    /// Applies a batch's writes and moves the checkpoint, in one transaction.
+    pub fn apply(&self, writes: &WriteSet, checkpoint: u64) -> Result<(), ReadModelError> {
         // The same order as `flush`: the durability lock, then the write transaction.
         let mut durability = self.durability.lock();
         let mut txn = self.db()?.begin_write().map_err(storage)?;
@@ -171,12 +168,12 @@ impl ReadModel {
         }
         {
             let mut state = txn.open_table(STATE).map_err(storage)?;
-            for write in writes {
-                match write {
-                    lantern_wire::WriteView::Put(key, value) => {
+            for (key, value) in writes.iter() {
+                match value {
+                    Some(value) => {
                         state.insert(key, value).map_err(storage)?;
                     }
-                    lantern_wire::WriteView::Delete(key) => {
+                    None => {
                         state.remove(key).map_err(storage)?;
                     }
                 }
@@ -220,6 +217,140 @@ impl ReadModel {
             .map_or(0, |v| v.value());
         let state = txn.open_table(STATE).map_err(storage)?;
         Ok(Snapshot { state, position })
+    }
+}
+
+/// A batch's writes, decoded, in key order, one per key: what `apply` commits, and what the next
+/// batch reads over an older snapshot while it is being committed ([`Overlaid`]).
+pub struct WriteSet {
+    bytes: Vec<u8>,
+    writes: Vec<WriteRange>,
+}
+
+impl WriteSet {
+    /// Decodes a guest's encoded writes. Guests send them in any order; in key order the B-tree's
+    /// inserts stay local. Of two writes of one key, the later wins.
+    pub fn decode(bytes: Vec<u8>) -> Result<WriteSet, ReadModelError> {
+        let mut writes = lantern_wire::decode_write_ranges(&bytes)?;
+        // Stable: the writes of one key stay in their order, and the last of them is kept.
+        writes.sort_by(|a, b| bytes[a.key.clone()].cmp(&bytes[b.key.clone()]));
+        let mut unique: Vec<WriteRange> = Vec::with_capacity(writes.len());
+        for write in writes {
+            match unique.last_mut() {
+                Some(last) if bytes[last.key.clone()] == bytes[write.key.clone()] => *last = write,
+                _ => unique.push(write),
+            }
+        }
+        Ok(WriteSet {
+            bytes,
+            writes: unique,
+        })
+    }
+
+    /// No writes at all.
+    pub fn empty() -> WriteSet {
+        WriteSet {
+            bytes: Vec::new(),
+            writes: Vec::new(),
+        }
+    }
+
+    fn entry(&self, write: &WriteRange) -> (&str, Option<&[u8]>) {
+        // (Checked to be UTF-8 when decoded: the default is never used.)
+        let key = std::str::from_utf8(&self.bytes[write.key.clone()]).unwrap_or_default();
+        (key, write.value.clone().map(|value| &self.bytes[value]))
+    }
+
+    /// Each key with its new value (`None`: deleted), in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
+        self.writes.iter().map(|write| self.entry(write))
+    }
+
+    /// The write of `key`: `Some(None)` when it was deleted, `None` when it was not written.
+    fn find(&self, key: &str) -> Option<Option<&[u8]>> {
+        let at = self
+            .writes
+            .binary_search_by(|write| self.bytes[write.key.clone()].cmp(key.as_bytes()))
+            .ok()?;
+        Some(self.entry(&self.writes[at]).1)
+    }
+
+    /// The writes of keys starting with `prefix` and greater than `after`, in key order.
+    fn range<'s>(
+        &'s self,
+        prefix: &'s str,
+        after: &str,
+    ) -> impl Iterator<Item = (&'s str, Option<&'s [u8]>)> + use<'s> {
+        let key = |write: &WriteRange| &self.bytes[write.key.clone()];
+        let start = self
+            .writes
+            .partition_point(|w| key(w) <= after.as_bytes() || key(w) < prefix.as_bytes());
+        self.writes[start..]
+            .iter()
+            .map(|write| self.entry(write))
+            .take_while(move |(key, _)| key.starts_with(prefix))
+    }
+}
+
+/// A committed snapshot seen through the writes of a batch that is still being committed: the
+/// next batch reads this, so the guest never waits for the commit before it.
+pub struct Overlaid {
+    /// Reflects every commit before `writes`' (and perhaps theirs: they win either way).
+    pub snapshot: Snapshot,
+    pub writes: Arc<WriteSet>,
+}
+
+impl ReadView for Overlaid {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        match self.writes.find(key) {
+            Some(written) => Ok(written.map(<[u8]>::to_vec)),
+            None => self.snapshot.get(key),
+        }
+    }
+
+    fn scan(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let mut out = Vec::new();
+        let mut cursor = after.to_owned();
+        while out.len() < limit {
+            let page = self
+                .snapshot
+                .page(prefix, &cursor, limit)
+                .map_err(|e| e.to_string())?;
+            // The committed keys are complete up to the page's last one when it has more.
+            let bound = page.next;
+            let mut committed = page.items.into_iter().peekable();
+            let mut written = self
+                .writes
+                .range(prefix, &cursor)
+                .take_while(|(key, _)| bound.as_deref().is_none_or(|bound| *key <= bound))
+                .peekable();
+            while out.len() < limit {
+                let next_written = written.peek().map(|(key, _)| *key);
+                let next_committed = committed.peek().map(|(key, _)| key.as_str());
+                match (next_written, next_committed) {
+                    (None, None) => break,
+                    (Some(w), c) if c.is_none_or(|c| w <= c) => {
+                        if c == Some(w) {
+                            committed.next();
+                        }
+                        if let Some((key, Some(value))) = written.next() {
+                            out.push((key.to_owned(), value.to_vec()));
+                        }
+                    }
+                    _ => out.extend(committed.next()),
+                }
+            }
+            match bound {
+                Some(bound) => cursor = bound,
+                None => break,
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -314,7 +445,7 @@ mod tests {
             std::thread::spawn(move || {
                 let mut writes = lantern_wire::WritesEncoder::default();
                 writes.push(lantern_wire::WriteView::Put("k", b"v"));
-                let writes = writes.finish();
+                let writes = WriteSet::decode(writes.finish()).unwrap();
                 for checkpoint in 1..=3000 {
                     model.apply(&writes, checkpoint).unwrap();
                 }
@@ -350,7 +481,9 @@ mod tests {
         writes.push(lantern_wire::WriteView::Delete("c"));
         writes.push(lantern_wire::WriteView::Put("a", b"1"));
         writes.push(lantern_wire::WriteView::Put("b", b"2"));
-        model.apply(&writes.finish(), 1).unwrap();
+        model
+            .apply(&WriteSet::decode(writes.finish()).unwrap(), 1)
+            .unwrap();
         let snapshot = model.snapshot().unwrap();
         assert_eq!(snapshot.get("a").unwrap().as_deref(), Some(&b"1"[..]));
         assert_eq!(snapshot.get("b").unwrap().as_deref(), Some(&b"2"[..]));

@@ -15,6 +15,7 @@ mod openapi;
 mod operability;
 mod projections;
 mod read;
+mod readmodel;
 mod rebuild;
 mod replication;
 mod sandbox;

@@ -401,6 +401,43 @@ pub fn decode_writes(bytes: &[u8]) -> Result<Vec<WriteView<'_>>, DecodeError> {
     Ok(writes)
 }
 
+/// Where one write's key and value lie in the encoded writes; `value` is `None` for a delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteRange {
+    /// The key's bytes (checked to be UTF-8).
+    pub key: std::ops::Range<usize>,
+    /// The value's bytes.
+    pub value: Option<std::ops::Range<usize>>,
+}
+
+/// Decodes encoded writes as ranges of `bytes`, for a reader that keeps the bytes and looks
+/// writes up later. Accepts exactly what [`decode_writes`] accepts.
+pub fn decode_write_ranges(bytes: &[u8]) -> Result<Vec<WriteRange>, DecodeError> {
+    let mut reader = Reader { bytes };
+    let count = reader.u32()? as usize;
+    let mut writes = Vec::with_capacity(count.min(bytes.len() / 5));
+    let range = |reader: &mut Reader<'_>| -> Result<std::ops::Range<usize>, DecodeError> {
+        let piece = reader.bytes()?;
+        let end = bytes.len() - reader.bytes.len();
+        Ok(end - piece.len()..end)
+    };
+    for _ in 0..count {
+        let put = match reader.u8()? {
+            1 => true,
+            0 => false,
+            _ => return Err(DecodeError("bad write kind")),
+        };
+        let key = range(&mut reader)?;
+        std::str::from_utf8(&bytes[key.clone()]).map_err(|_| DecodeError("string is not UTF-8"))?;
+        let value = if put { Some(range(&mut reader)?) } else { None };
+        writes.push(WriteRange { key, value });
+    }
+    if !reader.bytes.is_empty() {
+        return Err(DecodeError("trailing bytes"));
+    }
+    Ok(writes)
+}
+
 /// Decodes an upcaster's encoded answers.
 pub fn decode_upcasts(bytes: &[u8]) -> Result<Vec<UpcastView<'_>>, DecodeError> {
     let mut reader = Reader { bytes };

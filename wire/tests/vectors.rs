@@ -4,7 +4,7 @@
 
 use lantern_wire::{
     BatchEncoder, EventView, UpcastEncoder, UpcastView, WriteView, WritesEncoder, decode_batch,
-    decode_upcasts, decode_writes,
+    decode_upcasts, decode_write_ranges, decode_writes,
 };
 use serde_json::Value;
 
@@ -98,13 +98,23 @@ fn writes_match_the_vectors() {
         let expected = bytes(&case["hex"]);
         assert_eq!(encoder.finish(), expected, "encoding {}", case["name"]);
         assert_eq!(decode_writes(&expected).unwrap(), writes);
+        let ranges = decode_write_ranges(&expected).unwrap();
+        let from_ranges: Vec<WriteView<'_>> = ranges
+            .iter()
+            .map(|w| {
+                let key = std::str::from_utf8(&expected[w.key.clone()]).unwrap();
+                match &w.value {
+                    Some(value) => WriteView::Put(key, &expected[value.clone()]),
+                    None => WriteView::Delete(key),
+                }
+            })
+            .collect();
+        assert_eq!(from_ranges, writes, "ranges of {}", case["name"]);
     }
     for case in vectors["invalid_writes"].as_array().unwrap() {
-        assert!(
-            decode_writes(&bytes(&case["hex"])).is_err(),
-            "{}",
-            case["why"]
-        );
+        let invalid = bytes(&case["hex"]);
+        assert!(decode_writes(&invalid).is_err(), "{}", case["why"]);
+        assert!(decode_write_ranges(&invalid).is_err(), "{}", case["why"]);
     }
 }
 

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::registry::GenerationEntry;
-use crate::readmodel::ReadModel;
+use crate::readmodel::{Overlaid, ReadModel, ReadModelError, WriteSet};
 use crate::store::{Filter, RecordedEvent, Store};
 use crate::subscription::Subscription;
 use crate::wasm::{self, GuestFailure};
@@ -140,6 +140,36 @@ impl From<GuestFailure> for BatchError {
             GuestFailure::Storage(message) => BatchError::Storage(message),
             other => BatchError::Guest(other),
         }
+    }
+}
+
+/// A batch's writes being committed while the next batch is handled.
+struct Committing {
+    /// What the next batch reads over its snapshot, which may not have them yet.
+    writes: Arc<WriteSet>,
+    /// The batch's first position: a failed commit's fault is there.
+    from: u64,
+    task: tokio::task::JoinHandle<Result<(), ReadModelError>>,
+}
+
+impl Committing {
+    fn start(read_model: &Arc<ReadModel>, writes: WriteSet, from: u64, checkpoint: u64) -> Self {
+        let writes = Arc::new(writes);
+        let (read_model, committed) = (read_model.clone(), writes.clone());
+        let span = tracing::Span::current();
+        let task = tokio::task::spawn_blocking(move || {
+            let _in_projection = span.enter();
+            read_model.apply(&committed, checkpoint)
+        });
+        Committing { writes, from, task }
+    }
+
+    /// Waits until the commit is done.
+    async fn done(self) -> Result<(), Fault> {
+        self.task
+            .await
+            .map_err(|e| fault(format!("runner task failed: {e}"), self.from))?
+            .map_err(|e| storage_fault(e.to_string(), self.from))
     }
 }
 
@@ -373,12 +403,32 @@ impl Generation {
         }
     }
 
-    /// Catches up and follows the log until stopped (`Ok`) or a fault.
+    /// Catches up and follows the log until stopped (`Ok`) or a fault. A batch's commit runs
+    /// while the next batch is handled; on every way out it is waited for, so a halted runner has
+    /// committed all it handled (a runner started after it begins at its checkpoint).
     async fn follow(
         self: &Arc<Self>,
         store: &Store,
         stop: &CancellationToken,
         caught_up: &mut Option<oneshot::Sender<()>>,
+    ) -> Result<(), Fault> {
+        let mut committing = None;
+        let followed = self
+            .follow_batches(store, stop, caught_up, &mut committing)
+            .await;
+        let committed = match committing {
+            Some(commit) => commit.done().await,
+            None => Ok(()),
+        };
+        followed.and(committed)
+    }
+
+    async fn follow_batches(
+        self: &Arc<Self>,
+        store: &Store,
+        stop: &CancellationToken,
+        caught_up: &mut Option<oneshot::Sender<()>>,
+        committing: &mut Option<Committing>,
     ) -> Result<(), Fault> {
         let checkpoint = self.read_model.checkpoint();
         let mut instance = Some(
@@ -442,6 +492,9 @@ impl Generation {
                 })?;
             }
             if events.is_empty() {
+                if let Some(commit) = committing.take() {
+                    commit.done().await?;
+                }
                 self.at_head(caught_up);
                 if self.read_model.is_dirty() {
                     // Idle for a moment: make the read model durable, so a crash now does not
@@ -481,32 +534,55 @@ impl Generation {
             let guest = instance.take().expect("an instance between batches");
             let batch = (!batch.is_empty()).then(|| batch.finish());
             let span = tracing::Span::current();
+            // The last batch's writes, if they are still being committed: read over the snapshot.
+            let uncommitted = committing.as_ref().map(|commit| commit.writes.clone());
             let (guest, result, buffer) = tokio::task::spawn_blocking(move || {
                 let _in_projection = span.enter();
                 let mut guest = guest;
-                let applied = (|| -> Result<(), BatchError> {
-                    let writes = match &batch {
-                        None => lantern_wire::WritesEncoder::default().finish(),
-                        Some(batch) => guest.handle(batch, Box::new(read_model.snapshot()?))?,
+                let handled = (|| -> Result<WriteSet, BatchError> {
+                    let Some(batch) = &batch else {
+                        return Ok(WriteSet::empty());
                     };
-                    Ok(read_model.apply(&writes, next_checkpoint)?)
+                    let snapshot = read_model.snapshot()?;
+                    let view: Box<dyn wasm::ReadView> = match uncommitted {
+                        Some(writes) => Box::new(Overlaid { snapshot, writes }),
+                        None => Box::new(snapshot),
+                    };
+                    Ok(WriteSet::decode(guest.handle(batch, view)?)?)
                 })();
-                (guest, applied, batch)
+                (guest, handled, batch)
             })
             .await
             .map_err(|e| fault(format!("runner task failed: {e}"), from))?;
             spare_buffer = buffer.unwrap_or_default();
+            // The last batch's commit first: this one's writes follow it, and a failed batch is
+            // replayed from it.
+            if let Some(commit) = committing.take() {
+                commit.done().await?;
+            }
             // An instance whose batch failed, or whose writes were not committed, is never called
             // again (the WIT's promise: a module may keep the read model's values in memory
-            // between batches; the TypeScript SDK does).
+            // between batches; the TypeScript SDK does). Its next batch may be handled while this
+            // one's writes are committed; if that commit fails, the instance is dropped with the
+            // fault.
             let guest = match result {
-                // A guest whose memory has grown past half its cap starts the next batch afresh
-                // (its state lives in the read model, not in the instance).
-                Ok(()) if guest.should_be_renewed() => self
-                    .module
-                    .instantiate()
-                    .map_err(|e| fault(e.to_string(), next_checkpoint + 1))?,
-                Ok(()) => guest,
+                Ok(writes) => {
+                    *committing = Some(Committing::start(
+                        &self.read_model,
+                        writes,
+                        from,
+                        next_checkpoint,
+                    ));
+                    // A guest whose memory has grown past half its cap starts the next batch
+                    // afresh (its state lives in the read model, not in the instance).
+                    if guest.should_be_renewed() {
+                        self.module
+                            .instantiate()
+                            .map_err(|e| fault(e.to_string(), next_checkpoint + 1))?
+                    } else {
+                        guest
+                    }
+                }
                 Err(BatchError::Storage(message)) => {
                     return Err(storage_fault(message, from));
                 }
@@ -580,6 +656,7 @@ impl Generation {
             let writes = instance
                 .handle(&batch.finish(), Box::new(snapshot))
                 .map_err(|e| pinned(e.into()))?;
+            let writes = WriteSet::decode(writes).map_err(|e| pinned(e.into()))?;
             // Everything before this event is folded: the checkpoint may sit just before the
             // next one.
             self.read_model
@@ -587,10 +664,7 @@ impl Generation {
                 .map_err(|e| pinned(e.into()))?;
         }
         self.read_model
-            .apply(
-                &lantern_wire::WritesEncoder::default().finish(),
-                next_checkpoint,
-            )
+            .apply(&WriteSet::empty(), next_checkpoint)
             .map_err(|e| storage_fault(e.to_string(), next_checkpoint))?;
         Ok(instance)
     }
