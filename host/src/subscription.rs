@@ -79,6 +79,11 @@ impl Subscription {
         self.ahead = Some(Ahead { from, read });
     }
 
+    /// Whether a read ahead is under way (the log had more when it was asked for).
+    pub fn is_reading_ahead(&self) -> bool {
+        self.ahead.is_some()
+    }
+
     /// The read started by `read_ahead`, if it starts where this subscription is (not after a
     /// `rewind`: that one is dropped, and finishes on its own). Cancel-safe: the read stays in
     /// place until it is taken.
