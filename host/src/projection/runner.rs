@@ -443,8 +443,16 @@ impl Generation {
         // The encoded batch's buffer, handed back after each guest call: a batch of up to 16 MiB
         // is not allocated, faulted in and freed again every time.
         let mut spare_buffer = Vec::new();
+        // The size the batch being read ahead was asked for (before the last batch could double
+        // it).
+        let mut asked_ahead = None;
         loop {
             let from = subscription.next_position();
+            let asked = asked_ahead
+                .take()
+                .map_or(batch_size.events(), |ahead: usize| {
+                    ahead.min(batch_size.events())
+                });
             let events = tokio::select! {
                 events = subscription.poll_batch(batch_size.events()) => events,
                 () = stop.cancelled() => return Ok(()),
@@ -459,7 +467,7 @@ impl Generation {
             };
             let mut events = events;
             // Only a batch that got all it asked for, uncut, says the guest could take more.
-            let full_batch = events.len() == batch_size.events();
+            let full_batch = events.len() == asked;
             let full_batch = if let Some(cut) = cut_at_bytes(&events, MAX_BATCH_BYTES) {
                 // The rest is read again for the next batch, which is no larger than this one.
                 subscription.rewind(events[cut].position);
@@ -472,6 +480,9 @@ impl Generation {
             let next_checkpoint = subscription.next_position() - 1;
             // The next batch is read while this one is handled.
             subscription.read_ahead(batch_size.events());
+            if subscription.is_reading_ahead() {
+                asked_ahead = Some(batch_size.events());
+            }
             let subscription_spec = self.module.subscription();
             if !self.chain.is_empty() && !events.is_empty() {
                 // The events it may be given, in their current shape (the others stay as they

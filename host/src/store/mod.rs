@@ -280,7 +280,7 @@ pub struct StoreOptions {
     /// Sealed chunks that may wait for the indexer before appends wait too.
     pub max_pending_chunks: usize,
     /// Most events one `read_all` examines, so a selective filter cannot scan the whole log in
-    /// one call.
+    /// one call (or its `limit`, if that is larger).
     pub scan_budget: usize,
     /// Bytes of the index's page cache (redb's; it fills as the index is read and written, then
     /// stays at this size).
@@ -696,7 +696,9 @@ impl Store {
         };
         let mut scanner = Scanner::new(&self.inner.file, start.offset, committed.end_offset);
         let mut examined = 0;
-        while slice.events.len() < limit && examined < self.inner.options.scan_budget {
+        // (Never fewer than it may return: a projection's batch of 131k is not cut at 100k.)
+        let budget = self.inner.options.scan_budget.max(limit);
+        while slice.events.len() < limit && examined < budget {
             let event = match scanner.next_record()? {
                 None => break,
                 Some(ScanItem::Record { decoded, .. }) => decoded.event,
