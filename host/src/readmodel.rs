@@ -157,6 +157,15 @@ impl ReadModel {
 
     /// Applies a batch's writes and moves the checkpoint, in one transaction.
     pub fn apply(&self, writes: &WriteSet, checkpoint: u64) -> Result<(), ReadModelError> {
+        // Tests slow commits down here (`sleep`) for read models whose path says so, to be sure
+        // the next batch is handled while this one is still being committed.
+        fail::fail_point!(
+            "readmodel-commit",
+            self.path
+                .to_string_lossy()
+                .contains("failpoint-slow-commit"),
+            |_| Err(ReadModelError::Closed)
+        );
         // The same order as `flush`: the durability lock, then the write transaction.
         let mut durability = self.durability.lock();
         let mut txn = self.db()?.begin_write().map_err(storage)?;

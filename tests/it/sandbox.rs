@@ -122,6 +122,39 @@ async fn a_fault_inside_a_batch_is_pinned_to_its_event() {
     }
 }
 
+/// Catching up, a batch's commit runs while the next batch is handled. A batch that fails then is
+/// replayed only after that commit: the fault names its event, and every event before it counts
+/// once (the first two batches of 32,768 were committed behind the next).
+#[tokio::test]
+async fn a_fault_after_batches_committed_behind_keeps_every_event_before_it() {
+    let server = TestServer::start().await.unwrap();
+    let url = &server.url;
+    let many: Vec<_> = (0..8192).map(|_| json!({"type": "Count"})).collect();
+    for _ in 0..8 {
+        let (code, _) = append(url, "hostile-1", json!({ "events": many })).await;
+        assert_eq!(code, StatusCode::OK);
+    }
+    let (_, written) = append(
+        url,
+        "hostile-1",
+        json!({"events": [
+            {"type": "Count"}, {"type": "Count"}, {"type": "Fail", "data": {}}, {"type": "Count"},
+        ]}),
+    )
+    .await;
+    let bad_position = written["first_position"].as_u64().unwrap() + 2;
+    assert_eq!(
+        deploy(url, "hostile", guest("hostile")).await.0,
+        StatusCode::CREATED
+    );
+    let status = wait_status(url, "hostile", |s| s["status"] == "faulted").await;
+    assert_eq!(status["error"]["position"], bad_position, "{status}");
+    assert_eq!(status["position"], bad_position - 1, "{status}");
+    let (_, count) = get(url, "/projections/hostile/state/count").await;
+    assert_eq!(count, json!(8 * 8192 + 2));
+    server.stop().await;
+}
+
 /// Linear memory never shrinks, and a garbage-collected guest's heap grows across batches: an
 /// instance past half its memory cap is replaced by a fresh one between batches, so a module that
 /// keeps 10 MiB per event (cap 64 MiB) folds twelve such events, one batch each, without a

@@ -277,6 +277,63 @@ async fn a_full_read_model_disk_is_a_storage_fault_that_heals() {
 
 /// A store in `dir` (without fsync) and projections in `projections` with `order_totals`
 /// deployed as `totals`.
+/// Catching up, a batch is handled while the last batch's commit still runs, and reads that
+/// batch's writes through its snapshot. With every commit slowed down (a fail point), the read
+/// model is still exactly the fold of the log: no batch read a state without the one before it.
+#[tokio::test]
+async fn a_batch_reads_the_writes_of_the_one_still_being_committed() {
+    use lantern::store::{ExpectedRevision, NewEvent};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        &dir.path().join("store"),
+        lantern_tests::test_store_options(false),
+    )
+    .unwrap();
+    // 100,000 orders: three batches (32k, 32k, the rest), each touching every customer.
+    for chunk in 0..100u64 {
+        let events = (chunk * 1000..(chunk + 1) * 1000)
+            .map(|i| NewEvent {
+                id: None,
+                event_type: "OrderPlaced".into(),
+                data: format!(r#"{{"customer":"c-{}","amount":{}}}"#, i % 100, i % 7 + 1).into(),
+                metadata: None,
+            })
+            .collect();
+        store
+            .append(&format!("order-{chunk}"), ExpectedRevision::Any, events)
+            .await
+            .unwrap();
+    }
+    fail::cfg("readmodel-commit", "sleep(300)").unwrap();
+    let projections = Projections::open(
+        store.clone(),
+        &dir.path().join("failpoint-slow-commit-projections"),
+        shared_compile_cache(WasmConfig::default()),
+    )
+    .await
+    .unwrap();
+    projections
+        .deploy("totals", lantern_tests::guest("order_totals"))
+        .await
+        .unwrap();
+    wait_until(&projections, |s| s.position == 100_000).await;
+    fail::remove("readmodel-commit");
+    for customer in 0..100u64 {
+        let (value, _) = projections
+            .get("totals", &format!("customer:c-{customer}"), None)
+            .await
+            .unwrap();
+        let value: Value = serde_json::from_slice(&value).unwrap();
+        let amounts: Vec<u64> = (0..100_000u64)
+            .filter(|i| i % 100 == customer)
+            .map(|i| i % 7 + 1)
+            .collect();
+        assert_eq!(value["orders"], amounts.len() as u64, "c-{customer}");
+        assert_eq!(value["total"], amounts.iter().sum::<u64>(), "c-{customer}");
+    }
+}
+
 async fn with_totals(dir: &Path, projections: &Path) -> (Store, Projections) {
     let store = Store::open(&dir.join("store"), lantern_tests::test_store_options(false)).unwrap();
     let projections = Projections::open(
