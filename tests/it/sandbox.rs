@@ -106,18 +106,7 @@ async fn a_fault_inside_a_batch_is_pinned_to_its_event() {
         )
         .await;
         let bad_position = written["first_position"].as_u64().unwrap() + 2;
-        assert_eq!(
-            deploy(url, "hostile", guest("hostile")).await.0,
-            StatusCode::CREATED
-        );
-        let status = wait_status(url, "hostile", |s| s["status"] == "faulted").await;
-        assert_eq!(
-            status["error"]["position"], bad_position,
-            "{mode}: {status}"
-        );
-        assert_eq!(status["position"], bad_position - 1, "{mode}: {status}");
-        let (_, count) = get(url, "/projections/hostile/state/count").await;
-        assert_eq!(count, json!(2), "{mode}");
+        deploy_and_see_the_fault_at(url, bad_position, 2).await;
         server.stop().await;
     }
 }
@@ -143,6 +132,13 @@ async fn a_fault_after_batches_committed_behind_keeps_every_event_before_it() {
     )
     .await;
     let bad_position = written["first_position"].as_u64().unwrap() + 2;
+    deploy_and_see_the_fault_at(url, bad_position, 8 * 8192 + 2).await;
+    server.stop().await;
+}
+
+/// Deploys the hostile guest over what is in the log: it faults at `bad_position`, with every
+/// event before it folded (`count` of them counted).
+async fn deploy_and_see_the_fault_at(url: &str, bad_position: u64, count: u64) {
     assert_eq!(
         deploy(url, "hostile", guest("hostile")).await.0,
         StatusCode::CREATED
@@ -150,9 +146,8 @@ async fn a_fault_after_batches_committed_behind_keeps_every_event_before_it() {
     let status = wait_status(url, "hostile", |s| s["status"] == "faulted").await;
     assert_eq!(status["error"]["position"], bad_position, "{status}");
     assert_eq!(status["position"], bad_position - 1, "{status}");
-    let (_, count) = get(url, "/projections/hostile/state/count").await;
-    assert_eq!(count, json!(8 * 8192 + 2));
-    server.stop().await;
+    let (_, counted) = get(url, "/projections/hostile/state/count").await;
+    assert_eq!(counted, json!(count));
 }
 
 /// Linear memory never shrinks, and a garbage-collected guest's heap grows across batches: an

@@ -282,8 +282,6 @@ async fn a_full_read_model_disk_is_a_storage_fault_that_heals() {
 /// model is still exactly the fold of the log: no batch read a state without the one before it.
 #[tokio::test]
 async fn a_batch_reads_the_writes_of_the_one_still_being_committed() {
-    use lantern::store::{ExpectedRevision, NewEvent};
-
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(
         &dir.path().join("store"),
@@ -291,41 +289,27 @@ async fn a_batch_reads_the_writes_of_the_one_still_being_committed() {
     )
     .unwrap();
     // 100,000 orders: three batches (32k, 32k, the rest), each touching every customer.
-    for chunk in 0..100u64 {
-        let events = (chunk * 1000..(chunk + 1) * 1000)
-            .map(|i| NewEvent {
-                id: None,
-                event_type: "OrderPlaced".into(),
-                data: format!(r#"{{"customer":"c-{}","amount":{}}}"#, i % 100, i % 7 + 1).into(),
-                metadata: None,
-            })
-            .collect();
-        store
-            .append(&format!("order-{chunk}"), ExpectedRevision::Any, events)
-            .await
-            .unwrap();
-    }
+    place_orders_in(&store, 0, 100_000, 1000).await;
     fail::cfg("readmodel-commit", "sleep(300)").unwrap();
-    let projections = Projections::open(
-        store.clone(),
+    let projections = totals_over(
+        &store,
         &dir.path().join("failpoint-slow-commit-projections"),
-        shared_compile_cache(WasmConfig::default()),
     )
-    .await
-    .unwrap();
-    projections
-        .deploy("totals", lantern_tests::guest("order_totals"))
-        .await
-        .unwrap();
+    .await;
     wait_until(&projections, |s| s.position == 100_000).await;
     fail::remove("readmodel-commit");
+    assert_totals_are_the_fold_of(&projections, 100_000).await;
+}
+
+/// Each customer's totals are those of the first `orders` orders `place_orders` placed.
+async fn assert_totals_are_the_fold_of(projections: &Projections, orders: u64) {
     for customer in 0..100u64 {
         let (value, _) = projections
             .get("totals", &format!("customer:c-{customer}"), None)
             .await
             .unwrap();
         let value: Value = serde_json::from_slice(&value).unwrap();
-        let amounts: Vec<u64> = (0..100_000u64)
+        let amounts: Vec<u64> = (0..orders)
             .filter(|i| i % 100 == customer)
             .map(|i| i % 7 + 1)
             .collect();
@@ -336,9 +320,15 @@ async fn a_batch_reads_the_writes_of_the_one_still_being_committed() {
 
 async fn with_totals(dir: &Path, projections: &Path) -> (Store, Projections) {
     let store = Store::open(&dir.join("store"), lantern_tests::test_store_options(false)).unwrap();
+    let projections = totals_over(&store, projections).await;
+    (store, projections)
+}
+
+/// Projections in `dir` over `store`, with `order-totals` deployed as `totals`.
+async fn totals_over(store: &Store, dir: &Path) -> Projections {
     let projections = Projections::open(
         store.clone(),
-        projections,
+        dir,
         shared_compile_cache(WasmConfig::default()),
     )
     .await
@@ -347,7 +337,7 @@ async fn with_totals(dir: &Path, projections: &Path) -> (Store, Projections) {
         .deploy("totals", lantern_tests::guest("order_totals"))
         .await
         .unwrap();
-    (store, projections)
+    projections
 }
 
 async fn wait_until(
@@ -448,9 +438,14 @@ async fn an_io_error_on_fsync_stops_appends_until_a_restart_and_loses_nothing() 
 
 /// `n` orders, customer `c-{i % 100}`, amount `i % 7 + 1`, one append per ten.
 async fn place_orders(store: &Store, from: u64, n: u64) {
+    place_orders_in(store, from, n, 10).await;
+}
+
+/// `place_orders`, `per_append` orders per append.
+async fn place_orders_in(store: &Store, from: u64, n: u64, per_append: u64) {
     use lantern::store::{ExpectedRevision, NewEvent};
-    for start in (from..from + n).step_by(10) {
-        let events = (start..start + 10)
+    for start in (from..from + n).step_by(per_append as usize) {
+        let events = (start..start + per_append)
             .map(|i| NewEvent {
                 id: None,
                 event_type: "OrderPlaced".into(),
@@ -517,19 +512,7 @@ async fn an_io_error_below_a_read_model_faults_its_projection_and_heals() {
     })
     .await;
     assert!(status.state.fault.is_none());
-    for customer in 0..100u64 {
-        let (value, _) = projections
-            .get("totals", &format!("customer:c-{customer}"), None)
-            .await
-            .unwrap();
-        let value: Value = serde_json::from_slice(&value).unwrap();
-        let amounts: Vec<u64> = (0..1000u64)
-            .filter(|i| i % 100 == customer)
-            .map(|i| i % 7 + 1)
-            .collect();
-        assert_eq!(value["orders"], amounts.len() as u64, "c-{customer}");
-        assert_eq!(value["total"], amounts.iter().sum::<u64>(), "c-{customer}");
-    }
+    assert_totals_are_the_fold_of(&projections, 1000).await;
     projections.shutdown().await;
 }
 
