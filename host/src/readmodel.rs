@@ -55,12 +55,18 @@ pub enum ReadModelError {
     /// The database is being opened again after a storage error.
     #[error("read model storage: the file is being reopened after an error")]
     Closed,
+    /// A commit would take the checkpoint back (commits out of order: a bug of the host's).
+    #[error("read model: a commit to checkpoint {to} after one to {at} was refused")]
+    Backwards { at: u64, to: u64 },
 }
 
 impl ReadModelError {
     /// True when the file could not be read or written (not the module's doing).
     pub fn is_storage(&self) -> bool {
-        matches!(self, ReadModelError::Storage(_) | ReadModelError::Closed)
+        matches!(
+            self,
+            ReadModelError::Storage(_) | ReadModelError::Closed | ReadModelError::Backwards { .. }
+        )
     }
 }
 
@@ -168,6 +174,11 @@ impl ReadModel {
         );
         // The same order as `flush`: the durability lock, then the write transaction.
         let mut durability = self.durability.lock();
+        // A catch-up commits a batch while the next is handled: commits must still land in order.
+        let at = *self.checkpoint.borrow();
+        if checkpoint < at {
+            return Err(ReadModelError::Backwards { at, to: checkpoint });
+        }
         let mut txn = self.db()?.begin_write().map_err(storage)?;
         let durable = durability.at.elapsed() >= DURABLE_EVERY
             || durability.commits_since + 1 >= DURABLE_EVERY_COMMITS
@@ -497,5 +508,24 @@ mod tests {
         assert_eq!(snapshot.get("a").unwrap().as_deref(), Some(&b"1"[..]));
         assert_eq!(snapshot.get("b").unwrap().as_deref(), Some(&b"2"[..]));
         assert_eq!(snapshot.get("c").unwrap(), None);
+    }
+
+    #[test]
+    fn a_commit_that_would_take_the_checkpoint_back_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = ReadModel::open(&dir.path().join("m.redb")).unwrap();
+        let put = |value: &[u8]| {
+            let mut writes = lantern_wire::WritesEncoder::default();
+            writes.push(lantern_wire::WriteView::Put("k", value));
+            WriteSet::decode(writes.finish()).unwrap()
+        };
+        model.apply(&put(b"5"), 5).unwrap();
+        let refused = model.apply(&put(b"3"), 3).unwrap_err();
+        assert!(refused.is_storage(), "not the module's doing: {refused}");
+        assert_eq!(model.checkpoint(), 5);
+        let snapshot = model.snapshot().unwrap();
+        assert_eq!(snapshot.get("k").unwrap().as_deref(), Some(&b"5"[..]));
+        model.apply(&put(b"6"), 6).unwrap();
+        assert_eq!(model.checkpoint(), 6);
     }
 }
