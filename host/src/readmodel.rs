@@ -61,7 +61,8 @@ pub enum ReadModelError {
 }
 
 impl ReadModelError {
-    /// True when the file could not be read or written (not the module's doing).
+    /// True when it is not the module's doing: the file could not be read or written, or the
+    /// host committed out of order.
     pub fn is_storage(&self) -> bool {
         matches!(
             self,

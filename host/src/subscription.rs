@@ -22,9 +22,10 @@ pub struct Subscription {
     ahead: Option<Ahead>,
 }
 
-/// A read started early: from `from`, on the blocking pool.
+/// A read started early: from `from`, up to `limit` events, on the blocking pool.
 struct Ahead {
     from: u64,
+    limit: usize,
     read: JoinHandle<Result<AllSlice, StoreError>>,
 }
 
@@ -76,12 +77,13 @@ impl Subscription {
         let spare = std::mem::take(&mut self.spare);
         let read =
             tokio::task::spawn_blocking(move || store.read_all_into(from, limit, &filter, spare));
-        self.ahead = Some(Ahead { from, read });
+        self.ahead = Some(Ahead { from, limit, read });
     }
 
-    /// Whether a read ahead is under way (the log had more when it was asked for).
-    pub fn is_reading_ahead(&self) -> bool {
-        self.ahead.is_some()
+    /// The size of the batch being read ahead, if one is (the log had more when it was asked
+    /// for).
+    pub fn reading_ahead(&self) -> Option<usize> {
+        self.ahead.as_ref().map(|ahead| ahead.limit)
     }
 
     /// The read started by `read_ahead`, if it starts where this subscription is (not after a

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::Context;
 
 use super::Report;
-use super::projection::{seed_orders_of, wait_caught_up};
+use super::projection::{catch_up, seed_orders_of};
 use crate::projection::Projections;
 use crate::store::{Store, StoreOptions};
 use crate::wasm::WasmConfig;
@@ -39,10 +39,7 @@ pub(super) async fn run(
         WasmConfig::default(),
     )
     .await?;
-    let started = Instant::now();
-    projections.deploy("order-totals", module).await?;
-    wait_caught_up(&projections, "order-totals", head).await?;
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = catch_up(&projections, "order-totals", &module, head).await?;
     let peak = super::peak_rss_kib().unwrap_or(0);
     report.record(
         "memory_catch_up",

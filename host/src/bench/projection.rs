@@ -56,6 +56,19 @@ pub(super) async fn seed_orders_of(
     Ok(())
 }
 
+/// Seconds from a deploy to caught up at `head`.
+pub(super) async fn catch_up(
+    projections: &Projections,
+    name: &str,
+    module: &[u8],
+    head: u64,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    projections.deploy(name, module.to_vec()).await?;
+    wait_caught_up(projections, name, head).await?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
 pub(super) async fn wait_caught_up(
     projections: &Projections,
     name: &str,
@@ -127,10 +140,7 @@ pub(super) async fn run(
     // Compile once outside the clock (the cache makes later loads cheap).
     projections.deploy("warm-up", module.clone()).await?;
     projections.delete("warm-up").await?;
-    let started = Instant::now();
-    projections.deploy("order-totals", module.clone()).await?;
-    wait_caught_up(&projections, "order-totals", head).await?;
-    let wasm_rate = head as f64 / started.elapsed().as_secs_f64();
+    let wasm_rate = head as f64 / catch_up(&projections, "order-totals", &module, head).await?;
     report.record("projection_catch_up_wasm", wasm_rate, "events/s");
     report.record("projection_catch_up_native", native_rate, "events/s");
     report.record(

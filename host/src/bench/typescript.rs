@@ -6,23 +6,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::Report;
-use super::projection::{seed_orders, wait_caught_up};
+use super::projection::{catch_up, seed_orders};
 use crate::projection::Projections;
 use crate::store::{Store, StoreOptions};
 use crate::wasm::WasmConfig;
-
-/// Seconds from a deploy to caught up at `head`.
-async fn catch_up(
-    projections: &Projections,
-    name: &str,
-    module: &[u8],
-    head: u64,
-) -> anyhow::Result<f64> {
-    let started = Instant::now();
-    projections.deploy(name, module.to_vec()).await?;
-    wait_caught_up(projections, name, head).await?;
-    Ok(started.elapsed().as_secs_f64())
-}
 
 pub(super) async fn run(
     base: &Path,

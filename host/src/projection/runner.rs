@@ -443,16 +443,12 @@ impl Generation {
         // The encoded batch's buffer, handed back after each guest call: a batch of up to 16 MiB
         // is not allocated, faulted in and freed again every time.
         let mut spare_buffer = Vec::new();
-        // The size the batch being read ahead was asked for (before the last batch could double
-        // it).
-        let mut asked_ahead = None;
         loop {
             let from = subscription.next_position();
-            let asked = asked_ahead
-                .take()
-                .map_or(batch_size.events(), |ahead: usize| {
-                    ahead.min(batch_size.events())
-                });
+            // A batch read ahead was asked for at the size before the last batch could double it.
+            let asked = subscription
+                .reading_ahead()
+                .map_or(batch_size.events(), |ahead| ahead.min(batch_size.events()));
             let events = tokio::select! {
                 events = subscription.poll_batch(batch_size.events()) => events,
                 () = stop.cancelled() => return Ok(()),
@@ -480,9 +476,6 @@ impl Generation {
             let next_checkpoint = subscription.next_position() - 1;
             // The next batch is read while this one is handled.
             subscription.read_ahead(batch_size.events());
-            if subscription.is_reading_ahead() {
-                asked_ahead = Some(batch_size.events());
-            }
             let subscription_spec = self.module.subscription();
             if !self.chain.is_empty() && !events.is_empty() {
                 // The events it may be given, in their current shape (the others stay as they
@@ -548,7 +541,7 @@ impl Generation {
             // Catching up (the next batch is being read), this batch is committed while the next
             // is handled. Live, it is committed at once on the same thread: one hand-over fewer
             // before the event is visible.
-            let commit_behind = subscription.is_reading_ahead();
+            let commit_behind = subscription.reading_ahead().is_some();
             if !commit_behind && let Some(commit) = committing.take() {
                 commit.done().await?;
             }
