@@ -67,10 +67,16 @@ pub struct BenchOptions {
     /// Distinct customers (read-model keys) in the memory benchmark.
     #[arg(long, default_value_t = 1_000_000)]
     pub memory_keys: u64,
+    /// A PostgreSQL server to measure appends against (`--only postgres`), as a libpq-style
+    /// connection string, e.g. `host=/tmp/pg user=postgres`. It gets tables named
+    /// `lantern_peer_*`, dropped first. `scripts/bench-postgres.sh` starts a throwaway server.
+    #[arg(long)]
+    pub postgres: Option<String>,
 }
 
 mod access;
 mod memory;
+mod postgres;
 mod projection;
 mod replication;
 mod snapshots;
@@ -211,7 +217,13 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         .await?;
         let server = Server::open(&store, &projections).await?;
         bench_http_batched(&server.address, &options, &mut report).await?;
+        let groups = GroupStats::of(&server.address).await?;
         bench_http_single(&server.address, &options, &mut report).await?;
+        GroupStats::of(&server.address).await?.record_since(
+            &groups,
+            "http_append_single",
+            &mut report,
+        );
         server.stop().await?;
         store.close();
     }
@@ -244,6 +256,10 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
     }
     if wanted("snapshot") {
         snapshots::run(base.path(), &options, &mut report).await?;
+    }
+    // Needs a PostgreSQL server: only when asked for by name.
+    if options.only.iter().any(|w| w == "postgres") {
+        postgres::run(base.path(), &options, &mut report).await?;
     }
     // Ten million events take minutes to append: only when asked for by name.
     if module_built && options.only.iter().any(|w| w == "memory") {
@@ -420,24 +436,98 @@ async fn bench_http_single(
     options: &BenchOptions,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    const CLIENTS: usize = 64;
-    let until = Instant::now() + Duration::from_secs(options.seconds);
+    let (rate, mut latencies) = http_single_appends(address, options.seconds, "single").await?;
+    report.record("http_append_single_64_clients_durable", rate, "appends/s");
+    report.record_percentiles("http_append_single", &mut latencies);
+    Ok(())
+}
+
+/// The store's group commit figures at one moment: to say what a benchmark's appends did.
+pub(crate) struct GroupStats {
+    groups: u64,
+    events: f64,
+    fsyncs: u64,
+    fsync_seconds: f64,
+}
+
+impl GroupStats {
+    /// Read from the server's `/metrics`, as an operator would.
+    pub(crate) async fn of(address: &str) -> anyhow::Result<GroupStats> {
+        let text = RawConnection::open(address)
+            .await?
+            .request("GET", "/metrics", b"")
+            .await?;
+        let text = String::from_utf8(text)?;
+        let value = |name: &str| -> anyhow::Result<f64> {
+            text.lines()
+                .find_map(|line| {
+                    let (metric, value) = line.split_once(' ')?;
+                    metric.ends_with(name).then(|| value.parse::<f64>().ok())?
+                })
+                .with_context(|| format!("/metrics has no {name}"))
+        };
+        Ok(GroupStats {
+            groups: value("store_group_commit_events_count")? as u64,
+            events: value("store_group_commit_events_sum")?,
+            fsyncs: value("store_fsync_duration_seconds_count")? as u64,
+            fsync_seconds: value("store_fsync_duration_seconds_sum")?,
+        })
+    }
+
+    /// Records the mean events per group and the mean fsync since `before`.
+    pub(crate) fn record_since(&self, before: &GroupStats, bench: &str, report: &mut Report) {
+        let groups = (self.groups - before.groups).max(1) as f64;
+        let fsyncs = (self.fsyncs - before.fsyncs).max(1) as f64;
+        report.record(
+            &format!("{bench}_events_per_group"),
+            (self.events - before.events) / groups,
+            "events",
+        );
+        report.record(
+            &format!("{bench}_fsync_mean"),
+            (self.fsync_seconds - before.fsync_seconds) * 1000.0 / fsyncs,
+            "ms",
+        );
+    }
+}
+
+/// Clients in the single-event append benchmarks (here and against PostgreSQL).
+pub(crate) const SINGLE_APPEND_CLIENTS: usize = 64;
+
+/// For `seconds`, each of 64 keep-alive connections appends one event at a time to its own
+/// stream `{prefix}-{client}`, waiting for each answer; returns appends per second and the
+/// latency of each.
+pub(crate) async fn http_single_appends(
+    address: &str,
+    seconds: u64,
+    prefix: &str,
+) -> anyhow::Result<(f64, Vec<Duration>)> {
+    // Bodies built before the clock starts: the load generator should cost next to nothing.
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..1024)
+            .map(|i| {
+                format!(
+                    r#"{{"events":[{{"type":"Ping","data":{}}}]}}"#,
+                    std::str::from_utf8(&payload(i)).expect("UTF-8")
+                )
+                .into_bytes()
+            })
+            .collect(),
+    );
+    let until = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..CLIENTS {
+    for worker in 0..SINGLE_APPEND_CLIENTS {
         let address = address.to_owned();
-        let path = format!("/streams/single-{worker}");
+        let path = format!("/streams/{prefix}-{worker}");
+        let bodies = bodies.clone();
         tasks.spawn(async move {
             let mut connection = RawConnection::open(&address).await?;
             let mut latencies = Vec::new();
-            let mut i = 0u64;
+            let mut i = worker;
             while Instant::now() < until {
-                let body = format!(
-                    r#"{{"events":[{{"type":"Ping","data":{}}}]}}"#,
-                    std::str::from_utf8(&payload(i)).expect("UTF-8")
-                );
                 let sent = Instant::now();
-                connection.post(&path, body.as_bytes()).await?;
+                connection.post(&path, &bodies[i % bodies.len()]).await?;
                 latencies.push(sent.elapsed());
                 i += 1;
             }
@@ -448,14 +538,10 @@ async fn bench_http_single(
     while let Some(done) = tasks.join_next().await {
         latencies.extend(done??);
     }
-    let elapsed = started.elapsed();
-    report.record(
-        "http_append_single_64_clients_durable",
-        latencies.len() as f64 / elapsed.as_secs_f64(),
-        "appends/s",
-    );
-    report.record_percentiles("http_append_single", &mut latencies);
-    Ok(())
+    Ok((
+        latencies.len() as f64 / started.elapsed().as_secs_f64(),
+        latencies,
+    ))
 }
 
 /// A keep-alive HTTP/1.1 connection that sends pre-built POSTs and reads just enough of each
