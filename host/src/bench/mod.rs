@@ -550,6 +550,8 @@ pub(crate) async fn http_single_appends(
 pub(crate) struct RawConnection {
     stream: tokio::io::BufReader<tokio::net::TcpStream>,
     line: String,
+    /// The request being sent.
+    request: Vec<u8>,
     /// Extra header lines sent with every request, each ending in CRLF.
     headers: String,
 }
@@ -561,6 +563,7 @@ impl RawConnection {
         Ok(RawConnection {
             stream: tokio::io::BufReader::new(stream),
             line: String::new(),
+            request: Vec::new(),
             headers: String::new(),
         })
     }
@@ -583,15 +586,18 @@ impl RawConnection {
         path: &str,
         body: &[u8],
     ) -> anyhow::Result<Vec<u8>> {
+        use std::io::Write;
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-        let head = format!(
+        // One write per request, as a real client's: head and body in one segment.
+        self.request.clear();
+        write!(
+            self.request,
             "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n{}Content-Length: {}\r\n\r\n",
             self.headers,
             body.len()
-        );
-        let stream = self.stream.get_mut();
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body).await?;
+        )?;
+        self.request.extend_from_slice(body);
+        self.stream.get_mut().write_all(&self.request).await?;
         let mut status = None;
         let mut content_length = 0;
         loop {
