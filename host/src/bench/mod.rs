@@ -502,32 +502,49 @@ pub(crate) async fn http_single_appends(
     seconds: u64,
     prefix: &str,
 ) -> anyhow::Result<(f64, Vec<Duration>)> {
+    let bodies = (0..1024)
+        .map(|i| {
+            format!(
+                r#"{{"events":[{{"type":"Ping","data":{}}}]}}"#,
+                std::str::from_utf8(&payload(i)).expect("UTF-8")
+            )
+            .into_bytes()
+        })
+        .collect();
+    let prefix = prefix.to_owned();
+    http_closed_loop(address, seconds, "POST", bodies, move |client| {
+        format!("/streams/{prefix}-{client}")
+    })
+    .await
+}
+
+/// For `seconds`, each of 64 keep-alive connections sends `method` to `path(client)` with the
+/// next of `bodies`, one request at a time; returns requests per second and the latency of each.
+pub(crate) async fn http_closed_loop(
+    address: &str,
+    seconds: u64,
+    method: &'static str,
+    bodies: Vec<Vec<u8>>,
+    path: impl Fn(usize) -> String,
+) -> anyhow::Result<(f64, Vec<Duration>)> {
     // Bodies built before the clock starts: the load generator should cost next to nothing.
-    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
-        (0..1024)
-            .map(|i| {
-                format!(
-                    r#"{{"events":[{{"type":"Ping","data":{}}}]}}"#,
-                    std::str::from_utf8(&payload(i)).expect("UTF-8")
-                )
-                .into_bytes()
-            })
-            .collect(),
-    );
+    let bodies = Arc::new(bodies);
     let until = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..SINGLE_APPEND_CLIENTS {
+    for client in 0..SINGLE_APPEND_CLIENTS {
         let address = address.to_owned();
-        let path = format!("/streams/{prefix}-{worker}");
+        let path = path(client);
         let bodies = bodies.clone();
         tasks.spawn(async move {
             let mut connection = RawConnection::open(&address).await?;
             let mut latencies = Vec::new();
-            let mut i = worker;
+            let mut i = client;
             while Instant::now() < until {
                 let sent = Instant::now();
-                connection.post(&path, &bodies[i % bodies.len()]).await?;
+                connection
+                    .request(method, &path, &bodies[i % bodies.len()])
+                    .await?;
                 latencies.push(sent.elapsed());
                 i += 1;
             }

@@ -16,7 +16,7 @@ use tokio_postgres::{Client, NoTls};
 
 use super::{
     BenchOptions, GroupStats, Report, SINGLE_APPEND_CLIENTS, Server, http_batched_appends,
-    http_single_appends, payload,
+    http_closed_loop, http_single_appends, payload,
 };
 use crate::projection::Projections;
 use crate::store::{Store, StoreOptions};
@@ -96,6 +96,23 @@ pub(crate) async fn run(
     report.record_percentiles("postgres_peer_single_lantern", &mut lantern_latencies);
     report.record_percentiles("postgres_peer_single_postgres", &mut postgres_latencies);
     lantern_groups.record_since(&groups, "postgres_peer_single_lantern", report);
+
+    // What the same load generator gets from the cheapest route, `GET /health`: the most any
+    // request can reach on this machine's loopback, whatever the server does with it.
+    let (ceiling, _) = http_closed_loop(
+        &server.address,
+        options.seconds,
+        "GET",
+        vec![Vec::new()],
+        |_| "/health".to_owned(),
+    )
+    .await?;
+    report.record("postgres_peer_http_ceiling", ceiling, "requests/s");
+    report.record(
+        "postgres_peer_single_lantern_of_ceiling",
+        lantern / ceiling,
+        "x",
+    );
 
     // Batched appends: the same events, `options.batch` per append, 4 clients.
     let events = options.events.min(500_000);

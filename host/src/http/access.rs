@@ -7,6 +7,7 @@ use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
+use std::sync::Arc;
 
 use super::AppState;
 use super::error::ApiError;
@@ -32,13 +33,13 @@ pub struct Route {
     pub path: &'static str,
     /// Who may call it.
     pub rule: Rule,
-    pub(super) handler: MethodRouter<AppState>,
+    pub(super) handler: MethodRouter<Arc<AppState>>,
 }
 
 impl Route {
     pub(super) fn new<H, T>(method: Method, path: &'static str, rule: Rule, handler: H) -> Route
     where
-        H: axum::handler::Handler<T, AppState>,
+        H: axum::handler::Handler<T, Arc<AppState>>,
         T: 'static,
     {
         let filter = MethodFilter::try_from(method.clone()).expect("routes use standard methods");

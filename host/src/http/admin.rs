@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::{HeaderName, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use std::sync::Arc;
 
 use super::AppState;
 use super::error::ApiError;
@@ -62,7 +63,7 @@ pub(super) async fn record(
 
 /// `POST /tokens`
 pub(super) async fn create_token(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
@@ -93,7 +94,7 @@ pub(super) async fn create_token(
 }
 
 /// `GET /tokens`
-pub(super) async fn list_tokens(State(state): State<AppState>) -> axum::Json<TokenList> {
+pub(super) async fn list_tokens(State(state): State<Arc<AppState>>) -> axum::Json<TokenList> {
     axum::Json(TokenList {
         tokens: state.access.tokens.list(),
     })
@@ -101,7 +102,7 @@ pub(super) async fn list_tokens(State(state): State<AppState>) -> axum::Json<Tok
 
 /// `DELETE /tokens/{name}`
 pub(super) async fn revoke_token(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -124,7 +125,7 @@ pub(super) struct AuditParams {
 
 /// `GET /audit?after=&limit=`
 pub(super) async fn audit(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Query(params): Query<AuditParams>,
 ) -> Result<axum::Json<AuditPage>, ApiError> {
     let limit = match params.limit {
@@ -149,7 +150,7 @@ pub(super) async fn audit(
 
 /// `GET /backup`: a tar of the data folder's essentials, streamed while the server serves.
 pub(super) async fn backup(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Response, ApiError> {
     let taken = Backup::take(&state.store, &state.projections, &state.access)

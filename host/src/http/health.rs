@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 use super::AppState;
 use super::error::ApiError;
@@ -16,7 +17,7 @@ use crate::projection::Phase;
 
 /// `GET /health`: `ok`, or `degraded` with the store's problems (a full disk, a failed write, a
 /// stopped indexer, damaged data found by a read). Always 200: the process is alive.
-pub(super) async fn health(State(state): State<AppState>) -> impl IntoResponse {
+pub(super) async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let mut problems = problems(&state);
     problems.extend(upcaster_problems(&state));
     let mut health = json!({
@@ -96,7 +97,7 @@ fn readiness(reasons: Vec<Value>) -> Response {
 }
 
 /// `GET /health/ready`
-pub(super) async fn ready(State(state): State<AppState>) -> Response {
+pub(super) async fn ready(State(state): State<Arc<AppState>>) -> Response {
     let mut reasons = problems(&state);
     for name in state.required_projections.iter() {
         let why = match state.projections.status(name) {

@@ -12,6 +12,7 @@
 //! a deployed projection's name, `version` its serving version. Never a raw path, a stream, a key
 //! or a token.
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -461,7 +462,9 @@ impl Collector for Live {
     }
 }
 
-pub(super) async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+pub(super) async fn metrics(
+    State(state): State<Arc<AppState>>,
+) -> Result<impl IntoResponse, ApiError> {
     state.metrics.head.set(state.store.head());
     if let Some(follower) = &state.follower {
         state.metrics.replication_lag_events.set(follower.lag());

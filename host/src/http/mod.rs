@@ -244,6 +244,8 @@ pub fn routes(limits: &Limits) -> Vec<Route> {
 
 /// The router of the whole API.
 pub fn app(state: AppState) -> Router {
+    // One shared copy: each request's extractors clone an `Arc`, not every field.
+    let state = Arc::new(state);
     let mut router = Router::new();
     for route in routes(&state.limits) {
         let context = request::RouteContext::new(state.clone(), Some(&route));

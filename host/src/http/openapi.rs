@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::Method;
 use axum::response::IntoResponse;
 use serde_json::{Map, Value, json};
+use std::sync::Arc;
 
 use super::access::Rule;
 use super::{AppState, Limits, routes};
@@ -398,7 +399,7 @@ pub fn document(limits: &Limits) -> Value {
 }
 
 /// `GET /openapi.json`
-pub(super) async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
+pub(super) async fn openapi(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     axum::Json(document(&state.limits))
 }
 

@@ -1,6 +1,7 @@
 //! Projections over HTTP: deploy, status, delete, rebuild, and queries of their read models.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
@@ -142,7 +143,7 @@ pub(super) fn status_json(status: &Status) -> Value {
 
 /// `PUT /projections/{name}`
 pub(super) async fn deploy(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
     Body(body): Body,
@@ -179,14 +180,14 @@ async fn deploy_module(state: &AppState, name: &str, body: Vec<u8>) -> Result<Re
 }
 
 /// `GET /projections`
-pub(super) async fn list(State(state): State<AppState>) -> impl IntoResponse {
+pub(super) async fn list(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let statuses: Vec<Value> = state.projections.list().iter().map(status_json).collect();
     axum::Json(json!({ "projections": statuses }))
 }
 
 /// `GET /projections/{name}`
 pub(super) async fn status(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let status = state.projections.status(&name)?;
@@ -195,7 +196,7 @@ pub(super) async fn status(
 
 /// `DELETE /projections/{name}`
 pub(super) async fn delete(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -215,7 +216,7 @@ pub(super) async fn delete(
 
 /// `POST /projections/{name}/rebuild`
 pub(super) async fn rebuild(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -273,7 +274,7 @@ fn with_position(mut response: Response, position: u64) -> Response {
 
 /// `GET /projections/{name}/state/{key}`
 pub(super) async fn get_key(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path((name, key)): Path<(String, String)>,
     Query(mut params): Query<BTreeMap<String, String>>,
 ) -> Result<Response, ApiError> {
@@ -301,7 +302,7 @@ pub(super) struct PageParams {
 
 /// `GET /projections/{name}/state?prefix=&after=&limit=`
 pub(super) async fn page(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     Query(params): Query<PageParams>,
 ) -> Result<Response, ApiError> {
@@ -341,7 +342,7 @@ pub(super) async fn page(
 
 /// `GET /projections/{name}/query/{query}?...`
 pub(super) async fn query(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path((name, query)): Path<(String, String)>,
     Query(mut params): Query<BTreeMap<String, String>>,
 ) -> Result<Response, ApiError> {

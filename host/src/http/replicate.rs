@@ -2,6 +2,7 @@
 //! projections and tokens to copy, and module bytes. Admin only.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -32,7 +33,7 @@ pub(super) struct ReplicateParams {
 
 /// `GET /replicate?from=P`
 pub(super) async fn replicate(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Query(params): Query<ReplicateParams>,
 ) -> Result<Response, ApiError> {
     let store = state.store.clone();
@@ -121,7 +122,7 @@ async fn send_log(store: Store, mut reader: LogReader, messages: mpsc::Sender<By
 }
 
 /// `GET /replicate/state`
-pub(super) async fn state(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub(super) async fn state(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let tokens =
         serde_json::from_slice(&state.access.tokens.stored_bytes()).map_err(ApiError::internal)?;
     Ok(axum::Json(LeaderState {
@@ -153,7 +154,7 @@ pub(super) struct SnapshotParams {
 
 /// `GET /replicate/snapshots?after=C&limit=N`: the stored snapshots changed after change `C`.
 pub(super) async fn snapshots(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Query(params): Query<SnapshotParams>,
 ) -> Result<Response, ApiError> {
     let limit = params.limit.unwrap_or(1000).clamp(1, 10_000);
@@ -173,7 +174,7 @@ pub(super) async fn snapshots(
 
 /// `GET /replicate/modules/{sha256}`
 pub(super) async fn module(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(sha256): Path<String>,
 ) -> Result<Response, ApiError> {
     match state.projections.module_bytes(&sha256).await? {

@@ -52,7 +52,7 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 /// One route's context: the state, its rule, its template and method, and its latency series
 /// by status class, looked up once each and then used directly.
 pub(super) struct RouteContext {
-    state: AppState,
+    state: Arc<AppState>,
     /// `None` for the fallback (unknown paths and methods).
     rule: Option<Rule>,
     path: &'static str,
@@ -62,7 +62,7 @@ pub(super) struct RouteContext {
 
 impl RouteContext {
     /// The context of `route`, or of the fallback (`None`).
-    pub(super) fn new(state: AppState, route: Option<&Route>) -> Arc<Self> {
+    pub(super) fn new(state: Arc<AppState>, route: Option<&Route>) -> Arc<Self> {
         let (path, method, rule) = match route {
             Some(route) => (route.path, route.method.clone(), Some(route.rule)),
             None => ("unmatched", Method::GET, None),

@@ -1,5 +1,6 @@
 //! Appending to streams and reading streams and the global log.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::State;
@@ -85,7 +86,7 @@ fn parse_events(events: Vec<EventBody>) -> Result<Vec<NewEvent>, ApiError> {
 
 /// `POST /streams/{stream}`
 pub(super) async fn append(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(stream): Path<String>,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
@@ -156,7 +157,7 @@ async fn blocking<T: Send + 'static>(
 
 /// `GET /streams/{stream}`
 pub(super) async fn read_stream(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(stream): Path<String>,
     Query(params): Query<ReadStreamParams>,
 ) -> Result<Response, ApiError> {
@@ -220,7 +221,7 @@ async fn blocking_api<T: Send + 'static>(
 /// `GET /streams/{stream}?from=snapshot`: the stream's snapshot (or `null`) and a page of the
 /// events after its revision (from revision 0 without one).
 async fn read_from_snapshot(
-    state: AppState,
+    state: Arc<AppState>,
     stream: String,
     limit: usize,
     raw: bool,
@@ -272,7 +273,7 @@ pub(super) struct SnapshotBody {
 
 /// `PUT /streams/{stream}/snapshot`
 pub(super) async fn save_snapshot(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(stream): Path<String>,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
@@ -300,7 +301,7 @@ pub(super) async fn save_snapshot(
 
 /// `GET /streams/{stream}/snapshot`
 pub(super) async fn read_snapshot(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(stream): Path<String>,
 ) -> Result<Response, ApiError> {
     let store = state.store.clone();
@@ -330,7 +331,7 @@ pub(super) struct ListStreamsParams {
 
 /// `GET /streams`: stream names in byte order, for browsing.
 pub(super) async fn list_streams(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Query(params): Query<ListStreamsParams>,
 ) -> Result<Response, ApiError> {
     let limit = read_limit(&state, params.limit)?;
@@ -397,7 +398,7 @@ impl LogParams {
 
 /// `GET /all`
 pub(super) async fn read_all(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Query(params): Query<LogParams>,
 ) -> Result<Response, ApiError> {
     let limit = read_limit(&state, params.limit)?;

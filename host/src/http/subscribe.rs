@@ -6,6 +6,7 @@
 //! and appends never wait for subscribers.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
@@ -81,7 +82,7 @@ impl Format {
 
 /// `GET /subscribe`
 pub(super) async fn subscribe(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     Query(params): Query<LogParams>,

@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 use super::extract::{Body, Path};
 use super::{AppState, admin, error::ApiError};
@@ -34,7 +35,7 @@ fn status_json(status: &UpcasterStatus) -> Value {
 }
 
 /// `GET /upcasters`: every upcaster, in the order they run.
-pub(super) async fn list(State(state): State<AppState>) -> Response {
+pub(super) async fn list(State(state): State<Arc<AppState>>) -> Response {
     let upcasters: Vec<Value> = state
         .projections
         .upcaster_statuses()
@@ -46,7 +47,7 @@ pub(super) async fn list(State(state): State<AppState>) -> Response {
 
 /// `GET /upcasters/{name}`
 pub(super) async fn status(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let status = state
@@ -61,7 +62,7 @@ pub(super) async fn status(
 /// `PUT /upcasters/{name}`: 201 for a new upcaster, 200 for a new version or the same module;
 /// the answer names the projections that rebuild because of it.
 pub(super) async fn deploy(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
     Body(body): Body,
@@ -101,7 +102,7 @@ pub(super) async fn deploy(
 
 /// `DELETE /upcasters/{name}`: 204; the projections it affected rebuild.
 pub(super) async fn delete(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
