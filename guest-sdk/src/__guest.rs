@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 
 pub use wit_bindgen;
 
-use crate::state::{Backend, State};
+use crate::state::{Backend, Remembered, State};
 use crate::{Event, Level, Params, Projection, QueryError as SdkQueryError};
 
 wit_bindgen::generate!({
@@ -47,6 +47,11 @@ pub(crate) fn log(level: Level, message: &str) {
 /// Implements the generated `Guest` trait for any projection.
 pub struct Adapter<P>(PhantomData<P>);
 
+std::thread_local! {
+    /// What `update` kept decoded in this instance's earlier batches (see `state::Remembered`).
+    static REMEMBERED: std::cell::RefCell<Remembered> = std::cell::RefCell::default();
+}
+
 impl<P: Projection> Guest for Adapter<P> {
     fn describe() -> types::Subscription {
         let subscription = P::subscription();
@@ -65,7 +70,10 @@ impl<P: Projection> Guest for Adapter<P> {
             message: e.to_string(),
         };
         let mut last = 0;
-        let mut state = State::new(Box::new(HostBackend));
+        // Taken out for the batch: a batch that fails leaves nothing remembered (and the host
+        // calls this instance no more).
+        let remembered = REMEMBERED.take();
+        let mut state = State::remembering(Box::new(HostBackend), remembered);
         for view in lantern_wire::BatchIter::new(&batch).map_err(malformed)? {
             let view = view.map_err(malformed)?;
             last = view.position;
@@ -75,10 +83,12 @@ impl<P: Projection> Guest for Adapter<P> {
                 message: e.to_string(),
             })?;
         }
-        state.into_writes().map_err(|e| types::HandleError {
+        let (writes, remembered) = state.into_writes().map_err(|e| types::HandleError {
             position: last,
             message: e.to_string(),
-        })
+        })?;
+        REMEMBERED.set(remembered);
+        Ok(writes)
     }
 
     fn query(name: String, params: String) -> Result<String, types::QueryError> {

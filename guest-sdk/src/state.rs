@@ -49,22 +49,92 @@ impl Written {
     }
 }
 
+type Map<V> = HashMap<String, V, foldhash::fast::FixedState>;
+
+/// Values `update` kept decoded in earlier batches of this instance, equal to what they committed.
+/// The host never calls an instance again after a batch that failed or whose writes were not
+/// committed (the WIT's promise), so these stay equal to the read model: a key updated in every
+/// batch is read from the host and decoded once per instance, not once per batch.
+pub(crate) struct Remembered {
+    /// Each value with its share of `bytes`.
+    values: Map<(Box<dyn Cached>, usize)>,
+    /// An estimate of their memory: key and JSON lengths plus a fixed cost per entry.
+    bytes: usize,
+    /// Most `bytes` kept: a batch that would leave more remembers nothing.
+    limit: usize,
+}
+
+impl Default for Remembered {
+    fn default() -> Self {
+        Self::with_limit(REMEMBER_BYTES)
+    }
+}
+
+impl Remembered {
+    fn with_limit(limit: usize) -> Self {
+        Remembered {
+            values: Map::default(),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    /// Takes the value under `key` out, if it is remembered as a `T`.
+    fn take<T: 'static>(&mut self, key: &str) -> Option<(String, Box<dyn Cached>)> {
+        let (cached, _) = self.values.get_mut(key)?;
+        if !cached.as_any_mut().is::<T>() {
+            return None;
+        }
+        let (key, (cached, size)) = self.values.remove_entry(key)?;
+        self.bytes -= size;
+        Some((key, cached))
+    }
+
+    fn forget(&mut self, key: &str) {
+        if let Some((_, size)) = self.values.remove(key) {
+            self.bytes -= size;
+        }
+    }
+}
+
+/// At most this much is remembered (estimated as key plus JSON plus `ENTRY_BYTES` per value): the
+/// guest's memory is capped, and a batch of up to 16 MiB must still fit beside it.
+const REMEMBER_BYTES: usize = 2 << 20;
+const ENTRY_BYTES: usize = 64;
+
 /// The read model: committed values as of the batch start, overlaid with the batch's writes.
 pub struct State {
     backend: Box<dyn Backend>,
     /// Hashed: the hot path is point reads and updates; scans and the hand-over sort. With
     /// foldhash, not SipHash: a batch's keys come from its own events, and SipHash was a tenth of
     /// a typical module's time in wasm.
-    writes: HashMap<String, Written, foldhash::fast::FixedState>,
+    writes: Map<Written>,
+    /// Committed values kept decoded from earlier batches (none in a query): consulted after
+    /// `writes` and before the host.
+    remembered: Remembered,
 }
 
 const SCAN_PAGE: u32 = 1000;
 
 impl State {
     pub(crate) fn new(backend: Box<dyn Backend>) -> Self {
+        Self::remembering(backend, Remembered::default())
+    }
+
+    /// A batch's state over the values remembered from this instance's earlier batches.
+    pub(crate) fn remembering(backend: Box<dyn Backend>, remembered: Remembered) -> Self {
         State {
             backend,
             writes: HashMap::default(),
+            remembered,
+        }
+    }
+
+    /// The committed bytes under `key`: remembered, or from the host.
+    fn committed(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self.remembered.values.get(key) {
+            Some((value, _)) => Ok(Some(value.to_json()?)),
+            None => Ok(self.backend.get(key)),
         }
     }
 
@@ -72,7 +142,7 @@ impl State {
     pub fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>> {
         match self.writes.get(key) {
             Some(written) => written.bytes(),
-            None => Ok(self.backend.get(key)),
+            None => self.committed(key),
         }
     }
 
@@ -83,8 +153,7 @@ impl State {
             Some(Written::Deleted) => Ok(None),
             Some(typed) => typed.bytes()?.map(|b| decode(key, &b)).transpose(),
             None => self
-                .backend
-                .get(key)
+                .committed(key)?
                 .map(|bytes| decode(key, &bytes))
                 .transpose(),
         }
@@ -120,6 +189,16 @@ impl State {
             && let Some(value) = cached.as_any_mut().downcast_mut::<T>()
         {
             change(value);
+            return Ok(());
+        }
+        // Remembered as a `T` from an earlier batch: it moves into this batch's writes as it is.
+        if !self.writes.contains_key(key)
+            && let Some((key, mut cached)) = self.remembered.take::<T>(key)
+        {
+            if let Some(value) = cached.as_any_mut().downcast_mut::<T>() {
+                change(value);
+            }
+            self.writes.insert(key, Written::Typed(cached));
             return Ok(());
         }
         let mut value: T = self.get(key)?.unwrap_or_default();
@@ -182,22 +261,254 @@ impl State {
         }
     }
 
-    /// The batch's writes in the wire encoding, for the host.
-    pub(crate) fn into_writes(self) -> Result<Vec<u8>> {
+    /// The batch's writes in the wire encoding, for the host, and what to remember for the
+    /// next batch (the values `update` kept decoded, once committed, and those remembered before
+    /// that this batch did not write), or nothing if that would be more than its limit.
+    pub(crate) fn into_writes(self) -> Result<(Vec<u8>, Remembered)> {
+        let State {
+            writes,
+            mut remembered,
+            ..
+        } = self;
         let mut encoder = WritesEncoder::default();
+        let mut typed = Vec::new();
+        let mut typed_bytes = 0;
         // In no order: the host sorts them for its B-tree, natively (in wasm, sorting 10k keys
         // took a tenth of a batch).
-        for (key, written) in &self.writes {
+        for (key, written) in writes {
+            // Written now: what was remembered of it (if `update` did not take it) is stale.
+            remembered.forget(&key);
             match written {
-                Written::Deleted => encoder.push(WriteView::Delete(key)),
-                Written::Bytes(bytes) => encoder.push(WriteView::Put(key, bytes)),
-                Written::Typed(value) => encoder.push(WriteView::Put(key, &value.to_json()?)),
+                Written::Deleted => encoder.push(WriteView::Delete(&key)),
+                Written::Bytes(bytes) => encoder.push(WriteView::Put(&key, &bytes)),
+                Written::Typed(value) => {
+                    let json = value.to_json()?;
+                    encoder.push(WriteView::Put(&key, &json));
+                    let size = key.len() + json.len() + ENTRY_BYTES;
+                    typed_bytes += size;
+                    typed.push((key, value, size));
+                }
             }
         }
-        Ok(encoder.finish())
+        let encoded = encoder.finish();
+        if remembered.bytes + typed_bytes > remembered.limit {
+            return Ok((encoded, Remembered::with_limit(remembered.limit)));
+        }
+        remembered.bytes += typed_bytes;
+        for (key, value, size) in typed {
+            remembered.values.insert(key, (value, size));
+        }
+        Ok((encoded, remembered))
     }
 }
 
 fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| Error::new(format!("value of {key:?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::{Cell, RefCell};
+    use std::collections::BTreeMap;
+    use std::rc::Rc;
+
+    use proptest::prelude::*;
+    use serde::Deserialize;
+
+    use super::*;
+
+    /// The committed read model, counting the reads that reach it.
+    #[derive(Clone, Default)]
+    struct Committed {
+        values: Rc<RefCell<BTreeMap<String, Vec<u8>>>>,
+        gets: Rc<Cell<usize>>,
+    }
+
+    impl Backend for Committed {
+        fn get(&self, key: &str) -> Option<Vec<u8>> {
+            self.gets.set(self.gets.get() + 1);
+            self.values.borrow().get(key).cloned()
+        }
+
+        fn scan(&self, prefix: &str, after: &str, limit: u32) -> Vec<(String, Vec<u8>)> {
+            self.values
+                .borrow()
+                .range(after.to_owned()..)
+                .filter(|(k, _)| k.as_str() > after && k.starts_with(prefix))
+                .take(limit as usize)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        }
+    }
+
+    impl Committed {
+        /// Commits a batch's writes, as the host does.
+        fn commit(&self, writes: &[u8]) {
+            let mut values = self.values.borrow_mut();
+            for write in lantern_wire::decode_writes(writes).unwrap() {
+                match write {
+                    WriteView::Put(key, value) => {
+                        values.insert(key.to_owned(), value.to_vec());
+                    }
+                    WriteView::Delete(key) => {
+                        values.remove(key);
+                    }
+                }
+            }
+        }
+    }
+
+    #[derive(Serialize, Deserialize, Default, Debug, PartialEq)]
+    struct Counter {
+        n: i64,
+    }
+
+    fn batch(
+        committed: &Committed,
+        remembered: Remembered,
+        change: impl FnOnce(&mut State),
+    ) -> Remembered {
+        let mut state = State::remembering(Box::new(committed.clone()), remembered);
+        change(&mut state);
+        let (writes, remembered) = state.into_writes().unwrap();
+        committed.commit(&writes);
+        remembered
+    }
+
+    #[test]
+    fn a_value_updated_in_an_earlier_batch_is_not_read_again() {
+        let committed = Committed::default();
+        let add = |state: &mut State| state.update("k", |c: &mut Counter| c.n += 1).unwrap();
+        let remembered = batch(&committed, Remembered::default(), add);
+        assert_eq!(committed.gets.get(), 1);
+        let remembered = batch(&committed, remembered, add);
+        let _ = batch(&committed, remembered, add);
+        assert_eq!(
+            committed.gets.get(),
+            1,
+            "later batches used the remembered value"
+        );
+        assert_eq!(committed.values.borrow()["k"], br#"{"n":3}"#);
+    }
+
+    #[test]
+    fn past_its_limit_nothing_is_remembered() {
+        let committed = Committed::default();
+        let add = |state: &mut State| state.update("k", |c: &mut Counter| c.n += 1).unwrap();
+        let remembered = batch(&committed, Remembered::with_limit(10), add);
+        let _ = batch(&committed, remembered, add);
+        assert_eq!(committed.gets.get(), 2);
+        assert_eq!(committed.values.borrow()["k"], br#"{"n":2}"#);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Add(u8, i64),
+        /// `update` through another type (`serde_json::Value`), of the same JSON shape.
+        SetAsValue(u8, i64),
+        Put(u8, i64),
+        Delete(u8),
+        Get(u8),
+        GetRaw(u8),
+        Scan,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let key = 0..4u8;
+        prop_oneof![
+            4 => (key.clone(), -5..5i64).prop_map(|(k, n)| Op::Add(k, n)),
+            1 => (key.clone(), -5..5i64).prop_map(|(k, n)| Op::SetAsValue(k, n)),
+            1 => (key.clone(), -5..5i64).prop_map(|(k, n)| Op::Put(k, n)),
+            1 => key.clone().prop_map(Op::Delete),
+            2 => key.clone().prop_map(Op::Get),
+            1 => key.prop_map(Op::GetRaw),
+            1 => Just(Op::Scan),
+        ]
+    }
+
+    proptest! {
+        /// Whatever is remembered, every read in every batch sees what a plain `BTreeMap` of the
+        /// committed values overlaid with the batch's own changes holds, and the committed values
+        /// end up equal to it. A failed batch (`fails`) keeps no writes and forgets.
+        #[test]
+        fn reads_and_commits_match_a_plain_map(
+            batches in prop::collection::vec(
+                (prop::collection::vec(op(), 0..12), any::<bool>()),
+                1..12,
+            ),
+            limit in prop::sample::select(vec![0usize, 150, 1 << 20]),
+        ) {
+            let committed = Committed::default();
+            let mut model: BTreeMap<String, i64> = BTreeMap::new();
+            let mut remembered = Remembered::with_limit(limit);
+            for (ops, fails) in batches {
+                let mut state = State::remembering(Box::new(committed.clone()), remembered);
+                let mut view = model.clone();
+                for op in ops {
+                    match op {
+                        Op::Add(k, n) => {
+                            let key = format!("k{k}");
+                            state.update(&key, |c: &mut Counter| c.n += n).unwrap();
+                            *view.entry(key).or_default() += n;
+                        }
+                        Op::SetAsValue(k, n) => {
+                            let key = format!("k{k}");
+                            state
+                                .update(&key, |v: &mut serde_json::Value| {
+                                    *v = serde_json::json!({ "n": n });
+                                })
+                                .unwrap();
+                            view.insert(key, n);
+                        }
+                        Op::Put(k, n) => {
+                            let key = format!("k{k}");
+                            state.put(&key, &Counter { n }).unwrap();
+                            view.insert(key, n);
+                        }
+                        Op::Delete(k) => {
+                            let key = format!("k{k}");
+                            state.delete(&key);
+                            view.remove(&key);
+                        }
+                        Op::Get(k) => {
+                            let key = format!("k{k}");
+                            let got: Option<Counter> = state.get(&key).unwrap();
+                            prop_assert_eq!(got.map(|c| c.n), view.get(&key).copied());
+                        }
+                        Op::GetRaw(k) => {
+                            let key = format!("k{k}");
+                            let got = state.get_raw(&key).unwrap();
+                            let got = got.map(|b| serde_json::from_slice::<Counter>(&b).unwrap().n);
+                            prop_assert_eq!(got, view.get(&key).copied());
+                        }
+                        Op::Scan => {
+                            let got: Vec<(String, Counter)> = state.scan("k").unwrap();
+                            let got: Vec<(String, i64)> =
+                                got.into_iter().map(|(k, c)| (k, c.n)).collect();
+                            let want: Vec<(String, i64)> =
+                                view.iter().map(|(k, n)| (k.clone(), *n)).collect();
+                            prop_assert_eq!(got, want);
+                        }
+                    }
+                }
+                if fails {
+                    // The host drops the instance: nothing written, nothing remembered.
+                    drop(state);
+                    remembered = Remembered::with_limit(limit);
+                    continue;
+                }
+                let (writes, next) = state.into_writes().unwrap();
+                committed.commit(&writes);
+                remembered = next;
+                model = view;
+                let stored: BTreeMap<String, i64> = committed
+                    .values
+                    .borrow()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::from_slice::<Counter>(v).unwrap().n))
+                    .collect();
+                prop_assert_eq!(&stored, &model);
+            }
+        }
+    }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lantern_wire::{BatchEncoder, EventView, WriteView};
 use serde_json::Value;
 
-use crate::state::{Backend, State};
+use crate::state::{Backend, Remembered, State};
 use crate::{Error, Event, Params, Projection, QueryError, Result, Upcaster};
 
 type Map = Rc<RefCell<BTreeMap<String, Vec<u8>>>>;
@@ -149,6 +149,8 @@ pub fn upcast<U: Upcaster>(event: &TestEvent) -> Result<TestEvent> {
 /// A projection with an in-memory read model and a log of its own.
 pub struct Harness<P> {
     state: Map,
+    /// As the guest remembers between batches (a failed batch forgets).
+    remembered: Remembered,
     position: u64,
     revisions: BTreeMap<String, u64>,
     upcasters: Vec<UpcastFn>,
@@ -166,6 +168,7 @@ impl<P: Projection> Harness<P> {
     pub fn new() -> Self {
         Harness {
             state: Map::default(),
+            remembered: Remembered::default(),
             position: 0,
             revisions: BTreeMap::new(),
             upcasters: Vec::new(),
@@ -271,11 +274,15 @@ impl<P: Projection> Harness<P> {
         let encoded = encoder.finish();
         let views =
             lantern_wire::decode_batch(&encoded).expect("the harness encodes valid batches");
-        let mut state = State::new(Box::new(MapBackend(self.state.clone())));
+        let mut state = State::remembering(
+            Box::new(MapBackend(self.state.clone())),
+            std::mem::take(&mut self.remembered),
+        );
         for view in views {
             P::handle(&Event { view }, &mut state)?;
         }
-        let writes = state.into_writes()?;
+        let (writes, remembered) = state.into_writes()?;
+        self.remembered = remembered;
         let mut map = self.state.borrow_mut();
         for write in lantern_wire::decode_writes(&writes).expect("the SDK encodes valid writes") {
             match write {
