@@ -81,6 +81,9 @@ impl Remembered {
 
     /// Takes the value under `key` out, if it is remembered as a `T`.
     fn take<T: 'static>(&mut self, key: &str) -> Option<(String, Box<dyn Cached>)> {
+        if self.values.is_empty() {
+            return None;
+        }
         let (cached, _) = self.values.get_mut(key)?;
         if !cached.as_any_mut().is::<T>() {
             return None;
@@ -91,6 +94,9 @@ impl Remembered {
     }
 
     fn forget(&mut self, key: &str) {
+        if self.values.is_empty() {
+            return;
+        }
         if let Some((_, size)) = self.values.remove(key) {
             self.bytes -= size;
         }
@@ -132,7 +138,10 @@ impl State {
 
     /// The committed bytes under `key`: remembered, or from the host.
     fn committed(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        match self.remembered.values.get(key) {
+        let remembered = (!self.remembered.values.is_empty())
+            .then(|| self.remembered.values.get(key))
+            .flatten();
+        match remembered {
             Some((value, _)) => Ok(Some(value.to_json()?)),
             None => Ok(self.backend.get(key)),
         }
@@ -192,7 +201,8 @@ impl State {
             return Ok(());
         }
         // Remembered as a `T` from an earlier batch: it moves into this batch's writes as it is.
-        if !self.writes.contains_key(key)
+        if !self.remembered.values.is_empty()
+            && !self.writes.contains_key(key)
             && let Some((key, mut cached)) = self.remembered.take::<T>(key)
         {
             if let Some(value) = cached.as_any_mut().downcast_mut::<T>() {
@@ -286,7 +296,10 @@ impl State {
                     encoder.push(WriteView::Put(&key, &json));
                     let size = key.len() + json.len() + ENTRY_BYTES;
                     typed_bytes += size;
-                    typed.push((key, value, size));
+                    // Past the limit nothing is kept: no need to gather the rest.
+                    if remembered.bytes + typed_bytes <= remembered.limit {
+                        typed.push((key, value, size));
+                    }
                 }
             }
         }
