@@ -5,10 +5,27 @@
 //! per-subscriber buffer at all: the switch from catch-up to live cannot gap or duplicate, and a
 //! subscriber that falls behind costs nothing but its own reads.
 
+use std::sync::Arc;
+
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::store::{AllSlice, Filter, RecordedEvent, Store, StoreError};
+use crate::upcast::UpcastError;
+
+/// Work done on each batch as part of reading it, on the reader's thread: a projection's
+/// upcasting. A batch read ahead is upcast ahead too, while the last one is handled.
+pub type Prepare = Arc<dyn Fn(&mut Vec<RecordedEvent>) -> Result<(), UpcastError> + Send + Sync>;
+
+/// Why a batch could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// `Prepare` failed on one of the batch's events.
+    #[error(transparent)]
+    Upcast(#[from] UpcastError),
+}
 
 /// A subscription to the global log, from a position on, filtered.
 pub struct Subscription {
@@ -20,13 +37,31 @@ pub struct Subscription {
     spare: Vec<RecordedEvent>,
     /// The next batch, being read while the last one is handled (`read_ahead`).
     ahead: Option<Ahead>,
+    /// Applied to every batch as it is read (`preparing`).
+    prepare: Option<Prepare>,
 }
 
 /// A read started early: from `from`, up to `limit` events, on the blocking pool.
 struct Ahead {
     from: u64,
     limit: usize,
-    read: JoinHandle<Result<AllSlice, StoreError>>,
+    read: JoinHandle<Result<AllSlice, ReadError>>,
+}
+
+/// One read of up to `limit` events from `from`, then `prepare` over them. Blocking.
+fn read(
+    store: &Store,
+    filter: &Filter,
+    from: u64,
+    limit: usize,
+    spare: Vec<RecordedEvent>,
+    prepare: Option<&Prepare>,
+) -> Result<AllSlice, ReadError> {
+    let mut slice = store.read_all_into(from, limit, filter, spare)?;
+    if let Some(prepare) = prepare {
+        prepare(&mut slice.events)?;
+    }
+    Ok(slice)
 }
 
 impl Subscription {
@@ -40,7 +75,14 @@ impl Subscription {
             head,
             spare: Vec::new(),
             ahead: None,
+            prepare: None,
         }
+    }
+
+    /// Every batch passes through `prepare` as it is read, on the blocking pool.
+    pub fn preparing(mut self, prepare: Prepare) -> Self {
+        self.prepare = Some(prepare);
+        self
     }
 
     /// Starts after everything committed so far: only new events.
@@ -74,9 +116,10 @@ impl Subscription {
             return;
         }
         let (store, filter, from) = (self.store.clone(), self.filter.clone(), self.next_position);
-        let spare = std::mem::take(&mut self.spare);
-        let read =
-            tokio::task::spawn_blocking(move || store.read_all_into(from, limit, &filter, spare));
+        let (spare, prepare) = (std::mem::take(&mut self.spare), self.prepare.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            read(&store, &filter, from, limit, spare, prepare.as_ref())
+        });
         self.ahead = Some(Ahead { from, limit, read });
     }
 
@@ -87,27 +130,32 @@ impl Subscription {
     }
 
     /// The read started by `read_ahead`, if it starts where this subscription is (not after a
-    /// `rewind`: that one is dropped, and finishes on its own). Cancel-safe: the read stays in
-    /// place until it is taken.
-    async fn take_ahead(&mut self) -> Option<Result<AllSlice, StoreError>> {
+    /// `rewind`: that one is dropped, and finishes on its own), and did not fail to prepare an
+    /// event past `limit` (that one is read again, as far as `limit`). Cancel-safe: the read stays
+    /// in place until it is taken.
+    async fn take_ahead(&mut self, limit: usize) -> Option<Result<AllSlice, ReadError>> {
         let ahead = self.ahead.as_mut()?;
         if ahead.from != self.next_position {
             self.ahead = None;
             return None;
         }
         let read = (&mut ahead.read).await;
+        let asked = ahead.limit;
         self.ahead = None;
-        Some(
-            read.map_err(|e| StoreError::Unavailable(format!("reader task failed: {e}")))
-                .and_then(|r| r),
-        )
+        let read = read
+            .map_err(|e| StoreError::Unavailable(format!("reader task failed: {e}")).into())
+            .and_then(|r| r);
+        if asked > limit && matches!(read, Err(ReadError::Upcast(_))) {
+            return None;
+        }
+        Some(read)
     }
 
     /// The next matching events that are already committed, at most `limit`; empty at the head.
     /// Runs the log read on the blocking pool.
-    pub async fn poll_batch(&mut self, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+    pub async fn poll_batch(&mut self, limit: usize) -> Result<Vec<RecordedEvent>, ReadError> {
         loop {
-            if let Some(read) = self.take_ahead().await {
+            if let Some(read) = self.take_ahead(limit).await {
                 let mut slice = read?;
                 if slice.events.len() > limit {
                     // Read ahead for a larger batch: the rest is read again.
@@ -125,12 +173,11 @@ impl Subscription {
             if self.next_position > head {
                 return Ok(Vec::new());
             }
-            let store = self.store.clone();
-            let filter = self.filter.clone();
-            let from = self.next_position;
+            let (store, filter) = (self.store.clone(), self.filter.clone());
+            let (from, prepare) = (self.next_position, self.prepare.clone());
             let spare = std::mem::take(&mut self.spare);
             let slice = tokio::task::spawn_blocking(move || {
-                store.read_all_into(from, limit, &filter, spare)
+                read(&store, &filter, from, limit, spare, prepare.as_ref())
             })
             .await
             .map_err(|e| StoreError::Unavailable(format!("reader task failed: {e}")))??;
@@ -155,14 +202,14 @@ impl Subscription {
     }
 
     /// The next non-empty batch, waiting at the head for new commits.
-    pub async fn next_batch(&mut self, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+    pub async fn next_batch(&mut self, limit: usize) -> Result<Vec<RecordedEvent>, ReadError> {
         loop {
             let batch = self.poll_batch(limit).await?;
             if !batch.is_empty() {
                 return Ok(batch);
             }
             if !self.wait().await {
-                return Err(StoreError::Unavailable("the store closed".into()));
+                return Err(StoreError::Unavailable("the store closed".into()).into());
             }
         }
     }

@@ -1,11 +1,13 @@
 //! Subscriptions: catch-up then live, exactly once and in order, in process and over HTTP.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use lantern::store::{ExpectedRevision, Filter, NewEvent, RecordedEvent, Store};
-use lantern::subscription::Subscription;
+use lantern::subscription::{Prepare, ReadError, Subscription};
+use lantern::upcast::UpcastError;
 use lantern_tests::{TestServer, test_store_options};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -202,6 +204,52 @@ async fn a_read_ahead_yields_to_a_rewind_and_to_a_smaller_batch() {
     // At the head, nothing is read ahead and nothing comes.
     subscription.read_ahead(10);
     assert!(subscription.poll_batch(10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn batches_come_prepared_and_a_failure_past_a_smaller_batch_is_not_reported_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), test_store_options(false)).unwrap();
+    let events = (0..100).map(|i| new_event("Raw", i)).collect();
+    store
+        .append("order-1", ExpectedRevision::Any, events)
+        .await
+        .unwrap();
+    // Renames every event it sees, and fails on position 30.
+    let prepare: Prepare = Arc::new(|events: &mut Vec<RecordedEvent>| {
+        for event in events.iter_mut() {
+            if event.position == 30 {
+                return Err(UpcastError {
+                    upcaster: "test".into(),
+                    position: 30,
+                    message: "no".into(),
+                });
+            }
+            event.event_type = "Prepared".into();
+        }
+        Ok(())
+    });
+    let mut subscription =
+        Subscription::from_position(store.clone(), 1, Filter::default()).preparing(prepare);
+    let prepared = |events: &[RecordedEvent]| -> (Vec<u64>, bool) {
+        (
+            events.iter().map(|e| e.position).collect(),
+            events.iter().all(|e| e.event_type == "Prepared"),
+        )
+    };
+    let batch = subscription.poll_batch(10).await.unwrap();
+    assert_eq!(prepared(&batch), ((1..=10).collect(), true));
+    // Read ahead 11..=60, whose preparing fails at 30; then only 11..=20 are asked for: they
+    // come, prepared (read again), and the failure is not theirs.
+    subscription.read_ahead(50);
+    let batch = subscription.poll_batch(10).await.unwrap();
+    assert_eq!(prepared(&batch), ((11..=20).collect(), true));
+    // A batch that holds position 30 fails with it, read ahead or not.
+    subscription.read_ahead(20);
+    match subscription.poll_batch(20).await {
+        Err(ReadError::Upcast(error)) => assert_eq!(error.position, 30),
+        other => panic!("expected the failure at 30, got {other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::registry::GenerationEntry;
 use crate::readmodel::{Overlaid, ReadModel, ReadModelError, WriteSet};
 use crate::store::{Filter, RecordedEvent, Store};
-use crate::subscription::Subscription;
+use crate::subscription::{ReadError, Subscription};
 use crate::wasm::{self, GuestFailure};
 use tracing::Instrument;
 
@@ -438,6 +438,15 @@ impl Generation {
         );
         let mut subscription =
             Subscription::from_position(store.clone(), checkpoint + 1, Filter::default());
+        if !self.chain.is_empty() {
+            // Upcast as read: a batch read ahead is upcast while the last one is handled. Only
+            // the events it may be given, in their current shape (the others stay as they are:
+            // they only advance the checkpoint).
+            let (chain, spec) = (self.chain.clone(), self.module.subscription().clone());
+            subscription = subscription.preparing(Arc::new(move |events| {
+                chain.apply(events, |e| spec.wants_stream(&e.stream))
+            }));
+        }
         let mut window = (Instant::now(), 0u64);
         let mut batch_size = BatchSize::default();
         // The encoded batch's buffer, handed back after each guest call: a batch of up to 16 MiB
@@ -456,9 +465,17 @@ impl Generation {
             let events = match events {
                 Ok(events) => events,
                 // The store is closing: stop quietly.
-                Err(crate::store::StoreError::Unavailable(_)) => return Ok(()),
-                Err(error) => {
+                Err(ReadError::Store(crate::store::StoreError::Unavailable(_))) => return Ok(()),
+                Err(ReadError::Store(error)) => {
                     return Err(storage_fault(format!("reading the log: {error}"), from));
+                }
+                Err(ReadError::Upcast(error)) => {
+                    return Err(Fault {
+                        message: error.to_string(),
+                        position: error.position,
+                        at: SystemTime::now(),
+                        cause: FaultCause::Upcaster,
+                    });
                 }
             };
             let mut events = events;
@@ -477,24 +494,6 @@ impl Generation {
             // The next batch is read while this one is handled.
             subscription.read_ahead(batch_size.events());
             let subscription_spec = self.module.subscription();
-            if !self.chain.is_empty() && !events.is_empty() {
-                // The events it may be given, in their current shape (the others stay as they
-                // are: they only advance the checkpoint).
-                let (chain, spec) = (self.chain.clone(), subscription_spec.clone());
-                events = tokio::task::spawn_blocking(move || {
-                    chain
-                        .apply(&mut events, |e| spec.wants_stream(&e.stream))
-                        .map(|()| events)
-                })
-                .await
-                .map_err(|e| fault(format!("runner task failed: {e}"), from))?
-                .map_err(|e| Fault {
-                    message: e.to_string(),
-                    position: e.position,
-                    at: SystemTime::now(),
-                    cause: FaultCause::Upcaster,
-                })?;
-            }
             if events.is_empty() {
                 if let Some(commit) = committing.take() {
                     commit.done().await?;
