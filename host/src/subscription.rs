@@ -130,9 +130,10 @@ impl Subscription {
     }
 
     /// The read started by `read_ahead`, if it starts where this subscription is (not after a
-    /// `rewind`: that one is dropped, and finishes on its own), and did not fail to prepare an
-    /// event past `limit` (that one is read again, as far as `limit`). Cancel-safe: the read stays
-    /// in place until it is taken.
+    /// `rewind`: that one is dropped, and finishes on its own). One read ahead for more than
+    /// `limit` events whose preparing failed is dropped too, and read again up to `limit`: the
+    /// failing event may lie past what is asked for now. Cancel-safe: the read stays in place
+    /// until it is taken.
     async fn take_ahead(&mut self, limit: usize) -> Option<Result<AllSlice, ReadError>> {
         let ahead = self.ahead.as_mut()?;
         if ahead.from != self.next_position {
