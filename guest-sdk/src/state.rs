@@ -81,9 +81,6 @@ impl Remembered {
 
     /// Takes the value under `key` out, if it is remembered as a `T`.
     fn take<T: 'static>(&mut self, key: &str) -> Option<(String, Box<dyn Cached>)> {
-        if self.values.is_empty() {
-            return None;
-        }
         let (cached, _) = self.values.get_mut(key)?;
         if !cached.as_any_mut().is::<T>() {
             return None;

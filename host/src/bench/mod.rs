@@ -491,8 +491,25 @@ impl GroupStats {
     }
 }
 
-/// Clients in the single-event append benchmarks (here and against PostgreSQL).
-pub(crate) const SINGLE_APPEND_CLIENTS: usize = 64;
+/// Connections of the closed-loop benchmarks: single-event appends (here and against
+/// PostgreSQL) and the HTTP ceiling.
+pub(crate) const CLOSED_LOOP_CLIENTS: usize = 64;
+
+/// Waits for a closed loop's clients, each answering its requests' latencies; returns requests
+/// per second since `started` and every latency.
+pub(crate) async fn gather_latencies(
+    mut clients: tokio::task::JoinSet<anyhow::Result<Vec<Duration>>>,
+    started: Instant,
+) -> anyhow::Result<(f64, Vec<Duration>)> {
+    let mut latencies = Vec::new();
+    while let Some(done) = clients.join_next().await {
+        latencies.extend(done??);
+    }
+    Ok((
+        latencies.len() as f64 / started.elapsed().as_secs_f64(),
+        latencies,
+    ))
+}
 
 /// For `seconds`, each of 64 keep-alive connections appends one event at a time to its own
 /// stream `{prefix}-{client}`, waiting for each answer; returns appends per second and the
@@ -532,7 +549,7 @@ pub(crate) async fn http_closed_loop(
     let until = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for client in 0..SINGLE_APPEND_CLIENTS {
+    for client in 0..CLOSED_LOOP_CLIENTS {
         let address = address.to_owned();
         let path = path(client);
         let bodies = bodies.clone();
@@ -551,14 +568,7 @@ pub(crate) async fn http_closed_loop(
             anyhow::Ok(latencies)
         });
     }
-    let mut latencies = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        latencies.extend(done??);
-    }
-    Ok((
-        latencies.len() as f64 / started.elapsed().as_secs_f64(),
-        latencies,
-    ))
+    gather_latencies(tasks, started).await
 }
 
 /// A keep-alive HTTP/1.1 connection that sends pre-built POSTs and reads just enough of each

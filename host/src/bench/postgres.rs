@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use tokio_postgres::{Client, NoTls};
 
 use super::{
-    BenchOptions, GroupStats, Report, SINGLE_APPEND_CLIENTS, Server, http_batched_appends,
-    http_closed_loop, http_single_appends, payload,
+    BenchOptions, CLOSED_LOOP_CLIENTS, GroupStats, Report, Server, gather_latencies,
+    http_batched_appends, http_closed_loop, http_single_appends, payload,
 };
 use crate::projection::Projections;
 use crate::store::{Store, StoreOptions};
@@ -157,7 +157,7 @@ async fn postgres_single_appends(
     );
     // Connections and statements made before the clock starts.
     let mut clients = Vec::new();
-    for _ in 0..SINGLE_APPEND_CLIENTS {
+    for _ in 0..CLOSED_LOOP_CLIENTS {
         let client = connect(conninfo).await?;
         let append = client.prepare(APPEND).await?;
         clients.push((client, append));
@@ -184,14 +184,7 @@ async fn postgres_single_appends(
             anyhow::Ok(latencies)
         });
     }
-    let mut latencies = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        latencies.extend(done??);
-    }
-    Ok((
-        latencies.len() as f64 / started.elapsed().as_secs_f64(),
-        latencies,
-    ))
+    gather_latencies(tasks, started).await
 }
 
 /// Appends `events` in calls of `options.batch` events from 4 connections, to `options.streams`
