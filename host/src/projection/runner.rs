@@ -89,6 +89,17 @@ impl BatchSize {
         self.0 = self.0.min(events).max(MIN_BATCH);
     }
 
+    /// The size to read ahead while a batch is handled: what the next batch will be if this one
+    /// turns out quick, so a guest that doubles does not wait for the rest of its next batch to
+    /// be read. A read ahead larger than the next batch is cut (its rest is read again).
+    fn ahead(&self, full: bool) -> usize {
+        if full {
+            (self.0 * 2).min(MAX_BATCH)
+        } else {
+            self.0
+        }
+    }
+
     fn observe(&mut self, full: bool, took: Duration) {
         if took > 2 * BATCH_TARGET {
             self.0 = (self.0 / 2).max(MIN_BATCH);
@@ -492,7 +503,7 @@ impl Generation {
             };
             let next_checkpoint = subscription.next_position() - 1;
             // The next batch is read while this one is handled.
-            subscription.read_ahead(batch_size.events());
+            subscription.read_ahead(batch_size.ahead(full_batch));
             let subscription_spec = self.module.subscription();
             if events.is_empty() {
                 if let Some(commit) = committing.take() {
@@ -809,5 +820,20 @@ mod tests {
         assert_eq!(size.events(), 1000);
         size.fit(10);
         assert_eq!(size.events(), MIN_BATCH);
+    }
+
+    #[test]
+    fn a_full_batch_reads_ahead_what_the_next_will_be_if_it_is_quick() {
+        let mut size = BatchSize::default();
+        // Full: the next batch doubles if this one is quick, so that much is read ahead.
+        assert_eq!(size.ahead(true), 2 * 32_768);
+        size.observe(true, Duration::from_millis(1));
+        assert_eq!(size.ahead(false), 65_536);
+        assert_eq!(size.ahead(true), size.events() * 2);
+        size.observe(true, Duration::from_millis(1));
+        // At the cap, and after a short batch (the head, or cut by bytes): no larger.
+        assert_eq!(size.ahead(true), MAX_BATCH);
+        size.fit(1000);
+        assert_eq!(size.ahead(false), 1000);
     }
 }

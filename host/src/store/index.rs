@@ -280,8 +280,23 @@ impl Index {
         self.tail.read().committed
     }
 
+    /// The first answer `find` gives in the in-memory chunks, newest first, without a read
+    /// transaction. Every chunk still in memory holds true entries (the ones redb has too
+    /// are copies), and a newer chunk is asked first: the writer's lookups for the streams and
+    /// ids it just wrote stop here.
+    fn in_tail<T>(&self, find: impl Fn(&Chunk) -> Option<T>) -> Option<T> {
+        let tail = self.tail.read();
+        std::iter::once(&tail.open)
+            .chain(tail.sealed.iter().rev().map(|c| &**c))
+            .find_map(find)
+    }
+
     /// The revision of the stream's last event, `None` for a stream with no events.
     pub(crate) fn stream_head(&self, stream: &str) -> Result<Option<u64>, StoreError> {
+        let last_in = |chunk: &Chunk| chunk.streams.get(stream)?.last().map(|e| e.revision);
+        if let Some(revision) = self.in_tail(last_in) {
+            return Ok(Some(revision));
+        }
         self.snapshot(|chunks, txn, _| {
             for chunk in chunks {
                 if let Some(last) = chunk.streams.get(stream).and_then(|e| e.last()) {
@@ -437,6 +452,9 @@ impl Index {
 
     /// Where the event with this id lives, if it was written.
     pub(crate) fn id_location(&self, id: Uuid) -> Result<Option<Location>, StoreError> {
+        if let Some(location) = self.in_tail(|chunk| chunk.ids.get(&id).copied()) {
+            return Ok(Some(location));
+        }
         self.snapshot(|chunks, txn, _| {
             for chunk in chunks {
                 if let Some(location) = chunk.ids.get(&id) {
