@@ -14,8 +14,17 @@ use crate::store::{AllSlice, Filter, RecordedEvent, Store, StoreError};
 use crate::upcast::UpcastError;
 
 /// Work done on each batch as part of reading it, on the reader's thread: a projection's
-/// upcasting. A batch read ahead is upcast ahead too, while the last one is handled.
-pub type Prepare = Arc<dyn Fn(&mut Vec<RecordedEvent>) -> Result<(), UpcastError> + Send + Sync>;
+/// upcasting, then its encoding for the guest. A batch read ahead is prepared ahead too, while
+/// the last one is handled. What it makes of the batch (`P`) is handed over with it.
+pub type Prepare<P> = Arc<dyn Fn(&mut Vec<RecordedEvent>) -> Result<P, UpcastError> + Send + Sync>;
+
+/// A batch and what `Prepare` made of it: `None` when the subscription prepares nothing, or
+/// when the batch was read ahead for more events than were asked and cut to fit (what was made
+/// of the longer batch does not hold for the cut one).
+pub struct Batch<P> {
+    pub events: Vec<RecordedEvent>,
+    pub prepared: Option<P>,
+}
 
 /// Why a batch could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -27,8 +36,9 @@ pub enum ReadError {
     Upcast(#[from] UpcastError),
 }
 
-/// A subscription to the global log, from a position on, filtered.
-pub struct Subscription {
+/// A subscription to the global log, from a position on, filtered; each batch prepared into a
+/// `P` as it is read (`preparing`).
+pub struct Subscription<P = ()> {
     store: Store,
     filter: Filter,
     next_position: u64,
@@ -36,32 +46,39 @@ pub struct Subscription {
     /// A batch's vector handed back (`recycle`), filled again by the next read.
     spare: Vec<RecordedEvent>,
     /// The next batch, being read while the last one is handled (`read_ahead`).
-    ahead: Option<Ahead>,
+    ahead: Option<Ahead<P>>,
     /// Applied to every batch as it is read (`preparing`).
-    prepare: Option<Prepare>,
+    prepare: Option<Prepare<P>>,
 }
 
 /// A read started early: from `from`, up to `limit` events, on the blocking pool.
-struct Ahead {
+struct Ahead<P> {
     from: u64,
     limit: usize,
-    read: JoinHandle<Result<AllSlice, ReadError>>,
+    read: JoinHandle<Result<Read<P>, ReadError>>,
+}
+
+/// One read: the slice, and what `prepare` made of its events.
+struct Read<P> {
+    slice: AllSlice,
+    prepared: Option<P>,
 }
 
 /// One read of up to `limit` events from `from`, then `prepare` over them. Blocking.
-fn read(
+fn read<P>(
     store: &Store,
     filter: &Filter,
     from: u64,
     limit: usize,
     spare: Vec<RecordedEvent>,
-    prepare: Option<&Prepare>,
-) -> Result<AllSlice, ReadError> {
+    prepare: Option<&Prepare<P>>,
+) -> Result<Read<P>, ReadError> {
     let mut slice = store.read_all_into(from, limit, filter, spare)?;
-    if let Some(prepare) = prepare {
-        prepare(&mut slice.events)?;
-    }
-    Ok(slice)
+    let prepared = match prepare {
+        Some(prepare) => Some(prepare(&mut slice.events)?),
+        None => None,
+    };
+    Ok(Read { slice, prepared })
 }
 
 impl Subscription {
@@ -79,18 +96,28 @@ impl Subscription {
         }
     }
 
-    /// Every batch passes through `prepare` as it is read, on the blocking pool.
-    pub fn preparing(mut self, prepare: Prepare) -> Self {
-        self.prepare = Some(prepare);
-        self
-    }
-
     /// Starts after everything committed so far: only new events.
     pub fn from_now(store: Store, filter: Filter) -> Self {
         let from = store.head() + 1;
         Self::from_position(store, from, filter)
     }
 
+    /// Every batch passes through `prepare` as it is read, on the blocking pool; `poll_prepared`
+    /// hands over what it made. Before the first read.
+    pub fn preparing<P>(self, prepare: Prepare<P>) -> Subscription<P> {
+        Subscription {
+            store: self.store,
+            filter: self.filter,
+            next_position: self.next_position,
+            head: self.head,
+            spare: self.spare,
+            ahead: None,
+            prepare: Some(prepare),
+        }
+    }
+}
+
+impl<P: Send + 'static> Subscription<P> {
     /// The position the next batch starts from.
     pub fn next_position(&self) -> u64 {
         self.next_position
@@ -134,7 +161,7 @@ impl Subscription {
     /// `limit` events whose preparing failed is dropped too, and read again up to `limit`: the
     /// failing event may lie past what is asked for now. Cancel-safe: the read stays in place
     /// until it is taken.
-    async fn take_ahead(&mut self, limit: usize) -> Option<Result<AllSlice, ReadError>> {
+    async fn take_ahead(&mut self, limit: usize) -> Option<Result<Read<P>, ReadError>> {
         let ahead = self.ahead.as_mut()?;
         if ahead.from != self.next_position {
             self.ahead = None;
@@ -155,36 +182,54 @@ impl Subscription {
     /// The next matching events that are already committed, at most `limit`; empty at the head.
     /// Runs the log read on the blocking pool.
     pub async fn poll_batch(&mut self, limit: usize) -> Result<Vec<RecordedEvent>, ReadError> {
+        Ok(self.poll_prepared(limit).await?.events)
+    }
+
+    /// `poll_batch`, with what `prepare` made of the batch.
+    pub async fn poll_prepared(&mut self, limit: usize) -> Result<Batch<P>, ReadError> {
         loop {
             if let Some(read) = self.take_ahead(limit).await {
-                let mut slice = read?;
+                let Read {
+                    mut slice,
+                    mut prepared,
+                } = read?;
                 if slice.events.len() > limit {
                     // Read ahead for a larger batch: the rest is read again.
                     slice.next_from = slice.events[limit].position;
                     slice.events.truncate(limit);
+                    prepared = None;
                 }
                 self.next_position = slice.next_from;
                 if !slice.events.is_empty() {
-                    return Ok(slice.events);
+                    return Ok(Batch {
+                        events: slice.events,
+                        prepared,
+                    });
                 }
                 self.spare = slice.events;
             }
             // Seen before reading, so a commit that lands during the read wakes `wait` later.
             let head = *self.head.borrow_and_update();
             if self.next_position > head {
-                return Ok(Vec::new());
+                return Ok(Batch {
+                    events: Vec::new(),
+                    prepared: None,
+                });
             }
             let (store, filter) = (self.store.clone(), self.filter.clone());
             let (from, prepare) = (self.next_position, self.prepare.clone());
             let spare = std::mem::take(&mut self.spare);
-            let slice = tokio::task::spawn_blocking(move || {
+            let Read { slice, prepared } = tokio::task::spawn_blocking(move || {
                 read(&store, &filter, from, limit, spare, prepare.as_ref())
             })
             .await
             .map_err(|e| StoreError::Unavailable(format!("reader task failed: {e}")))??;
             self.next_position = slice.next_from;
             if !slice.events.is_empty() {
-                return Ok(slice.events);
+                return Ok(Batch {
+                    events: slice.events,
+                    prepared,
+                });
             }
             self.spare = slice.events;
             // Nothing matched in what was examined: keep going while there is more log.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use lantern::store::{ExpectedRevision, Filter, NewEvent, RecordedEvent, Store};
-use lantern::subscription::{Prepare, ReadError, Subscription};
+use lantern::subscription::{Batch, Prepare, ReadError, Subscription};
 use lantern::upcast::UpcastError;
 use lantern_tests::{TestServer, test_store_options};
 use proptest::prelude::*;
@@ -216,7 +216,7 @@ async fn batches_come_prepared_and_a_failure_past_a_smaller_batch_is_not_reporte
         .await
         .unwrap();
     // Renames every event it sees, and fails on position 30.
-    let prepare: Prepare = Arc::new(|events: &mut Vec<RecordedEvent>| {
+    let prepare: Prepare<()> = Arc::new(|events: &mut Vec<RecordedEvent>| {
         for event in events.iter_mut() {
             if event.position == 30 {
                 return Err(UpcastError {
@@ -250,6 +250,51 @@ async fn batches_come_prepared_and_a_failure_past_a_smaller_batch_is_not_reporte
         Err(ReadError::Upcast(error)) => assert_eq!(error.position, 30),
         other => panic!("expected the failure at 30, got {other:?}"),
     }
+}
+
+/// A subscription to ten events whose batches are prepared into the positions they hold.
+async fn ten_events_prepared() -> (tempfile::TempDir, Subscription<Vec<u64>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), test_store_options(false)).unwrap();
+    let events = (0..10).map(|i| new_event("Counted", i)).collect();
+    store
+        .append("count-1", ExpectedRevision::Any, events)
+        .await
+        .unwrap();
+    let prepare: Prepare<Vec<u64>> =
+        Arc::new(|events: &mut Vec<RecordedEvent>| Ok(events.iter().map(|e| e.position).collect()));
+    let subscription = Subscription::from_position(store, 1, Filter::default()).preparing(prepare);
+    (dir, subscription)
+}
+
+fn batch_positions(batch: &Batch<Vec<u64>>) -> Vec<u64> {
+    batch.events.iter().map(|e| e.position).collect()
+}
+
+#[tokio::test]
+async fn each_batch_comes_with_what_was_made_of_it_read_ahead_or_not() {
+    let (_dir, mut subscription) = ten_events_prepared().await;
+    let first = subscription.poll_prepared(3).await.unwrap();
+    assert_eq!(batch_positions(&first), [1, 2, 3]);
+    assert_eq!(first.prepared, Some(vec![1, 2, 3]));
+    subscription.read_ahead(4);
+    let ahead = subscription.poll_prepared(4).await.unwrap();
+    assert_eq!(batch_positions(&ahead), [4, 5, 6, 7]);
+    assert_eq!(ahead.prepared, Some(vec![4, 5, 6, 7]));
+}
+
+#[tokio::test]
+async fn a_batch_read_ahead_for_more_than_is_asked_is_cut_without_what_was_made_of_it() {
+    let (_dir, mut subscription) = ten_events_prepared().await;
+    subscription.read_ahead(8);
+    let cut = subscription.poll_prepared(3).await.unwrap();
+    // What was made of eight events does not hold for three.
+    assert_eq!(batch_positions(&cut), [1, 2, 3]);
+    assert_eq!(cut.prepared, None);
+    // The rest is read again, and prepared again.
+    let rest = subscription.poll_prepared(100).await.unwrap();
+    assert_eq!(batch_positions(&rest), [4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(rest.prepared, Some(vec![4, 5, 6, 7, 8, 9, 10]));
 }
 
 #[tokio::test]

@@ -127,6 +127,40 @@ fn cut_at_bytes(events: &[RecordedEvent], budget: usize) -> Option<usize> {
     None
 }
 
+/// A batch as the guest is given it: made as the batch is read (ahead of it, while the last
+/// batch is handled, when catching up), so the guest waits for nothing between batches.
+struct Encoded {
+    /// How many of the events read it covers: fewer when the byte budget cut the batch (the
+    /// rest is read again).
+    covers: usize,
+    /// The events of those the guest subscribes to, encoded (the guest is not called if there
+    /// are none: the buffer goes back).
+    batch: Vec<u8>,
+    delivered: u64,
+    first_delivered: Option<u64>,
+}
+
+/// Encodes what the guest subscribes to of `events`, up to `MAX_BATCH_BYTES` of them, into
+/// `buffer` (the last batch's, handed back).
+fn encode(module: &wasm::Module, events: &[RecordedEvent], buffer: Vec<u8>) -> Encoded {
+    let covers = cut_at_bytes(events, MAX_BATCH_BYTES).unwrap_or(events.len());
+    let spec = module.subscription();
+    let mut batch = module.batch_encoder_reusing(buffer);
+    let mut first_delivered = None;
+    for event in &events[..covers] {
+        if spec.matches(&event.stream, &event.event_type) {
+            first_delivered.get_or_insert(event.position);
+            batch.push(&view(event));
+        }
+    }
+    Encoded {
+        covers,
+        delivered: batch.len() as u64,
+        batch: batch.finish(),
+        first_delivered,
+    }
+}
+
 /// Why one batch failed.
 enum BatchError {
     /// The module failed (replayed one event at a time to find the event).
@@ -447,34 +481,44 @@ impl Generation {
                 .instantiate()
                 .map_err(|e| fault(e.to_string(), checkpoint + 1))?,
         );
+        // The encoded batch's buffer, handed back after each guest call: a batch of up to 16 MiB
+        // is not allocated, faulted in and freed again every time. (Two are in use while
+        // catching up: the batch being handled, and the one read ahead.)
+        let spare_buffer = Arc::new(Mutex::new(Vec::new()));
+        // Upcast and encode as read: a batch read ahead is prepared while the last one is
+        // handled. Upcast only the events it may be given, in their current shape (the others
+        // stay as they are: they only advance the checkpoint).
+        let (chain, module, spare) = (
+            self.chain.clone(),
+            self.module.clone(),
+            spare_buffer.clone(),
+        );
         let mut subscription =
-            Subscription::from_position(store.clone(), checkpoint + 1, Filter::default());
-        if !self.chain.is_empty() {
-            // Upcast as read: a batch read ahead is upcast while the last one is handled. Only
-            // the events it may be given, in their current shape (the others stay as they are:
-            // they only advance the checkpoint).
-            let (chain, spec) = (self.chain.clone(), self.module.subscription().clone());
-            subscription = subscription.preparing(Arc::new(move |events| {
-                chain.apply(events, |e| spec.wants_stream(&e.stream))
-            }));
-        }
+            Subscription::from_position(store.clone(), checkpoint + 1, Filter::default())
+                .preparing(Arc::new(move |events: &mut Vec<RecordedEvent>| {
+                    if !chain.is_empty() {
+                        let spec = module.subscription();
+                        chain.apply(events, |e| spec.wants_stream(&e.stream))?;
+                    }
+                    Ok(encode(&module, events, std::mem::take(&mut *spare.lock())))
+                }));
         let mut window = (Instant::now(), 0u64);
         let mut batch_size = BatchSize::default();
-        // The encoded batch's buffer, handed back after each guest call: a batch of up to 16 MiB
-        // is not allocated, faulted in and freed again every time.
-        let mut spare_buffer = Vec::new();
         loop {
             let from = subscription.next_position();
             // A batch read ahead was asked for at the size before the last batch could double it.
             let asked = subscription
                 .reading_ahead()
                 .map_or(batch_size.events(), |ahead| ahead.min(batch_size.events()));
-            let events = tokio::select! {
-                events = subscription.poll_batch(batch_size.events()) => events,
+            let read = tokio::select! {
+                read = subscription.poll_prepared(batch_size.events()) => read,
                 () = stop.cancelled() => return Ok(()),
             };
-            let events = match events {
-                Ok(events) => events,
+            let crate::subscription::Batch {
+                mut events,
+                prepared,
+            } = match read {
+                Ok(read) => read,
                 // The store is closing: stop quietly.
                 Err(ReadError::Store(crate::store::StoreError::Unavailable(_))) => return Ok(()),
                 Err(ReadError::Store(error)) => {
@@ -489,17 +533,34 @@ impl Generation {
                     });
                 }
             };
-            let mut events = events;
+            // Made as it was read, unless it was read ahead for a larger batch and cut to this.
+            let Encoded {
+                covers,
+                batch,
+                delivered,
+                first_delivered,
+            } = match prepared {
+                Some(encoded) => encoded,
+                None => encode(
+                    &self.module,
+                    &events,
+                    std::mem::take(&mut *spare_buffer.lock()),
+                ),
+            };
             // Only a batch that got all it asked for, uncut, says the guest could take more.
-            let full_batch = events.len() == asked;
-            let full_batch = if let Some(cut) = cut_at_bytes(&events, MAX_BATCH_BYTES) {
-                // The rest is read again for the next batch, which is no larger than this one.
-                subscription.rewind(events[cut].position);
-                events.truncate(cut);
-                batch_size.fit(cut);
-                false
+            let full_batch = events.len() == asked && covers == events.len();
+            if covers < events.len() {
+                // Cut at the byte budget: the rest is read again for the next batch, which is
+                // no larger than this one.
+                subscription.rewind(events[covers].position);
+                events.truncate(covers);
+                batch_size.fit(covers);
+            }
+            let batch = if delivered > 0 {
+                Some(batch)
             } else {
-                full_batch
+                *spare_buffer.lock() = batch;
+                None
             };
             let next_checkpoint = subscription.next_position() - 1;
             // The next batch is read while this one is handled.
@@ -530,23 +591,10 @@ impl Generation {
                 }
                 continue;
             }
-            let mut batch = self
-                .module
-                .batch_encoder_reusing(std::mem::take(&mut spare_buffer));
-            let mut first_delivered = None;
-            let mut delivered = 0;
-            for event in &events {
-                if subscription_spec.matches(&event.stream, &event.event_type) {
-                    first_delivered.get_or_insert(event.position);
-                    delivered += 1;
-                    batch.push(&view(event));
-                }
-            }
             let batch_started = Instant::now();
             let head_before = store.head();
             let read_model = self.read_model.clone();
             let guest = instance.take().expect("an instance between batches");
-            let batch = (!batch.is_empty()).then(|| batch.finish());
             let span = tracing::Span::current();
             // Catching up (the next batch is being read), this batch is committed while the next
             // is handled. Live, it is committed at once on the same thread: one hand-over fewer
@@ -582,7 +630,9 @@ impl Generation {
             })
             .await
             .map_err(|e| fault(format!("runner task failed: {e}"), from))?;
-            spare_buffer = buffer.unwrap_or_default();
+            if let Some(buffer) = buffer {
+                *spare_buffer.lock() = buffer;
+            }
             // The last batch's commit first: this one's writes follow it, and a failed batch is
             // replayed from it.
             if let Some(commit) = committing.take() {
