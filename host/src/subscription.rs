@@ -5,25 +5,52 @@
 //! per-subscriber buffer at all: the switch from catch-up to live cannot gap or duplicate, and a
 //! subscriber that falls behind costs nothing but its own reads.
 
-use std::sync::Arc;
-
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::store::{AllSlice, Filter, RecordedEvent, Store, StoreError};
+use crate::store::{EventRef, Filter, RecordedEvent, Store, StoreError};
 use crate::upcast::UpcastError;
 
-/// Work done on each batch as part of reading it, on the reader's thread: a projection's
-/// upcasting, then its encoding for the guest. A batch read ahead is prepared ahead too, while
-/// the last one is handled. What it makes of the batch (`P`) is handed over with it.
-pub type Prepare<P> = Arc<dyn Fn(&mut Vec<RecordedEvent>) -> Result<P, UpcastError> + Send + Sync>;
+/// What a subscription reads the log into, batch after batch: the events themselves
+/// (`Vec<RecordedEvent>`), or what a reader makes of them as they are read, on the reader's
+/// thread (a projection's batch, encoded for its guest as it is read: a batch read ahead is made
+/// while the last one is handled).
+pub trait Batch: Send + 'static {
+    /// An empty batch of the same kind (a second one, to read ahead into).
+    fn fresh(&self) -> Self;
+    /// Empties it for the next read, keeping its allocations.
+    fn clear(&mut self);
+    /// Takes one event as it is read; `false` if it has no room for it: the batch ends before
+    /// it, and the next one starts with it.
+    fn take(&mut self, event: &EventRef<'_>) -> bool;
+    /// Work on the whole batch once it is read (a projection's upcasting).
+    fn finish(&mut self) -> Result<(), UpcastError> {
+        Ok(())
+    }
+    /// How many events it took.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
-/// A batch and what `Prepare` made of it: `None` when the subscription prepares nothing, or
-/// when the batch was read ahead for more events than were asked and cut to fit (what was made
-/// of the longer batch does not hold for the cut one).
-pub struct Batch<P> {
-    pub events: Vec<RecordedEvent>,
-    pub prepared: Option<P>,
+impl Batch for Vec<RecordedEvent> {
+    fn fresh(&self) -> Self {
+        Vec::new()
+    }
+
+    fn clear(&mut self) {
+        Vec::clear(self);
+    }
+
+    fn take(&mut self, event: &EventRef<'_>) -> bool {
+        self.push(event.to_event());
+        true
+    }
+
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
 }
 
 /// Why a batch could not be read.
@@ -31,69 +58,58 @@ pub struct Batch<P> {
 pub enum ReadError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// `Prepare` failed on one of the batch's events.
+    /// `Batch::finish` failed on one of the batch's events.
     #[error(transparent)]
     Upcast(#[from] UpcastError),
 }
 
-/// A subscription to the global log, from a position on, filtered; each batch prepared into a
-/// `P` as it is read (`preparing`).
-pub struct Subscription<P = ()> {
+/// A subscription to the global log, from a position on, filtered, read into batches of `B`.
+pub struct Subscription<B: Batch = Vec<RecordedEvent>> {
     store: Store,
     filter: Filter,
     next_position: u64,
     head: watch::Receiver<u64>,
-    /// A batch's vector handed back (`recycle`), filled again by the next read.
-    spare: Vec<RecordedEvent>,
+    /// A batch handed back (`recycle`), filled again by the next read (a projection's batches
+    /// hold up to 131k events: their memory is reused, not allocated again for each).
+    spare: B,
     /// The next batch, being read while the last one is handled (`read_ahead`).
-    ahead: Option<Ahead<P>>,
-    /// Applied to every batch as it is read (`preparing`).
-    prepare: Option<Prepare<P>>,
+    ahead: Option<Ahead<B>>,
 }
 
 /// A read started early: from `from`, up to `limit` events, on the blocking pool.
-struct Ahead<P> {
+struct Ahead<B> {
     from: u64,
     limit: usize,
-    read: JoinHandle<Result<Read<P>, ReadError>>,
+    read: JoinHandle<Result<Read<B>, ReadError>>,
 }
 
-/// One read: the slice, and what `prepare` made of its events.
-struct Read<P> {
-    slice: AllSlice,
-    prepared: Option<P>,
+/// One read: the batch, and where the next starts.
+struct Read<B> {
+    batch: B,
+    next_from: u64,
 }
 
-/// One read of up to `limit` events from `from`, then `prepare` over them. Blocking.
-fn read<P>(
+/// One read of up to `limit` events from `from` into `batch`. Blocking.
+fn read<B: Batch>(
     store: &Store,
     filter: &Filter,
     from: u64,
     limit: usize,
-    spare: Vec<RecordedEvent>,
-    prepare: Option<&Prepare<P>>,
-) -> Result<Read<P>, ReadError> {
-    let mut slice = store.read_all_into(from, limit, filter, spare)?;
-    let prepared = match prepare {
-        Some(prepare) => Some(prepare(&mut slice.events)?),
-        None => None,
-    };
-    Ok(Read { slice, prepared })
+    mut batch: B,
+) -> Result<Read<B>, ReadError> {
+    batch.clear();
+    let end = store.scan_all(from, limit, filter, |event| batch.take(event))?;
+    batch.finish()?;
+    Ok(Read {
+        batch,
+        next_from: end.next_from,
+    })
 }
 
 impl Subscription {
     /// Starts at `from` (inclusive; positions start at 1).
     pub fn from_position(store: Store, from: u64, filter: Filter) -> Self {
-        let head = store.watch_head();
-        Subscription {
-            store,
-            filter,
-            next_position: from.max(1),
-            head,
-            spare: Vec::new(),
-            ahead: None,
-            prepare: None,
-        }
+        Self::into_batches(store, from, filter, Vec::new())
     }
 
     /// Starts after everything committed so far: only new events.
@@ -101,32 +117,36 @@ impl Subscription {
         let from = store.head() + 1;
         Self::from_position(store, from, filter)
     }
-
-    /// Every batch passes through `prepare` as it is read, on the blocking pool; `poll_prepared`
-    /// hands over what it made. Before the first read.
-    pub fn preparing<P>(self, prepare: Prepare<P>) -> Subscription<P> {
-        Subscription {
-            store: self.store,
-            filter: self.filter,
-            next_position: self.next_position,
-            head: self.head,
-            spare: self.spare,
-            ahead: None,
-            prepare: Some(prepare),
-        }
-    }
 }
 
-impl<P: Send + 'static> Subscription<P> {
+impl<B: Batch> Subscription<B> {
+    /// Starts at `from`, reading into batches like `first` (the first read fills it).
+    pub fn into_batches(store: Store, from: u64, filter: Filter, first: B) -> Self {
+        let head = store.watch_head();
+        Subscription {
+            store,
+            filter,
+            next_position: from.max(1),
+            head,
+            spare: first,
+            ahead: None,
+        }
+    }
+
     /// The position the next batch starts from.
     pub fn next_position(&self) -> u64 {
         self.next_position
     }
 
-    /// Hands back a batch's vector once its events are used: the next batch is read into it
-    /// (a projection's batches hold up to 131k events: one allocation, not one per batch).
-    pub fn recycle(&mut self, events: Vec<RecordedEvent>) {
-        self.spare = events;
+    /// Hands back a batch once it is used: the next batch is read into it.
+    pub fn recycle(&mut self, batch: B) {
+        self.spare = batch;
+    }
+
+    /// A batch to read into: the one handed back, if any.
+    fn take_spare(&mut self) -> B {
+        let fresh = self.spare.fresh();
+        std::mem::replace(&mut self.spare, fresh)
     }
 
     /// Reads from `position` again (a reader that took fewer events of a batch than it was
@@ -143,10 +163,8 @@ impl<P: Send + 'static> Subscription<P> {
             return;
         }
         let (store, filter, from) = (self.store.clone(), self.filter.clone(), self.next_position);
-        let (spare, prepare) = (std::mem::take(&mut self.spare), self.prepare.clone());
-        let read = tokio::task::spawn_blocking(move || {
-            read(&store, &filter, from, limit, spare, prepare.as_ref())
-        });
+        let batch = self.take_spare();
+        let read = tokio::task::spawn_blocking(move || read(&store, &filter, from, limit, batch));
         self.ahead = Some(Ahead { from, limit, read });
     }
 
@@ -157,81 +175,53 @@ impl<P: Send + 'static> Subscription<P> {
     }
 
     /// The read started by `read_ahead`, if it starts where this subscription is (not after a
-    /// `rewind`: that one is dropped, and finishes on its own). One read ahead for more than
-    /// `limit` events whose preparing failed is dropped too, and read again up to `limit`: the
-    /// failing event may lie past what is asked for now. Cancel-safe: the read stays in place
+    /// `rewind`) and asked for no more than `limit` events (what was made of a longer batch does
+    /// not hold for a shorter one, and a failure may lie past `limit`). Another is dropped,
+    /// finishes on its own, and the batch is read again. Cancel-safe: the read stays in place
     /// until it is taken.
-    async fn take_ahead(&mut self, limit: usize) -> Option<Result<Read<P>, ReadError>> {
+    async fn take_ahead(&mut self, limit: usize) -> Option<Result<Read<B>, ReadError>> {
         let ahead = self.ahead.as_mut()?;
-        if ahead.from != self.next_position {
+        if ahead.from != self.next_position || ahead.limit > limit {
             self.ahead = None;
             return None;
         }
         let read = (&mut ahead.read).await;
-        let asked = ahead.limit;
         self.ahead = None;
-        let read = read
-            .map_err(|e| StoreError::Unavailable(format!("reader task failed: {e}")).into())
-            .and_then(|r| r);
-        if asked > limit && matches!(read, Err(ReadError::Upcast(_))) {
-            return None;
-        }
-        Some(read)
+        Some(
+            read.map_err(|e| StoreError::Unavailable(format!("reader task failed: {e}")).into())
+                .and_then(|r| r),
+        )
     }
 
     /// The next matching events that are already committed, at most `limit`; empty at the head.
     /// Runs the log read on the blocking pool.
-    pub async fn poll_batch(&mut self, limit: usize) -> Result<Vec<RecordedEvent>, ReadError> {
-        Ok(self.poll_prepared(limit).await?.events)
-    }
-
-    /// `poll_batch`, with what `prepare` made of the batch.
-    pub async fn poll_prepared(&mut self, limit: usize) -> Result<Batch<P>, ReadError> {
+    pub async fn poll_batch(&mut self, limit: usize) -> Result<B, ReadError> {
         loop {
             if let Some(read) = self.take_ahead(limit).await {
-                let Read {
-                    mut slice,
-                    mut prepared,
-                } = read?;
-                if slice.events.len() > limit {
-                    // Read ahead for a larger batch: the rest is read again.
-                    slice.next_from = slice.events[limit].position;
-                    slice.events.truncate(limit);
-                    prepared = None;
+                let Read { batch, next_from } = read?;
+                self.next_position = next_from;
+                if !batch.is_empty() {
+                    return Ok(batch);
                 }
-                self.next_position = slice.next_from;
-                if !slice.events.is_empty() {
-                    return Ok(Batch {
-                        events: slice.events,
-                        prepared,
-                    });
-                }
-                self.spare = slice.events;
+                self.spare = batch;
             }
             // Seen before reading, so a commit that lands during the read wakes `wait` later.
             let head = *self.head.borrow_and_update();
             if self.next_position > head {
-                return Ok(Batch {
-                    events: Vec::new(),
-                    prepared: None,
-                });
+                return Ok(self.spare.fresh());
             }
-            let (store, filter) = (self.store.clone(), self.filter.clone());
-            let (from, prepare) = (self.next_position, self.prepare.clone());
-            let spare = std::mem::take(&mut self.spare);
-            let Read { slice, prepared } = tokio::task::spawn_blocking(move || {
-                read(&store, &filter, from, limit, spare, prepare.as_ref())
-            })
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("reader task failed: {e}")))??;
-            self.next_position = slice.next_from;
-            if !slice.events.is_empty() {
-                return Ok(Batch {
-                    events: slice.events,
-                    prepared,
-                });
+            let (store, filter, from) =
+                (self.store.clone(), self.filter.clone(), self.next_position);
+            let batch = self.take_spare();
+            let Read { batch, next_from } =
+                tokio::task::spawn_blocking(move || read(&store, &filter, from, limit, batch))
+                    .await
+                    .map_err(|e| StoreError::Unavailable(format!("reader task failed: {e}")))??;
+            self.next_position = next_from;
+            if !batch.is_empty() {
+                return Ok(batch);
             }
-            self.spare = slice.events;
+            self.spare = batch;
             // Nothing matched in what was examined: keep going while there is more log.
         }
     }
@@ -248,7 +238,7 @@ impl<P: Send + 'static> Subscription<P> {
     }
 
     /// The next non-empty batch, waiting at the head for new commits.
-    pub async fn next_batch(&mut self, limit: usize) -> Result<Vec<RecordedEvent>, ReadError> {
+    pub async fn next_batch(&mut self, limit: usize) -> Result<B, ReadError> {
         loop {
             let batch = self.poll_batch(limit).await?;
             if !batch.is_empty() {

@@ -1,12 +1,11 @@
 //! Subscriptions: catch-up then live, exactly once and in order, in process and over HTTP.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use lantern::store::{ExpectedRevision, Filter, NewEvent, RecordedEvent, Store};
-use lantern::subscription::{Batch, Prepare, ReadError, Subscription};
+use lantern::store::{EventRef, ExpectedRevision, Filter, NewEvent, RecordedEvent, Store};
+use lantern::subscription::{Batch, ReadError, Subscription};
 use lantern::upcast::UpcastError;
 use lantern_tests::{TestServer, test_store_options};
 use proptest::prelude::*;
@@ -206,8 +205,54 @@ async fn a_read_ahead_yields_to_a_rewind_and_to_a_smaller_batch() {
     assert!(subscription.poll_batch(10).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn batches_come_prepared_and_a_failure_past_a_smaller_batch_is_not_reported_early() {
+/// A batch of its own kind: the events' positions and types, renamed as they are taken (as a
+/// projection's batch encodes them as they are read); at most `room` of them; its `finish`
+/// fails on position 30 (as an upcaster may).
+#[derive(Debug)]
+struct Renamed {
+    room: usize,
+    events: Vec<(u64, String)>,
+}
+
+impl Batch for Renamed {
+    fn fresh(&self) -> Self {
+        Renamed {
+            room: self.room,
+            events: Vec::new(),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.events.clear();
+    }
+
+    fn take(&mut self, event: &EventRef<'_>) -> bool {
+        if self.events.len() == self.room {
+            return false;
+        }
+        let renamed = format!("{}Prepared", event.event_type());
+        self.events.push((event.position(), renamed));
+        true
+    }
+
+    fn finish(&mut self) -> Result<(), UpcastError> {
+        match self.events.iter().find(|(position, _)| *position == 30) {
+            Some(_) => Err(UpcastError {
+                upcaster: "test".into(),
+                position: 30,
+                message: "no".into(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.events.len()
+    }
+}
+
+/// A subscription to 100 events, read into `Renamed` batches of at most `room`.
+async fn renamed(room: usize) -> (tempfile::TempDir, Subscription<Renamed>) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), test_store_options(false)).unwrap();
     let events = (0..100).map(|i| new_event("Raw", i)).collect();
@@ -215,35 +260,40 @@ async fn batches_come_prepared_and_a_failure_past_a_smaller_batch_is_not_reporte
         .append("order-1", ExpectedRevision::Any, events)
         .await
         .unwrap();
-    // Renames every event it sees, and fails on position 30.
-    let prepare: Prepare<()> = Arc::new(|events: &mut Vec<RecordedEvent>| {
-        for event in events.iter_mut() {
-            if event.position == 30 {
-                return Err(UpcastError {
-                    upcaster: "test".into(),
-                    position: 30,
-                    message: "no".into(),
-                });
-            }
-            event.event_type = "Prepared".into();
-        }
-        Ok(())
-    });
-    let mut subscription =
-        Subscription::from_position(store.clone(), 1, Filter::default()).preparing(prepare);
-    let prepared = |events: &[RecordedEvent]| -> (Vec<u64>, bool) {
-        (
-            events.iter().map(|e| e.position).collect(),
-            events.iter().all(|e| e.event_type == "Prepared"),
-        )
+    let first = Renamed {
+        room,
+        events: Vec::new(),
     };
+    let subscription = Subscription::into_batches(store, 1, Filter::default(), first);
+    (dir, subscription)
+}
+
+/// The positions of a batch, and whether all were renamed.
+fn made(batch: &Renamed) -> (Vec<u64>, bool) {
+    (
+        batch.events.iter().map(|(position, _)| *position).collect(),
+        batch
+            .events
+            .iter()
+            .all(|(_, renamed)| renamed == "RawPrepared"),
+    )
+}
+
+#[tokio::test]
+async fn batches_come_made_as_read_and_a_failure_past_a_smaller_batch_is_not_reported_early() {
+    let (_dir, mut subscription) = renamed(usize::MAX).await;
     let batch = subscription.poll_batch(10).await.unwrap();
-    assert_eq!(prepared(&batch), ((1..=10).collect(), true));
-    // Read ahead 11..=60, whose preparing fails at 30; then only 11..=20 are asked for: they
-    // come, prepared (read again), and the failure is not theirs.
+    assert_eq!(made(&batch), ((1..=10).collect(), true));
+    subscription.recycle(batch);
+    // Read ahead 11..=60, whose finish fails at 30; then only 11..=20 are asked for: they
+    // come (read again), and the failure is not theirs.
     subscription.read_ahead(50);
     let batch = subscription.poll_batch(10).await.unwrap();
-    assert_eq!(prepared(&batch), ((11..=20).collect(), true));
+    assert_eq!(made(&batch), ((11..=20).collect(), true));
+    // Read ahead, and taken up at the size it was read at.
+    subscription.read_ahead(5);
+    let batch = subscription.poll_batch(5).await.unwrap();
+    assert_eq!(made(&batch), ((21..=25).collect(), true));
     // A batch that holds position 30 fails with it, read ahead or not.
     subscription.read_ahead(20);
     match subscription.poll_batch(20).await {
@@ -252,49 +302,15 @@ async fn batches_come_prepared_and_a_failure_past_a_smaller_batch_is_not_reporte
     }
 }
 
-/// A subscription to ten events whose batches are prepared into the positions they hold.
-async fn ten_events_prepared() -> (tempfile::TempDir, Subscription<Vec<u64>>) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), test_store_options(false)).unwrap();
-    let events = (0..10).map(|i| new_event("Counted", i)).collect();
-    store
-        .append("count-1", ExpectedRevision::Any, events)
-        .await
-        .unwrap();
-    let prepare: Prepare<Vec<u64>> =
-        Arc::new(|events: &mut Vec<RecordedEvent>| Ok(events.iter().map(|e| e.position).collect()));
-    let subscription = Subscription::from_position(store, 1, Filter::default()).preparing(prepare);
-    (dir, subscription)
-}
-
-fn batch_positions(batch: &Batch<Vec<u64>>) -> Vec<u64> {
-    batch.events.iter().map(|e| e.position).collect()
-}
-
 #[tokio::test]
-async fn each_batch_comes_with_what_was_made_of_it_read_ahead_or_not() {
-    let (_dir, mut subscription) = ten_events_prepared().await;
-    let first = subscription.poll_prepared(3).await.unwrap();
-    assert_eq!(batch_positions(&first), [1, 2, 3]);
-    assert_eq!(first.prepared, Some(vec![1, 2, 3]));
-    subscription.read_ahead(4);
-    let ahead = subscription.poll_prepared(4).await.unwrap();
-    assert_eq!(batch_positions(&ahead), [4, 5, 6, 7]);
-    assert_eq!(ahead.prepared, Some(vec![4, 5, 6, 7]));
-}
-
-#[tokio::test]
-async fn a_batch_read_ahead_for_more_than_is_asked_is_cut_without_what_was_made_of_it() {
-    let (_dir, mut subscription) = ten_events_prepared().await;
-    subscription.read_ahead(8);
-    let cut = subscription.poll_prepared(3).await.unwrap();
-    // What was made of eight events does not hold for three.
-    assert_eq!(batch_positions(&cut), [1, 2, 3]);
-    assert_eq!(cut.prepared, None);
-    // The rest is read again, and prepared again.
-    let rest = subscription.poll_prepared(100).await.unwrap();
-    assert_eq!(batch_positions(&rest), [4, 5, 6, 7, 8, 9, 10]);
-    assert_eq!(rest.prepared, Some(vec![4, 5, 6, 7, 8, 9, 10]));
+async fn a_batch_without_room_for_an_event_ends_before_it_and_the_next_starts_with_it() {
+    let (_dir, mut subscription) = renamed(3).await;
+    let batch = subscription.poll_batch(10).await.unwrap();
+    assert_eq!(made(&batch), (vec![1, 2, 3], true));
+    assert_eq!(subscription.next_position(), 4);
+    subscription.read_ahead(10);
+    let batch = subscription.poll_batch(10).await.unwrap();
+    assert_eq!(made(&batch), (vec![4, 5, 6], true));
 }
 
 #[tokio::test]

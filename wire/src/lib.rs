@@ -144,8 +144,20 @@ impl BatchEncoder {
 
     /// The encoded batch.
     pub fn finish(mut self) -> Vec<u8> {
-        self.out[..4].copy_from_slice(&self.count.to_le_bytes());
+        self.bytes();
         self.out
+    }
+
+    /// The batch so far, encoded; more events may be added after.
+    pub fn bytes(&mut self) -> &[u8] {
+        self.out[..4].copy_from_slice(&self.count.to_le_bytes());
+        &self.out
+    }
+
+    /// Empties it, keeping its memory.
+    pub fn clear(&mut self) {
+        self.out.truncate(4);
+        self.count = 0;
     }
 }
 
@@ -502,6 +514,29 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(decode_batch(&bytes[..cut]).is_err(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn an_encoder_shows_its_batch_so_far_and_is_cleared_for_the_next() {
+        let event = |position| EventView {
+            position,
+            revision: 0,
+            id: [1; 16],
+            recorded_at_micros: 2,
+            stream: "s",
+            event_type: "t",
+            data: b"{}",
+            metadata: None,
+        };
+        let mut encoder = BatchEncoder::new();
+        encoder.push(&event(1));
+        assert_eq!(decode_batch(encoder.bytes()).unwrap(), [event(1)]);
+        encoder.push(&event(2));
+        assert_eq!(decode_batch(encoder.bytes()).unwrap(), [event(1), event(2)]);
+        encoder.clear();
+        assert!(encoder.is_empty());
+        encoder.push(&event(3));
+        assert_eq!(decode_batch(encoder.bytes()).unwrap(), [event(3)]);
     }
 
     #[test]

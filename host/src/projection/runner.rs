@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::registry::GenerationEntry;
 use crate::readmodel::{Overlaid, ReadModel, ReadModelError, WriteSet};
 use crate::store::{Filter, RecordedEvent, Store};
-use crate::subscription::{ReadError, Subscription};
+use crate::subscription::{Batch as _, ReadError, Subscription};
 use crate::wasm::{self, GuestFailure};
 use tracing::Instrument;
 
@@ -66,98 +66,195 @@ fn storage_fault(message: String, position: u64) -> Fault {
 }
 
 /// How many events the next batch examines: halved while a batch takes more than twice
-/// `BATCH_TARGET`, doubled while a full one takes less than it (only a full batch says how fast
-/// the guest is: a short one at the head is quick anyway), so a batch ends within about a second.
+/// `BATCH_TARGET`; after a full batch, doubled as often as the batch, at the speed it showed,
+/// would still take less than twice the target (only a full batch says how fast the guest is: a
+/// short one at the head is quick anyway). So a batch ends within about a second, and a quick
+/// guest gets the largest batches after its first.
 #[derive(Debug)]
-struct BatchSize(usize);
+struct BatchSize {
+    events: usize,
+    /// How long the last full batch took per event; `None` until one was timed.
+    per_event: Option<Duration>,
+}
 
 impl Default for BatchSize {
-    /// A quarter of the largest: a guest proves it is quick before it gets the largest batches
-    /// (two doublings), and a slow one's first batch stays short.
+    /// A quarter of the largest: a slow guest's first batch stays short.
     fn default() -> Self {
-        Self(MAX_BATCH / 4)
+        BatchSize {
+            events: MAX_BATCH / 4,
+            per_event: None,
+        }
     }
 }
 
 impl BatchSize {
     fn events(&self) -> usize {
-        self.0
+        self.events
     }
 
     /// A batch of `events` was as many as fit in `MAX_BATCH_BYTES`: the next is no larger.
     fn fit(&mut self, events: usize) {
-        self.0 = self.0.min(events).max(MIN_BATCH);
+        self.events = self.events.min(events).max(MIN_BATCH);
+    }
+
+    /// The size after a full batch whose events took `per_event` each.
+    fn after_full(&self, per_event: Duration) -> usize {
+        let took = per_event.saturating_mul(u32::try_from(self.events).unwrap_or(u32::MAX));
+        if took > 2 * BATCH_TARGET {
+            return (self.events / 2).max(MIN_BATCH);
+        }
+        let (mut events, mut projected) = (self.events, took);
+        while events < MAX_BATCH && projected * 2 < 2 * BATCH_TARGET {
+            events *= 2;
+            projected *= 2;
+        }
+        events.min(MAX_BATCH)
     }
 
     /// The size to read ahead while a batch is handled: what the next batch will be if this one
-    /// turns out quick, so a guest that doubles does not wait for the rest of its next batch to
-    /// be read. A read ahead larger than the next batch is cut (its rest is read again).
+    /// is as quick per event as the last full one (the largest before any was timed), so a guest
+    /// whose batches grow does not wait for the rest of its next batch to be read. A read ahead
+    /// larger than the next batch is cut (its rest is read again).
     fn ahead(&self, full: bool) -> usize {
+        match (full, self.per_event) {
+            (false, _) => self.events,
+            (true, None) => MAX_BATCH,
+            (true, Some(per_event)) => self.after_full(per_event),
+        }
+    }
+
+    /// A batch of `events` took `took`; `full` if it got all it asked for.
+    fn observe(&mut self, events: usize, full: bool, took: Duration) {
         if full {
-            (self.0 * 2).min(MAX_BATCH)
-        } else {
-            self.0
-        }
-    }
-
-    fn observe(&mut self, full: bool, took: Duration) {
-        if took > 2 * BATCH_TARGET {
-            self.0 = (self.0 / 2).max(MIN_BATCH);
-        } else if full && took < BATCH_TARGET {
-            self.0 = (self.0 * 2).min(MAX_BATCH);
+            let per_event = took / u32::try_from(events.max(1)).unwrap_or(u32::MAX);
+            self.per_event = Some(per_event);
+            self.events = self.after_full(per_event);
+        } else if took > 2 * BATCH_TARGET {
+            self.events = (self.events / 2).max(MIN_BATCH);
         }
     }
 }
 
-/// Where to cut `events` so the ones before stay within `budget` bytes (always at least one
-/// event); `None` when they all fit.
-fn cut_at_bytes(events: &[RecordedEvent], budget: usize) -> Option<usize> {
-    let mut bytes = 0;
-    for (i, event) in events.iter().enumerate() {
-        // What the wire encoding holds of it: the fixed fields, the names, data and metadata.
-        bytes += 64
-            + event.stream.len()
-            + event.event_type.len()
-            + event.data.len()
-            + event.metadata.as_ref().map_or(0, |m| m.len());
-        if bytes > budget && i > 0 {
-            return Some(i);
-        }
+/// A fault of an upcaster, on the event it failed.
+fn upcast_fault(error: &crate::upcast::UpcastError) -> Fault {
+    Fault {
+        message: error.to_string(),
+        position: error.position,
+        at: SystemTime::now(),
+        cause: FaultCause::Upcaster,
     }
-    None
 }
 
-/// A batch as the guest is given it: made as the batch is read (ahead of it, while the last
-/// batch is handled, when catching up), so the guest waits for nothing between batches.
-struct Encoded {
-    /// How many of the events read it covers: fewer when the byte budget cut the batch (the
-    /// rest is read again).
-    covers: usize,
-    /// The events of those the guest subscribes to, encoded (the guest is not called if there
-    /// are none: the buffer goes back).
-    batch: Vec<u8>,
-    delivered: u64,
+/// A batch as its guest is given it, made as the log is read (on the reader's thread: while
+/// catching up, ahead of the guest, which handles the last one meanwhile). It examines every
+/// event, and encodes those the module subscribes to, up to `MAX_BATCH_BYTES` of them; with
+/// upcasters, it keeps the events, and upcasts and encodes them once the read is done.
+struct GuestBatch {
+    module: Arc<wasm::Module>,
+    chain: Arc<crate::upcast::Chain>,
+    encoder: lantern_wire::BatchEncoder,
+    /// The events read, while the projection has upcasters.
+    events: Vec<RecordedEvent>,
+    examined: usize,
+    /// What the wire encoding holds of the events examined, about: the fixed fields, the
+    /// names, data and metadata (before upcasting).
+    bytes: usize,
+    /// Ended at the byte budget, not at the events asked for or the head.
+    cut: bool,
     first_delivered: Option<u64>,
 }
 
-/// Encodes what the guest subscribes to of `events`, up to `MAX_BATCH_BYTES` of them, into
-/// `buffer` (the last batch's, handed back).
-fn encode(module: &wasm::Module, events: &[RecordedEvent], buffer: Vec<u8>) -> Encoded {
-    let covers = cut_at_bytes(events, MAX_BATCH_BYTES).unwrap_or(events.len());
-    let spec = module.subscription();
-    let mut batch = module.batch_encoder_reusing(buffer);
-    let mut first_delivered = None;
-    for event in &events[..covers] {
-        if spec.matches(&event.stream, &event.event_type) {
-            first_delivered.get_or_insert(event.position);
-            batch.push(&view(event));
+impl GuestBatch {
+    fn new(module: Arc<wasm::Module>, chain: Arc<crate::upcast::Chain>) -> Self {
+        GuestBatch {
+            encoder: module.batch_encoder(),
+            module,
+            chain,
+            events: Vec::new(),
+            examined: 0,
+            bytes: 0,
+            cut: false,
+            first_delivered: None,
         }
     }
-    Encoded {
-        covers,
-        delivered: batch.len() as u64,
-        batch: batch.finish(),
-        first_delivered,
+
+    fn deliver(&mut self, event: &lantern_wire::EventView<'_>) {
+        if self
+            .module
+            .subscription()
+            .matches(event.stream, event.event_type)
+        {
+            self.first_delivered.get_or_insert(event.position);
+            self.encoder.push(event);
+        }
+    }
+
+    /// How many events the guest is given.
+    fn delivered(&self) -> u64 {
+        self.encoder.len() as u64
+    }
+}
+
+impl crate::subscription::Batch for GuestBatch {
+    fn fresh(&self) -> Self {
+        GuestBatch::new(self.module.clone(), self.chain.clone())
+    }
+
+    fn clear(&mut self) {
+        self.encoder.clear();
+        self.events.clear();
+        (self.examined, self.bytes, self.cut) = (0, 0, false);
+        self.first_delivered = None;
+    }
+
+    fn take(&mut self, event: &crate::store::EventRef<'_>) -> bool {
+        let bytes = 64
+            + event.stream().len()
+            + event.event_type().len()
+            + event.data().len()
+            + event.metadata().map_or(0, <[u8]>::len);
+        if self.examined > 0 && self.bytes + bytes > MAX_BATCH_BYTES {
+            self.cut = true;
+            return false;
+        }
+        self.bytes += bytes;
+        self.examined += 1;
+        if self.chain.is_empty() {
+            self.deliver(&lantern_wire::EventView {
+                position: event.position(),
+                revision: event.revision(),
+                id: event.id().into_bytes(),
+                recorded_at_micros: event.recorded_at_micros(),
+                stream: event.stream(),
+                event_type: event.event_type(),
+                data: event.data(),
+                metadata: event.metadata(),
+            });
+        } else {
+            self.events.push(event.to_event());
+        }
+        true
+    }
+
+    /// Upcasts only the events the guest may be given, in their current shape (the others stay
+    /// as they are: they only advance the checkpoint).
+    fn finish(&mut self) -> Result<(), crate::upcast::UpcastError> {
+        if self.events.is_empty() {
+            return Ok(());
+        }
+        let spec = self.module.subscription();
+        self.chain
+            .apply(&mut self.events, |e| spec.wants_stream(&e.stream))?;
+        let events = std::mem::take(&mut self.events);
+        for event in &events {
+            self.deliver(&view(event));
+        }
+        self.events = events;
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.examined
     }
 }
 
@@ -481,27 +578,14 @@ impl Generation {
                 .instantiate()
                 .map_err(|e| fault(e.to_string(), checkpoint + 1))?,
         );
-        // The encoded batch's buffer, handed back after each guest call: a batch of up to 16 MiB
-        // is not allocated, faulted in and freed again every time. (Two are in use while
-        // catching up: the batch being handled, and the one read ahead.)
-        let spare_buffer = Arc::new(Mutex::new(Vec::new()));
-        // Upcast and encode as read: a batch read ahead is prepared while the last one is
-        // handled. Upcast only the events it may be given, in their current shape (the others
-        // stay as they are: they only advance the checkpoint).
-        let (chain, module, spare) = (
-            self.chain.clone(),
-            self.module.clone(),
-            spare_buffer.clone(),
+        // Each batch is encoded as it is read; a batch handed back is read into again (up to
+        // 16 MiB: not allocated, faulted in and freed again every time).
+        let mut subscription = Subscription::into_batches(
+            store.clone(),
+            checkpoint + 1,
+            Filter::default(),
+            GuestBatch::new(self.module.clone(), self.chain.clone()),
         );
-        let mut subscription =
-            Subscription::from_position(store.clone(), checkpoint + 1, Filter::default())
-                .preparing(Arc::new(move |events: &mut Vec<RecordedEvent>| {
-                    if !chain.is_empty() {
-                        let spec = module.subscription();
-                        chain.apply(events, |e| spec.wants_stream(&e.stream))?;
-                    }
-                    Ok(encode(&module, events, std::mem::take(&mut *spare.lock())))
-                }));
         let mut window = (Instant::now(), 0u64);
         let mut batch_size = BatchSize::default();
         loop {
@@ -511,62 +595,30 @@ impl Generation {
                 .reading_ahead()
                 .map_or(batch_size.events(), |ahead| ahead.min(batch_size.events()));
             let read = tokio::select! {
-                read = subscription.poll_prepared(batch_size.events()) => read,
+                read = subscription.poll_batch(batch_size.events()) => read,
                 () = stop.cancelled() => return Ok(()),
             };
-            let crate::subscription::Batch {
-                mut events,
-                prepared,
-            } = match read {
-                Ok(read) => read,
+            let batch = match read {
+                Ok(batch) => batch,
                 // The store is closing: stop quietly.
                 Err(ReadError::Store(crate::store::StoreError::Unavailable(_))) => return Ok(()),
                 Err(ReadError::Store(error)) => {
                     return Err(storage_fault(format!("reading the log: {error}"), from));
                 }
-                Err(ReadError::Upcast(error)) => {
-                    return Err(Fault {
-                        message: error.to_string(),
-                        position: error.position,
-                        at: SystemTime::now(),
-                        cause: FaultCause::Upcaster,
-                    });
-                }
-            };
-            // Made as it was read, unless it was read ahead for a larger batch and cut to this.
-            let Encoded {
-                covers,
-                batch,
-                delivered,
-                first_delivered,
-            } = match prepared {
-                Some(encoded) => encoded,
-                None => encode(
-                    &self.module,
-                    &events,
-                    std::mem::take(&mut *spare_buffer.lock()),
-                ),
+                Err(ReadError::Upcast(error)) => return Err(upcast_fault(&error)),
             };
             // Only a batch that got all it asked for, uncut, says the guest could take more.
-            let full_batch = events.len() == asked && covers == events.len();
-            if covers < events.len() {
-                // Cut at the byte budget: the rest is read again for the next batch, which is
-                // no larger than this one.
-                subscription.rewind(events[covers].position);
-                events.truncate(covers);
-                batch_size.fit(covers);
+            let examined = batch.len();
+            let full_batch = examined == asked && !batch.cut;
+            if batch.cut {
+                // Cut at the byte budget: the next batch is no larger.
+                batch_size.fit(examined);
             }
-            let batch = if delivered > 0 {
-                Some(batch)
-            } else {
-                *spare_buffer.lock() = batch;
-                None
-            };
+            let (delivered, first_delivered) = (batch.delivered(), batch.first_delivered);
             let next_checkpoint = subscription.next_position() - 1;
             // The next batch is read while this one is handled.
             subscription.read_ahead(batch_size.ahead(full_batch));
-            let subscription_spec = self.module.subscription();
-            if events.is_empty() {
+            if examined == 0 {
                 if let Some(commit) = committing.take() {
                     commit.done().await?;
                 }
@@ -605,20 +657,19 @@ impl Generation {
             }
             // The last batch's writes, if they are still being committed: read over the snapshot.
             let uncommitted = committing.as_ref().map(|commit| commit.writes.clone());
-            let (guest, result, buffer) = tokio::task::spawn_blocking(move || {
+            let (guest, result, batch) = tokio::task::spawn_blocking(move || {
                 let _in_projection = span.enter();
-                let mut guest = guest;
+                let (mut guest, mut batch) = (guest, batch);
                 let handled = (|| -> Result<Option<WriteSet>, BatchError> {
-                    let writes = match &batch {
-                        None => WriteSet::empty(),
-                        Some(batch) => {
-                            let snapshot = read_model.snapshot()?;
-                            let view: Box<dyn wasm::ReadView> = match uncommitted {
-                                Some(writes) => Box::new(Overlaid { snapshot, writes }),
-                                None => Box::new(snapshot),
-                            };
-                            WriteSet::decode(guest.handle(batch, view)?)?
-                        }
+                    let writes = if delivered == 0 {
+                        WriteSet::empty()
+                    } else {
+                        let snapshot = read_model.snapshot()?;
+                        let view: Box<dyn wasm::ReadView> = match uncommitted {
+                            Some(writes) => Box::new(Overlaid { snapshot, writes }),
+                            None => Box::new(snapshot),
+                        };
+                        WriteSet::decode(guest.handle(batch.encoder.bytes(), view)?)?
                     };
                     if commit_behind {
                         return Ok(Some(writes));
@@ -630,9 +681,7 @@ impl Generation {
             })
             .await
             .map_err(|e| fault(format!("runner task failed: {e}"), from))?;
-            if let Some(buffer) = buffer {
-                *spare_buffer.lock() = buffer;
-            }
+            subscription.recycle(batch);
             // The last batch's commit first: this one's writes follow it, and a failed batch is
             // replayed from it.
             if let Some(commit) = committing.take() {
@@ -670,16 +719,11 @@ impl Generation {
                     // Find the event that failed, keeping the progress of those before it:
                     // replay the batch one event at a time (a trap does not say which event,
                     // and a failed batch keeps none of its writes).
-                    let singles: Vec<RecordedEvent> = events
-                        .iter()
-                        .filter(|e| subscription_spec.matches(&e.stream, &e.event_type))
-                        .cloned()
-                        .collect();
-                    let generation = self.clone();
+                    let (generation, store) = (self.clone(), store.clone());
                     let span = tracing::Span::current();
                     tokio::task::spawn_blocking(move || {
                         let _in_projection = span.enter();
-                        generation.replay_singly(&singles, next_checkpoint)
+                        generation.replay_singly(&store, from, next_checkpoint)
                     })
                     .await
                     .map_err(|e| fault(format!("runner task failed: {e}"), from))??
@@ -692,9 +736,8 @@ impl Generation {
                 }
             };
             instance = Some(guest);
-            subscription.recycle(events);
             self.run_series().batch(delivered, batch_started.elapsed());
-            batch_size.observe(full_batch, batch_started.elapsed());
+            batch_size.observe(examined, full_batch, batch_started.elapsed());
             window.1 += next_checkpoint + 1 - from;
             self.progress(&mut window);
             // A rebuild is background work: while appends are busy, it takes at most half of
@@ -709,20 +752,32 @@ impl Generation {
         }
     }
 
-    /// Folds `events` one per call on fresh instances, committing each, until one fails: that
-    /// event is the fault's position. If none fails, commits up to `next_checkpoint` and hands
-    /// back the instance. Blocking.
+    /// Folds the events of a failed batch, `from..=next_checkpoint` (read again, upcast, those
+    /// the module subscribes to), one per call on fresh instances, committing each, until one
+    /// fails: that event is the fault's position. If none fails, commits up to
+    /// `next_checkpoint` and hands back the instance. Blocking.
     fn replay_singly(
         &self,
-        events: &[RecordedEvent],
+        store: &Store,
+        from: u64,
         next_checkpoint: u64,
     ) -> Result<wasm::Instance, Fault> {
+        let count = usize::try_from(next_checkpoint + 1 - from).unwrap_or(usize::MAX);
+        let mut events = store
+            .read_all(from, count, &Filter::default())
+            .map_err(|e| storage_fault(format!("reading the log: {e}"), from))?
+            .events;
+        let spec = self.module.subscription();
+        self.chain
+            .apply(&mut events, |e| spec.wants_stream(&e.stream))
+            .map_err(|e| upcast_fault(&e))?;
+        events.retain(|e| spec.matches(&e.stream, &e.event_type));
         let first = events.first().map_or(next_checkpoint, |e| e.position);
         let mut instance = self
             .module
             .instantiate()
             .map_err(|e| fault(e.to_string(), first))?;
-        for event in events {
+        for event in &events {
             let mut batch = self.module.batch_encoder();
             batch.push(&view(event));
             let pinned = |error: BatchError| match error {
@@ -839,13 +894,13 @@ mod tests {
     fn a_slow_guest_gets_smaller_batches_and_a_fast_one_full_ones_again() {
         let mut size = BatchSize::default();
         assert_eq!(size.events(), 32_768);
-        size.observe(true, Duration::from_millis(1));
-        size.observe(true, Duration::from_millis(1));
+        // Quick: the largest batches at once.
+        size.observe(32_768, true, Duration::from_millis(1));
         assert_eq!(size.events(), MAX_BATCH);
         // Slow: halved each time, down to the floor and no further.
         let mut seen = vec![size.events()];
         for _ in 0..12 {
-            size.observe(true, 3 * BATCH_TARGET);
+            size.observe(size.events(), true, 3 * BATCH_TARGET);
             seen.push(size.events());
         }
         assert_eq!(
@@ -855,15 +910,17 @@ mod tests {
             ]
         );
         // Within the band: unchanged.
-        size.observe(true, BATCH_TARGET);
+        size.observe(MIN_BATCH, true, BATCH_TARGET);
         assert_eq!(size.events(), MIN_BATCH);
         // Quick but short (the head): says nothing about the guest.
-        size.observe(false, Duration::from_millis(1));
+        size.observe(1, false, Duration::from_millis(1));
         assert_eq!(size.events(), MIN_BATCH);
-        // Quick and full: doubled, up to the cap.
-        for _ in 0..10 {
-            size.observe(true, Duration::from_millis(1));
-        }
+        // Full at a third of the target: doubled as often as the next batch stays under twice
+        // the target (two doublings: 4/3 of it; a third would make 8/3).
+        size.observe(MIN_BATCH, true, BATCH_TARGET / 3);
+        assert_eq!(size.events(), 4 * MIN_BATCH);
+        // Quick and full: up to the cap.
+        size.observe(4 * MIN_BATCH, true, Duration::from_millis(1));
         assert_eq!(size.events(), MAX_BATCH);
         // Cut short by bytes: no larger than what fit, never below the floor.
         size.fit(1000);
@@ -873,17 +930,23 @@ mod tests {
     }
 
     #[test]
-    fn a_full_batch_reads_ahead_what_the_next_will_be_if_it_is_quick() {
+    fn a_full_batch_reads_ahead_what_the_next_will_be_at_the_last_speed() {
         let mut size = BatchSize::default();
-        // Full: the next batch doubles if this one is quick, so that much is read ahead.
-        assert_eq!(size.ahead(true), 2 * 32_768);
-        size.observe(true, Duration::from_millis(1));
-        assert_eq!(size.ahead(false), 65_536);
-        assert_eq!(size.ahead(true), size.events() * 2);
-        size.observe(true, Duration::from_millis(1));
-        // At the cap, and after a short batch (the head, or cut by bytes): no larger.
+        // Not yet timed: the largest (a quick guest's next batch).
         assert_eq!(size.ahead(true), MAX_BATCH);
+        assert_eq!(size.ahead(false), 32_768);
+        // 10 µs an event: 32,768 take 328 ms, so the next batch doubles once (655 ms), and at
+        // that speed the one after stays that size.
+        size.observe(32_768, true, 32_768 * Duration::from_micros(10));
+        assert_eq!(size.events(), 65_536);
+        assert_eq!(size.ahead(true), 65_536);
+        // Faster: the next batch is read ahead at the size it will grow to.
+        size.observe(65_536, true, 65_536 * Duration::from_micros(2));
+        assert_eq!(size.events(), 131_072);
+        // A short batch (the head, or cut by bytes): no larger.
         size.fit(1000);
         assert_eq!(size.ahead(false), 1000);
+        // 1,000 events at 2 µs: the next full batch could double eight times, capped.
+        assert_eq!(size.ahead(true), MAX_BATCH);
     }
 }

@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use bytes::{Bytes, BytesMut};
 
 use super::StoreError;
-use super::record::{self, Decoded, FRAME_HEADER, FrameError};
+use super::record::{self, Decoded, EventRef, FRAME_HEADER, FrameError};
 
 /// How much a sequential reader fetches at a time.
 const READ_BLOCK: usize = 1 << 20;
@@ -70,6 +70,18 @@ pub(crate) enum ScanItem {
     Invalid { offset: u64, why: &'static str },
 }
 
+/// What a scan stopped on, read in place.
+pub(crate) enum ScanRef<'b> {
+    Record {
+        event: EventRef<'b>,
+    },
+    /// As `ScanItem::Invalid`.
+    Invalid {
+        offset: u64,
+        why: &'static str,
+    },
+}
+
 impl<'a> Scanner<'a> {
     /// Reads `[from_offset, end_offset)` in blocks of 1 MiB.
     pub(crate) fn new(file: &'a File, from_offset: u64, end_offset: u64) -> Self {
@@ -114,6 +126,19 @@ impl<'a> Scanner<'a> {
     /// The next record, `None` at the end.
     pub(crate) fn next_record(&mut self) -> Result<Option<ScanItem>, StoreError> {
         let offset = self.offset();
+        Ok(self.next_ref()?.map(|item| match item {
+            ScanRef::Record { event } => ScanItem::Record {
+                decoded: event.to_decoded(),
+                offset,
+                len: event.len(),
+            },
+            ScanRef::Invalid { offset, why } => ScanItem::Invalid { offset, why },
+        }))
+    }
+
+    /// The next record read in place (valid until the next call), `None` at the end.
+    pub(crate) fn next_ref(&mut self) -> Result<Option<ScanRef<'_>>, StoreError> {
+        let offset = self.offset();
         if offset >= self.end_offset {
             return Ok(None);
         }
@@ -129,17 +154,12 @@ impl<'a> Scanner<'a> {
                 available = self.block.len();
             }
         }
-        let rest = self.block.slice(self.cursor..);
-        let item = match record::decode(&rest) {
-            Ok((decoded, len)) => {
-                self.cursor += len;
-                ScanItem::Record {
-                    decoded,
-                    offset,
-                    len,
-                }
+        let item = match EventRef::read(&self.block, self.cursor) {
+            Ok(event) => {
+                self.cursor += event.len();
+                ScanRef::Record { event }
             }
-            Err(FrameError::Incomplete) => ScanItem::Invalid {
+            Err(FrameError::Incomplete) => ScanRef::Invalid {
                 offset,
                 why: if available < FRAME_HEADER {
                     "torn frame header"
@@ -147,7 +167,7 @@ impl<'a> Scanner<'a> {
                     "torn record"
                 },
             },
-            Err(FrameError::Corrupt(why)) => ScanItem::Invalid { offset, why },
+            Err(FrameError::Corrupt(why)) => ScanRef::Invalid { offset, why },
         };
         Ok(Some(item))
     }

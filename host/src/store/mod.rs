@@ -27,14 +27,14 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
-pub use record::{RecordedEvent, category_of};
+pub use record::{EventRef, RecordedEvent, category_of};
 pub use replica::LogReader;
 pub use snapshots::{Saved, Snapshot};
 pub use writer::Replicated;
 
 pub use index::StreamSummary;
 use index::{Committed, Index, Indexed, Location};
-use log::{ScanItem, Scanner};
+use log::{ScanItem, ScanRef, Scanner};
 
 /// Longest stream name and event type, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
@@ -247,13 +247,27 @@ pub struct Filter {
 impl Filter {
     /// Whether the event passes the filter.
     pub fn matches(&self, event: &RecordedEvent) -> bool {
-        self.stream.as_ref().is_none_or(|s| *s == event.stream)
+        self.matches_named(&event.stream, &event.event_type)
+    }
+
+    /// Whether an event of `stream` and `event_type` passes the filter.
+    pub fn matches_named(&self, stream: &str, event_type: &str) -> bool {
+        self.stream.as_ref().is_none_or(|s| s == stream)
             && self
                 .category
                 .as_ref()
-                .is_none_or(|c| c == category_of(&event.stream))
-            && (self.types.is_empty() || self.types.contains(&event.event_type))
+                .is_none_or(|c| c == category_of(stream))
+            && (self.types.is_empty() || self.types.iter().any(|t| t == event_type))
     }
+}
+
+/// Where a scan of the global log ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanEnd {
+    /// The position to continue reading from: one past the last event examined.
+    pub next_from: u64,
+    /// The last committed position when the log was read.
+    pub head: u64,
 }
 
 /// A page of the global log.
@@ -684,40 +698,73 @@ impl Store {
         mut events: Vec<RecordedEvent>,
     ) -> Result<AllSlice, StoreError> {
         events.clear();
+        let end = self.scan_all_unchecked(from, limit, filter, |event| {
+            events.push(event.to_event());
+            true
+        })?;
+        Ok(AllSlice {
+            events,
+            next_from: end.next_from,
+            head: end.head,
+        })
+    }
+
+    /// `read_all_into`, in place: each matching event is handed to `take` as it lies in the log
+    /// (nothing is copied unless `take` copies it), up to `limit` of them; `take` answering
+    /// `false` ends the read before that event. Blocking.
+    pub fn scan_all(
+        &self,
+        from: u64,
+        limit: usize,
+        filter: &Filter,
+        take: impl FnMut(&EventRef<'_>) -> bool,
+    ) -> Result<ScanEnd, StoreError> {
+        self.noting(self.scan_all_unchecked(from, limit, filter, take))
+    }
+
+    fn scan_all_unchecked(
+        &self,
+        from: u64,
+        limit: usize,
+        filter: &Filter,
+        mut take: impl FnMut(&EventRef<'_>) -> bool,
+    ) -> Result<ScanEnd, StoreError> {
         let from = from.max(1);
         let (start, committed) = self.inner.index.seek(from)?;
-        let mut slice = AllSlice {
-            events,
+        let mut end = ScanEnd {
             next_from: from,
             head: committed.head_position,
         };
         let Some(start) = start else {
-            return Ok(slice);
+            return Ok(end);
         };
         let mut scanner = Scanner::new(&self.inner.file, start.offset, committed.end_offset);
-        let mut examined = 0;
+        let (mut examined, mut taken) = (0, 0);
         // (Never fewer than it may return: a projection's batch of 131k is not cut at 100k.)
         let budget = self.inner.options.scan_budget.max(limit);
-        while slice.events.len() < limit && examined < budget {
-            let event = match scanner.next_record()? {
+        while taken < limit && examined < budget {
+            let event = match scanner.next_ref()? {
                 None => break,
-                Some(ScanItem::Record { decoded, .. }) => decoded.event,
-                Some(ScanItem::Invalid { offset, why }) => {
+                Some(ScanRef::Record { event }) => event,
+                Some(ScanRef::Invalid { offset, why }) => {
                     return Err(StoreError::Corrupt(format!(
                         "committed log record at byte {offset}: {why}"
                     )));
                 }
             };
-            if event.position < from {
+            if event.position() < from {
                 continue;
             }
-            examined += 1;
-            slice.next_from = event.position + 1;
-            if filter.matches(&event) {
-                slice.events.push(event);
+            if filter.matches_named(event.stream(), event.event_type()) {
+                if !take(&event) {
+                    break;
+                }
+                taken += 1;
             }
+            examined += 1;
+            end.next_from = event.position() + 1;
         }
-        Ok(slice)
+        Ok(end)
     }
 
     /// The committed log as of now, for an online backup: its head and a reader of exactly its

@@ -160,6 +160,7 @@ pub(crate) struct Decoded {
 }
 
 /// A frame's fields, checked (length, CRC, layout, UTF-8 names), as offsets into the frame.
+#[derive(Debug, Clone)]
 struct Layout {
     len: usize,
     position: u64,
@@ -202,11 +203,6 @@ fn layout(buf: &[u8]) -> Result<Layout, FrameError> {
     let type_at = stream_at + stream_len;
     let data_at = type_at + type_len;
     let metadata_at = data_at + data_len;
-    if std::str::from_utf8(&buf[stream_at..type_at]).is_err()
-        || std::str::from_utf8(&buf[type_at..data_at]).is_err()
-    {
-        return Err(FrameError::Corrupt("name is not UTF-8"));
-    }
     Ok(Layout {
         len,
         position: u64_at(0),
@@ -221,9 +217,9 @@ fn layout(buf: &[u8]) -> Result<Layout, FrameError> {
     })
 }
 
-/// The names in a checked layout (their UTF-8 was checked by `layout`).
-fn text(buf: &[u8], range: std::ops::Range<usize>) -> &str {
-    std::str::from_utf8(&buf[range]).unwrap_or_default()
+/// A name in a frame: UTF-8, or the frame is corrupt.
+fn text(buf: &[u8], range: std::ops::Range<usize>) -> Result<&str, FrameError> {
+    std::str::from_utf8(&buf[range]).map_err(|_| FrameError::Corrupt("name is not UTF-8"))
 }
 
 /// What a follower checks of a leader's record, read in place: checked as `decode` checks it.
@@ -240,38 +236,124 @@ pub(crate) struct Peeked<'a> {
 /// Reads the frame at the start of `buf` without copying it.
 pub(crate) fn peek(buf: &[u8]) -> Result<Peeked<'_>, FrameError> {
     let layout = layout(buf)?;
+    text(buf, layout.event_type.clone())?;
     Ok(Peeked {
         len: layout.len,
         position: layout.position,
         revision: layout.revision,
         id: layout.id,
-        stream: text(buf, layout.stream),
+        stream: text(buf, layout.stream)?,
         end_of_append: layout.flags & FLAG_END_OF_APPEND != 0,
         end_of_group: layout.flags & FLAG_END_OF_GROUP != 0,
     })
 }
 
+/// An event read in place: its fields borrowed from the bytes it was read into, nothing copied
+/// (checked as `decode` checks it). A reader that only looks at events, or copies them into a
+/// form of its own, does without a `RecordedEvent` each.
+#[derive(Debug, Clone)]
+pub struct EventRef<'a> {
+    /// The frame starts at `buf[at..]`; the layout's ranges are from there.
+    buf: &'a Bytes,
+    at: usize,
+    layout: Layout,
+    stream: &'a str,
+    event_type: &'a str,
+}
+
+impl<'a> EventRef<'a> {
+    /// The frame at `buf[at..]`.
+    pub(crate) fn read(buf: &'a Bytes, at: usize) -> Result<Self, FrameError> {
+        let frame = &buf[at..];
+        let layout = layout(frame)?;
+        Ok(EventRef {
+            stream: text(frame, layout.stream.clone())?,
+            event_type: text(frame, layout.event_type.clone())?,
+            buf,
+            at,
+            layout,
+        })
+    }
+
+    fn bytes(&self, range: &std::ops::Range<usize>) -> &'a [u8] {
+        &self.buf[self.at + range.start..self.at + range.end]
+    }
+
+    /// The frame's length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.layout.len
+    }
+
+    pub(crate) fn end_of_append(&self) -> bool {
+        self.layout.flags & FLAG_END_OF_APPEND != 0
+    }
+
+    pub(crate) fn end_of_group(&self) -> bool {
+        self.layout.flags & FLAG_END_OF_GROUP != 0
+    }
+
+    pub fn position(&self) -> u64 {
+        self.layout.position
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.layout.revision
+    }
+
+    pub fn id(&self) -> Uuid {
+        self.layout.id
+    }
+
+    pub fn recorded_at_micros(&self) -> u64 {
+        self.layout.recorded_at_micros
+    }
+
+    pub fn stream(&self) -> &'a str {
+        self.stream
+    }
+
+    pub fn event_type(&self) -> &'a str {
+        self.event_type
+    }
+
+    pub fn data(&self) -> &'a [u8] {
+        self.bytes(&self.layout.data)
+    }
+
+    pub fn metadata(&self) -> Option<&'a [u8]> {
+        (self.layout.flags & FLAG_HAS_METADATA != 0).then(|| self.bytes(&self.layout.metadata))
+    }
+
+    /// The event, owned: the names copied, data and metadata sharing the read's memory.
+    pub fn to_event(&self) -> RecordedEvent {
+        let slice = |range: &std::ops::Range<usize>| {
+            self.buf.slice(self.at + range.start..self.at + range.end)
+        };
+        RecordedEvent {
+            position: self.position(),
+            stream: self.stream().to_owned(),
+            revision: self.revision(),
+            id: self.id(),
+            event_type: self.event_type().to_owned(),
+            data: slice(&self.layout.data),
+            metadata: self.metadata().map(|_| slice(&self.layout.metadata)),
+            recorded_at_micros: self.recorded_at_micros(),
+        }
+    }
+
+    pub(crate) fn to_decoded(&self) -> Decoded {
+        Decoded {
+            event: self.to_event(),
+            end_of_append: self.end_of_append(),
+            end_of_group: self.end_of_group(),
+        }
+    }
+}
+
 /// Decodes the frame at the start of `buf`, which shares its memory with the returned payloads.
 pub(crate) fn decode(buf: &Bytes) -> Result<(Decoded, usize), FrameError> {
-    let layout = layout(buf)?;
-    let event = RecordedEvent {
-        position: layout.position,
-        stream: text(buf, layout.stream).to_owned(),
-        revision: layout.revision,
-        id: layout.id,
-        event_type: text(buf, layout.event_type).to_owned(),
-        data: buf.slice(layout.data),
-        metadata: (layout.flags & FLAG_HAS_METADATA != 0).then(|| buf.slice(layout.metadata)),
-        recorded_at_micros: layout.recorded_at_micros,
-    };
-    Ok((
-        Decoded {
-            event,
-            end_of_append: layout.flags & FLAG_END_OF_APPEND != 0,
-            end_of_group: layout.flags & FLAG_END_OF_GROUP != 0,
-        },
-        layout.len,
-    ))
+    let event = EventRef::read(buf, 0)?;
+    Ok((event.to_decoded(), event.len()))
 }
 
 #[cfg(test)]
