@@ -114,7 +114,7 @@ impl BatchSize {
     /// The size to read ahead while a batch is handled: what the next batch will be if this one
     /// is as quick per event as the last full one (the largest before any was timed), so a guest
     /// whose batches grow does not wait for the rest of its next batch to be read. A read ahead
-    /// larger than the next batch is cut (its rest is read again).
+    /// larger than the next batch is dropped, and the batch read again.
     fn ahead(&self, full: bool) -> usize {
         match (full, self.per_event) {
             (false, _) => self.events,
