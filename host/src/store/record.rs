@@ -416,6 +416,44 @@ mod tests {
     }
 
     #[test]
+    fn a_name_that_is_not_utf8_is_corrupt_even_with_a_good_crc() {
+        let stream_at = FRAME_HEADER + BODY_FIXED;
+        // The first byte of the stream's name, then of the event type's ("order-42" is 8 bytes).
+        for at in [stream_at, stream_at + 8] {
+            let mut bytes = sample(None);
+            bytes[at] = 0xff;
+            let crc = crc32fast::hash(&bytes[FRAME_HEADER..]);
+            bytes[4..8].copy_from_slice(&crc.to_le_bytes());
+            let bytes = Bytes::from(bytes);
+            assert!(matches!(
+                decode(&bytes),
+                Err(FrameError::Corrupt("name is not UTF-8"))
+            ));
+            assert!(matches!(
+                peek(&bytes),
+                Err(FrameError::Corrupt("name is not UTF-8"))
+            ));
+            assert!(EventRef::read(&bytes, 0).is_err());
+        }
+    }
+
+    #[test]
+    fn an_event_read_in_place_is_the_event_decoded() {
+        let mut log = vec![0u8; 3];
+        log.extend(sample(Some(b"{}")));
+        let log = Bytes::from(log);
+        let event = EventRef::read(&log, 3).unwrap();
+        assert_eq!(event.len(), log.len() - 3);
+        assert_eq!(
+            (event.stream(), event.event_type(), event.data()),
+            ("order-42", "OrderPlaced", &br#"{"amount": 5}"#[..])
+        );
+        assert_eq!(event.metadata(), Some(&b"{}"[..]));
+        let (decoded, _) = decode(&log.slice(3..)).unwrap();
+        assert_eq!(event.to_event(), decoded.event);
+    }
+
+    #[test]
     fn zeroed_space_is_not_a_record() {
         assert!(decode(&Bytes::from(vec![0u8; 128])).is_err());
     }
