@@ -262,22 +262,28 @@ pub fn app(state: AppState) -> Router {
         .and(NotForContentType::const_new("text/event-stream"))
         .and(NotForContentType::const_new("application/x-ndjson"))
         .and(NotForContentType::const_new("application/octet-stream"));
-    router
+    let routes: Router = router
         .fallback_service(
             axum::routing::any(error::not_found)
                 .layer(unmatched)
                 .with_state(state.clone()),
         )
         .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
-        .layer(CompressionLayer::new().compress_when(compress))
-        .layer(tower::util::option_layer(cors(&state.cors_origins)))
+        .with_state(state.clone());
+    // The layers every request passes through wrap the router once, outermost first (a
+    // `Router::layer` wraps each route and the fallback apart: one boxed service and future per
+    // layer per request; single appends 49.9k -> 53.5k/s over seven alternating pairs).
+    let everything = tower::ServiceBuilder::new()
         // A bug that panics answers 500 with the contract's JSON; no lock is left poisoned
         // (the shared state uses locks that do not poison), so later requests are unaffected.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             error::panicked,
         ))
-        .with_state(state)
+        .option_layer(cors(&state.cors_origins))
+        .layer(CompressionLayer::new().compress_when(compress))
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .service(routes);
+    Router::new().fallback_service(everything)
 }
 
 /// Browsers on these origins may call the API (`--cors-origin`); without any, no CORS layer at all,
