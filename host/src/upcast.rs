@@ -17,7 +17,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::de::IgnoredAny;
 
-use crate::store::{Filter, RecordedEvent, validate_event_type};
+use crate::store::{EventRef, Filter, RecordedEvent, validate_event_type};
 use crate::wasm::{GuestFailure, SubscriptionSpec, UpcasterInstance, UpcasterModule};
 
 /// An upcaster failed on an event: nothing is served in its place.
@@ -319,6 +319,20 @@ pub(crate) fn wire_view(event: &RecordedEvent) -> lantern_wire::EventView<'_> {
         event_type: &event.event_type,
         data: &event.data,
         metadata: event.metadata.as_deref(),
+    }
+}
+
+/// An event read in place, as a guest receives it.
+pub(crate) fn wire_view_in_place<'a>(event: &EventRef<'a>) -> lantern_wire::EventView<'a> {
+    lantern_wire::EventView {
+        position: event.position(),
+        revision: event.revision(),
+        id: event.id().into_bytes(),
+        recorded_at_micros: event.recorded_at_micros(),
+        stream: event.stream(),
+        event_type: event.event_type(),
+        data: event.data(),
+        metadata: event.metadata(),
     }
 }
 

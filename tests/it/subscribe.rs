@@ -62,7 +62,7 @@ proptest! {
     /// Started at any position while appends run, a subscription delivers every matching event
     /// exactly once, in order, across the switch from catch-up to live and across index chunks;
     /// also when it reads ahead (for batches of another size) and when the reader takes only part
-    /// of a batch and rewinds, as a projection's runner does.
+    /// of a batch and rewinds.
     #[test]
     fn subscriptions_deliver_every_matching_event_once_in_order(
         before in 0usize..120,

@@ -104,7 +104,8 @@ impl BatchSize {
             return (self.events / 2).max(MIN_BATCH);
         }
         let (mut events, mut projected) = (self.events, took);
-        while events < MAX_BATCH && projected * 2 < 2 * BATCH_TARGET {
+        // Doubled while the doubled batch stays under twice the target.
+        while events < MAX_BATCH && projected < BATCH_TARGET {
             events *= 2;
             projected *= 2;
         }
@@ -220,16 +221,7 @@ impl crate::subscription::Batch for GuestBatch {
         self.bytes += bytes;
         self.examined += 1;
         if self.chain.is_empty() {
-            self.deliver(&lantern_wire::EventView {
-                position: event.position(),
-                revision: event.revision(),
-                id: event.id().into_bytes(),
-                recorded_at_micros: event.recorded_at_micros(),
-                stream: event.stream(),
-                event_type: event.event_type(),
-                data: event.data(),
-                metadata: event.metadata(),
-            });
+            self.deliver(&crate::upcast::wire_view_in_place(event));
         } else {
             self.events.push(event.to_event());
         }

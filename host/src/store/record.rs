@@ -159,7 +159,8 @@ pub(crate) struct Decoded {
     pub end_of_group: bool,
 }
 
-/// A frame's fields, checked (length, CRC, layout, UTF-8 names), as offsets into the frame.
+/// A frame's fields, checked (length, CRC, field lengths; the names' UTF-8 is checked by whoever
+/// reads them: `EventRef::read`, `peek`), as offsets into the frame.
 #[derive(Debug, Clone)]
 struct Layout {
     len: usize,
@@ -236,6 +237,7 @@ pub(crate) struct Peeked<'a> {
 /// Reads the frame at the start of `buf` without copying it.
 pub(crate) fn peek(buf: &[u8]) -> Result<Peeked<'_>, FrameError> {
     let layout = layout(buf)?;
+    // Both names are checked, as `decode` checks them, though only the stream is kept.
     text(buf, layout.event_type.clone())?;
     Ok(Peeked {
         len: layout.len,
@@ -275,8 +277,13 @@ impl<'a> EventRef<'a> {
         })
     }
 
+    /// A range of the frame, as a range of `buf`.
+    fn in_buf(&self, range: &std::ops::Range<usize>) -> std::ops::Range<usize> {
+        self.at + range.start..self.at + range.end
+    }
+
     fn bytes(&self, range: &std::ops::Range<usize>) -> &'a [u8] {
-        &self.buf[self.at + range.start..self.at + range.end]
+        &self.buf[self.in_buf(range)]
     }
 
     /// The frame's length in bytes.
@@ -326,9 +333,7 @@ impl<'a> EventRef<'a> {
 
     /// The event, owned: the names copied, data and metadata sharing the read's memory.
     pub fn to_event(&self) -> RecordedEvent {
-        let slice = |range: &std::ops::Range<usize>| {
-            self.buf.slice(self.at + range.start..self.at + range.end)
-        };
+        let slice = |range: &std::ops::Range<usize>| self.buf.slice(self.in_buf(range));
         RecordedEvent {
             position: self.position(),
             stream: self.stream().to_owned(),
@@ -451,6 +456,21 @@ mod tests {
         assert_eq!(event.metadata(), Some(&b"{}"[..]));
         let (decoded, _) = decode(&log.slice(3..)).unwrap();
         assert_eq!(event.to_event(), decoded.event);
+        let owned = event.to_event();
+        assert_eq!(
+            (
+                owned.position,
+                owned.revision,
+                owned.id,
+                owned.recorded_at_micros
+            ),
+            (7, 3, Uuid::from_u128(99), 1_700_000_000_000_000)
+        );
+        assert_eq!(
+            (owned.stream.as_str(), &owned.data[..]),
+            ("order-42", &br#"{"amount": 5}"#[..])
+        );
+        assert_eq!(owned.metadata.as_deref(), Some(&b"{}"[..]));
     }
 
     #[test]
