@@ -5,6 +5,9 @@
 //! per-subscriber buffer at all: the switch from catch-up to live cannot gap or duplicate, and a
 //! subscriber that falls behind costs nothing but its own reads.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -80,6 +83,8 @@ pub struct Subscription<B: Batch = Vec<RecordedEvent>> {
 struct Ahead<B> {
     from: u64,
     limit: usize,
+    /// Set by `hurry`: the read ends once it holds half of `limit`.
+    hurried: Arc<AtomicBool>,
     read: JoinHandle<Result<Read<B>, ReadError>>,
 }
 
@@ -89,16 +94,21 @@ struct Read<B> {
     next_from: u64,
 }
 
-/// One read of up to `limit` events from `from` into `batch`. Blocking.
+/// One read of up to `limit` events from `from` into `batch`; once `hurried` is set, it ends
+/// before the next event if it holds at least half of `limit`. Blocking.
 fn read<B: Batch>(
     store: &Store,
     filter: &Filter,
     from: u64,
     limit: usize,
+    hurried: &AtomicBool,
     mut batch: B,
 ) -> Result<Read<B>, ReadError> {
     batch.clear();
-    let end = store.scan_all(from, limit, filter, |event| batch.take(event))?;
+    let end = store.scan_all(from, limit, filter, |event| {
+        let enough = batch.len() >= limit.div_ceil(2) && hurried.load(Ordering::Relaxed);
+        !enough && batch.take(event)
+    })?;
     batch.finish()?;
     Ok(Read {
         batch,
@@ -164,8 +174,27 @@ impl<B: Batch> Subscription<B> {
         }
         let (store, filter, from) = (self.store.clone(), self.filter.clone(), self.next_position);
         let batch = self.take_spare();
-        let read = tokio::task::spawn_blocking(move || read(&store, &filter, from, limit, batch));
-        self.ahead = Some(Ahead { from, limit, read });
+        let hurried = Arc::new(AtomicBool::new(false));
+        let read = {
+            let hurried = hurried.clone();
+            tokio::task::spawn_blocking(move || read(&store, &filter, from, limit, &hurried, batch))
+        };
+        self.ahead = Some(Ahead {
+            from,
+            limit,
+            hurried,
+            read,
+        });
+    }
+
+    /// The batch being read ahead is wanted now: it ends before its next event once it holds
+    /// half the events it was asked for (a reader that would otherwise wait for the rest, as a
+    /// projection's guest does while its batches grow, takes what is there; the rest comes with
+    /// the next batch). A batch so ended is shorter than was asked for, like one at the head.
+    pub fn hurry(&self) {
+        if let Some(ahead) = &self.ahead {
+            ahead.hurried.store(true, Ordering::Relaxed);
+        }
     }
 
     /// The size of the batch being read ahead, if one is (the log had more when it was asked
@@ -213,10 +242,11 @@ impl<B: Batch> Subscription<B> {
             let (store, filter, from) =
                 (self.store.clone(), self.filter.clone(), self.next_position);
             let batch = self.take_spare();
-            let Read { batch, next_from } =
-                tokio::task::spawn_blocking(move || read(&store, &filter, from, limit, batch))
-                    .await
-                    .map_err(|e| StoreError::Unavailable(format!("reader task failed: {e}")))??;
+            let Read { batch, next_from } = tokio::task::spawn_blocking(move || {
+                read(&store, &filter, from, limit, &AtomicBool::new(false), batch)
+            })
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("reader task failed: {e}")))??;
             self.next_position = next_from;
             if !batch.is_empty() {
                 return Ok(batch);

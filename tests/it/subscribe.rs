@@ -61,8 +61,8 @@ proptest! {
 
     /// Started at any position while appends run, a subscription delivers every matching event
     /// exactly once, in order, across the switch from catch-up to live and across index chunks;
-    /// also when it reads ahead (for batches of another size) and when the reader takes only part
-    /// of a batch and rewinds.
+    /// also when it reads ahead (for batches of another size), when the read ahead is hurried,
+    /// and when the reader takes only part of a batch and rewinds.
     #[test]
     fn subscriptions_deliver_every_matching_event_once_in_order(
         before in 0usize..120,
@@ -73,6 +73,7 @@ proptest! {
         ahead in proptest::option::of(1usize..60),
         cut in proptest::option::of(1usize..20),
         ahead_before_cut in any::<bool>(),
+        hurry in any::<bool>(),
     ) {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
@@ -100,6 +101,9 @@ proptest! {
                 }
                 if !ahead_before_cut {
                     read_ahead(subscription);
+                }
+                if hurry {
+                    subscription.hurry();
                 }
                 events
             };
@@ -311,6 +315,67 @@ async fn a_batch_without_room_for_an_event_ends_before_it_and_the_next_starts_wi
     subscription.read_ahead(10);
     let batch = subscription.poll_batch(10).await.unwrap();
     assert_eq!(made(&batch), (vec![4, 5, 6], true));
+}
+
+/// Positions, taken as read; the read stops at position 10 until the gate opens.
+struct Gated {
+    positions: Vec<u64>,
+    gate: Option<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Batch for Gated {
+    fn fresh(&self) -> Self {
+        Gated {
+            positions: Vec::new(),
+            gate: None,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.positions.clear();
+    }
+
+    fn take(&mut self, event: &EventRef<'_>) -> bool {
+        if event.position() == 10
+            && let Some(gate) = &self.gate
+        {
+            gate.recv().unwrap();
+        }
+        self.positions.push(event.position());
+        true
+    }
+
+    fn len(&self) -> usize {
+        self.positions.len()
+    }
+}
+
+#[tokio::test]
+async fn a_hurried_read_ahead_ends_once_it_holds_half_and_the_next_batch_starts_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), test_store_options(false)).unwrap();
+    let events = (0..100).map(|i| new_event("Raw", i)).collect();
+    store
+        .append("order-1", ExpectedRevision::Any, events)
+        .await
+        .unwrap();
+    let (open, gate) = std::sync::mpsc::channel();
+    let first = Gated {
+        positions: Vec::new(),
+        gate: Some(gate),
+    };
+    let mut subscription = Subscription::into_batches(store, 1, Filter::default(), first);
+    // Read ahead 100; it holds at most 9 when hurried, and goes on to half of them.
+    subscription.read_ahead(100);
+    subscription.hurry();
+    open.send(()).unwrap();
+    let batch = subscription.poll_batch(100).await.unwrap();
+    assert_eq!(batch.positions, (1..=50).collect::<Vec<_>>());
+    assert_eq!(subscription.next_position(), 51);
+    // The rest, in order, none twice; hurrying with nothing read ahead changes nothing.
+    subscription.hurry();
+    let batch = subscription.poll_batch(100).await.unwrap();
+    assert_eq!(batch.positions, (51..=100).collect::<Vec<_>>());
 }
 
 #[tokio::test]

@@ -586,6 +586,10 @@ impl Generation {
             let asked = subscription
                 .reading_ahead()
                 .map_or(batch_size.events(), |ahead| ahead.min(batch_size.events()));
+            // The guest is free: rather than wait for the rest of a batch still being read, it
+            // takes what is read if that is half of it (so the first large read ahead, which takes
+            // longer than the small first batch, does not idle the guest).
+            subscription.hurry();
             let read = tokio::select! {
                 read = subscription.poll_batch(batch_size.events()) => read,
                 () = stop.cancelled() => return Ok(()),
