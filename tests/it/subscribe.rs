@@ -170,15 +170,21 @@ async fn read_messages(response: reqwest::Response, separator: &str, want: usize
     text
 }
 
-#[tokio::test]
-async fn a_read_ahead_yields_to_a_rewind_and_to_a_smaller_batch() {
+/// A store of 100 events of `event_type`, all in `order-1`, at positions 1..=100.
+async fn hundred_events(event_type: &str) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), test_store_options(false)).unwrap();
-    let events = (0..100).map(|i| new_event("Even", i)).collect();
+    let events = (0..100).map(|i| new_event(event_type, i)).collect();
     store
         .append("order-1", ExpectedRevision::Any, events)
         .await
         .unwrap();
+    (dir, store)
+}
+
+#[tokio::test]
+async fn a_read_ahead_yields_to_a_rewind_and_to_a_smaller_batch() {
+    let (_dir, store) = hundred_events("Even").await;
     let positions =
         |events: Vec<RecordedEvent>| -> Vec<u64> { events.iter().map(|e| e.position).collect() };
     let mut subscription = Subscription::from_position(store.clone(), 1, Filter::default());
@@ -257,13 +263,7 @@ impl Batch for Renamed {
 
 /// A subscription to 100 events, read into `Renamed` batches of at most `room`.
 async fn renamed(room: usize) -> (tempfile::TempDir, Subscription<Renamed>) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), test_store_options(false)).unwrap();
-    let events = (0..100).map(|i| new_event("Raw", i)).collect();
-    store
-        .append("order-1", ExpectedRevision::Any, events)
-        .await
-        .unwrap();
+    let (dir, store) = hundred_events("Raw").await;
     let first = Renamed {
         room,
         events: Vec::new(),
@@ -352,13 +352,7 @@ impl Batch for Gated {
 
 #[tokio::test]
 async fn a_hurried_read_ahead_ends_once_it_holds_half_and_the_next_batch_starts_after_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), test_store_options(false)).unwrap();
-    let events = (0..100).map(|i| new_event("Raw", i)).collect();
-    store
-        .append("order-1", ExpectedRevision::Any, events)
-        .await
-        .unwrap();
+    let (_dir, store) = hundred_events("Raw").await;
     let (open, gate) = std::sync::mpsc::channel();
     let first = Gated {
         positions: Vec::new(),
