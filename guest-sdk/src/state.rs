@@ -1,11 +1,12 @@
 //! The read model as a projection sees it: JSON values by key, writes buffered for the batch.
 
 use std::any::Any;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use lantern_wire::{WriteView, WritesEncoder};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use smol_str::SmolStr;
 
 use crate::{Error, Result};
 
@@ -23,19 +24,14 @@ enum Written {
     Typed(Box<dyn Cached>),
 }
 
-/// A decoded value that can still be encoded.
-trait Cached {
+/// A decoded value that can still be encoded (and, as a `dyn Any`, be had back as its type).
+trait Cached: Any {
     fn to_json(&self) -> serde_json::Result<Vec<u8>>;
-    fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
 impl<T: Serialize + Any> Cached for T {
     fn to_json(&self) -> serde_json::Result<Vec<u8>> {
         serde_json::to_vec(self)
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
     }
 }
 
@@ -49,7 +45,48 @@ impl Written {
     }
 }
 
-type Map<V> = HashMap<String, V, foldhash::fast::FixedState>;
+/// A batch's keys: most are short (up to 23 bytes are kept inline in the table, so a lookup
+/// does not follow a pointer to the key's bytes), and found by [`Lookup`].
+type Map<V> = hashbrown::HashMap<SmolStr, V, foldhash::fast::FixedState>;
+
+/// A key looked up in a [`Map`]: hashed as the `str` it holds (as a `SmolStr` is), and compared
+/// with a stored key a word at a time, inline. (`str`'s `==` calls the C library's `memcmp`, a
+/// loop over bytes in wasm with a deadline check in every round: it was a twentieth of a typical
+/// handler's time.)
+#[derive(Hash)]
+struct Lookup<'a>(&'a str);
+
+impl hashbrown::Equivalent<SmolStr> for Lookup<'_> {
+    #[inline]
+    fn equivalent(&self, key: &SmolStr) -> bool {
+        same_bytes(self.0.as_bytes(), key.as_bytes())
+    }
+}
+
+/// `a == b`, eight bytes at a time (the last word may overlap the one before it).
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8"));
+    let half = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().expect("4"));
+    match n {
+        0..4 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..8 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        _ => {
+            let mut at = 0;
+            while at + 8 < n {
+                if word(a, at) != word(b, at) {
+                    return false;
+                }
+                at += 8;
+            }
+            word(a, n - 8) == word(b, n - 8)
+        }
+    }
+}
 
 /// Values `update` kept decoded in earlier batches of this instance, equal to what they committed.
 /// The host never calls an instance again after a batch that failed or whose writes were not
@@ -80,12 +117,12 @@ impl Remembered {
     }
 
     /// Takes the value under `key` out, if it is remembered as a `T`.
-    fn take<T: 'static>(&mut self, key: &str) -> Option<(String, Box<dyn Cached>)> {
-        let (cached, _) = self.values.get_mut(key)?;
-        if !cached.as_any_mut().is::<T>() {
+    fn take<T: 'static>(&mut self, key: &str) -> Option<(SmolStr, Box<dyn Cached>)> {
+        let (cached, _) = self.values.get(&Lookup(key))?;
+        if !(&**cached as &dyn Any).is::<T>() {
             return None;
         }
-        let (key, (cached, size)) = self.values.remove_entry(key)?;
+        let (key, (cached, size)) = self.values.remove_entry(&Lookup(key))?;
         self.bytes -= size;
         Some((key, cached))
     }
@@ -94,7 +131,7 @@ impl Remembered {
         if self.values.is_empty() {
             return;
         }
-        if let Some((_, size)) = self.values.remove(key) {
+        if let Some((_, size)) = self.values.remove(&Lookup(key)) {
             self.bytes -= size;
         }
     }
@@ -128,7 +165,7 @@ impl State {
     pub(crate) fn remembering(backend: Box<dyn Backend>, remembered: Remembered) -> Self {
         State {
             backend,
-            writes: HashMap::default(),
+            writes: Map::default(),
             remembered,
         }
     }
@@ -136,7 +173,7 @@ impl State {
     /// The committed bytes under `key`: remembered, or from the host.
     fn committed(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let remembered = (!self.remembered.values.is_empty())
-            .then(|| self.remembered.values.get(key))
+            .then(|| self.remembered.values.get(&Lookup(key)))
             .flatten();
         match remembered {
             Some((value, _)) => Ok(Some(value.to_json()?)),
@@ -146,7 +183,7 @@ impl State {
 
     /// The raw bytes under `key`.
     pub fn get_raw(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        match self.writes.get(key) {
+        match self.writes.get(&Lookup(key)) {
             Some(written) => written.bytes(),
             None => self.committed(key),
         }
@@ -154,7 +191,7 @@ impl State {
 
     /// The value under `key`, decoded from JSON.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        match self.writes.get(key) {
+        match self.writes.get(&Lookup(key)) {
             Some(Written::Bytes(bytes)) => decode(key, bytes).map(Some),
             Some(Written::Deleted) => Ok(None),
             Some(typed) => typed.bytes()?.map(|b| decode(key, &b)).transpose(),
@@ -168,19 +205,19 @@ impl State {
     /// Stores `value` (as JSON) under `key`.
     pub fn put<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<()> {
         let bytes = serde_json::to_vec(value)?;
-        self.writes.insert(key.to_owned(), Written::Bytes(bytes));
+        self.writes.insert(SmolStr::new(key), Written::Bytes(bytes));
         Ok(())
     }
 
     /// Stores raw bytes under `key` (clients get them as `application/octet-stream` unless they
     /// are JSON).
     pub fn put_raw(&mut self, key: &str, bytes: Vec<u8>) {
-        self.writes.insert(key.to_owned(), Written::Bytes(bytes));
+        self.writes.insert(SmolStr::new(key), Written::Bytes(bytes));
     }
 
     /// Removes `key`.
     pub fn delete(&mut self, key: &str) {
-        self.writes.insert(key.to_owned(), Written::Deleted);
+        self.writes.insert(SmolStr::new(key), Written::Deleted);
     }
 
     /// Reads the value under `key` (or `T::default()`), lets `change` modify it, and stores it.
@@ -191,18 +228,18 @@ impl State {
         T: DeserializeOwned + Serialize + Default + 'static,
         F: FnOnce(&mut T),
     {
-        if let Some(Written::Typed(cached)) = self.writes.get_mut(key)
-            && let Some(value) = cached.as_any_mut().downcast_mut::<T>()
+        if let Some(Written::Typed(cached)) = self.writes.get_mut(&Lookup(key))
+            && let Some(value) = (&mut **cached as &mut dyn Any).downcast_mut::<T>()
         {
             change(value);
             return Ok(());
         }
         // Remembered as a `T` from an earlier batch: it moves into this batch's writes as it is.
         if !self.remembered.values.is_empty()
-            && !self.writes.contains_key(key)
+            && !self.writes.contains_key(&Lookup(key))
             && let Some((key, mut cached)) = self.remembered.take::<T>(key)
         {
-            if let Some(value) = cached.as_any_mut().downcast_mut::<T>() {
+            if let Some(value) = (&mut *cached as &mut dyn Any).downcast_mut::<T>() {
                 change(value);
             }
             self.writes.insert(key, Written::Typed(cached));
@@ -211,7 +248,7 @@ impl State {
         let mut value: T = self.get(key)?.unwrap_or_default();
         change(&mut value);
         self.writes
-            .insert(key.to_owned(), Written::Typed(Box::new(value)));
+            .insert(SmolStr::new(key), Written::Typed(Box::new(value)));
         Ok(())
     }
 
@@ -238,7 +275,7 @@ impl State {
         }
         for (key, written) in &self.writes {
             if key.starts_with(prefix) {
-                merged.insert(key.clone(), written.bytes()?);
+                merged.insert(key.to_string(), written.bytes()?);
             }
         }
         merged
@@ -423,8 +460,14 @@ mod tests {
         Scan,
     }
 
+    /// Keys in pairs of one length that differ in their last byte: 2 bytes, 12 and 22 (kept
+    /// inline, compared by halves and words), and 32 (kept on the heap).
+    fn key_name(k: u8) -> String {
+        format!("k{}{k}", "-".repeat(usize::from(k / 2) * 10))
+    }
+
     fn op() -> impl Strategy<Value = Op> {
-        let key = 0..4u8;
+        let key = 0..8u8;
         prop_oneof![
             4 => (key.clone(), -5..5i64).prop_map(|(k, n)| Op::Add(k, n)),
             1 => (key.clone(), -5..5i64).prop_map(|(k, n)| Op::SetAsValue(k, n)),
@@ -437,6 +480,23 @@ mod tests {
     }
 
     proptest! {
+        /// `same_bytes` is `==`, for every length and wherever two byte strings differ.
+        #[test]
+        fn same_bytes_is_equality(
+            a in prop::collection::vec(0..3u8, 0..40),
+            at in any::<prop::sample::Index>(),
+            change in 0..3u8,
+        ) {
+            let mut b = a.clone();
+            match change {
+                0 => {}
+                1 if !b.is_empty() => b[at.index(a.len())] ^= 1,
+                _ => b.push(0),
+            }
+            prop_assert_eq!(same_bytes(&a, &b), a == b);
+            prop_assert_eq!(same_bytes(&b, &a), a == b);
+        }
+
         /// Whatever is remembered, every read in every batch sees what a plain `BTreeMap` of the
         /// committed values overlaid with the batch's own changes holds, and the committed values
         /// end up equal to it. A failed batch (`fails`) keeps no writes and forgets.
@@ -457,12 +517,12 @@ mod tests {
                 for op in ops {
                     match op {
                         Op::Add(k, n) => {
-                            let key = format!("k{k}");
+                            let key = key_name(k);
                             state.update(&key, |c: &mut Counter| c.n += n).unwrap();
                             *view.entry(key).or_default() += n;
                         }
                         Op::SetAsValue(k, n) => {
-                            let key = format!("k{k}");
+                            let key = key_name(k);
                             state
                                 .update(&key, |v: &mut serde_json::Value| {
                                     *v = serde_json::json!({ "n": n });
@@ -471,22 +531,22 @@ mod tests {
                             view.insert(key, n);
                         }
                         Op::Put(k, n) => {
-                            let key = format!("k{k}");
+                            let key = key_name(k);
                             state.put(&key, &Counter { n }).unwrap();
                             view.insert(key, n);
                         }
                         Op::Delete(k) => {
-                            let key = format!("k{k}");
+                            let key = key_name(k);
                             state.delete(&key);
                             view.remove(&key);
                         }
                         Op::Get(k) => {
-                            let key = format!("k{k}");
+                            let key = key_name(k);
                             let got: Option<Counter> = state.get(&key).unwrap();
                             prop_assert_eq!(got.map(|c| c.n), view.get(&key).copied());
                         }
                         Op::GetRaw(k) => {
-                            let key = format!("k{k}");
+                            let key = key_name(k);
                             let got = state.get_raw(&key).unwrap();
                             let got = got.map(|b| serde_json::from_slice::<Counter>(&b).unwrap().n);
                             prop_assert_eq!(got, view.get(&key).copied());
