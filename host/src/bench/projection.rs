@@ -56,6 +56,50 @@ pub(super) async fn seed_orders_of(
     Ok(())
 }
 
+/// Rounds of the catch-up figures; each figure is the median of its rounds.
+const CATCH_UP_ROUNDS: usize = 3;
+
+fn median(mut rates: Vec<f64>) -> f64 {
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
+}
+
+/// The fold `order-totals` makes, written natively: read the log, decode each event, update a
+/// map. Returns how long it took over the whole log.
+async fn native_fold(store: &Store, events: u64) -> anyhow::Result<Duration> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        #[derive(Deserialize)]
+        struct Placed<'a> {
+            customer: &'a str,
+            amount: i64,
+        }
+        let started = Instant::now();
+        let mut totals: HashMap<String, (i64, i64)> = HashMap::new();
+        let mut from = 1;
+        loop {
+            let slice = store.read_all(from, 4096, &Filter::default())?;
+            if slice.events.is_empty() {
+                break;
+            }
+            for event in &slice.events {
+                if event.event_type == "OrderPlaced" {
+                    let placed: Placed<'_> = serde_json::from_slice(&event.data)?;
+                    let entry = totals
+                        .entry(format!("customer:{}", placed.customer))
+                        .or_default();
+                    entry.0 += 1;
+                    entry.1 += placed.amount;
+                }
+            }
+            from = slice.next_from;
+        }
+        anyhow::ensure!(totals.len() as u64 == CUSTOMERS.min(events));
+        anyhow::Ok(started.elapsed())
+    })
+    .await?
+}
+
 /// Seconds from a deploy to caught up at `head`.
 pub(super) async fn catch_up(
     projections: &Projections,
@@ -97,40 +141,6 @@ pub(super) async fn run(
     seed_orders(&store, events).await?;
     let head = store.head();
 
-    // The same fold, natively: read the log, decode each event, update a map.
-    let native_store = store.clone();
-    let native = tokio::task::spawn_blocking(move || {
-        #[derive(Deserialize)]
-        struct Placed<'a> {
-            customer: &'a str,
-            amount: i64,
-        }
-        let started = Instant::now();
-        let mut totals: HashMap<String, (i64, i64)> = HashMap::new();
-        let mut from = 1;
-        loop {
-            let slice = native_store.read_all(from, 4096, &Filter::default())?;
-            if slice.events.is_empty() {
-                break;
-            }
-            for event in &slice.events {
-                if event.event_type == "OrderPlaced" {
-                    let placed: Placed<'_> = serde_json::from_slice(&event.data)?;
-                    let entry = totals
-                        .entry(format!("customer:{}", placed.customer))
-                        .or_default();
-                    entry.0 += 1;
-                    entry.1 += placed.amount;
-                }
-            }
-            from = slice.next_from;
-        }
-        anyhow::ensure!(totals.len() as u64 == CUSTOMERS.min(events));
-        anyhow::Ok(started.elapsed())
-    })
-    .await??;
-    let native_rate = head as f64 / native.as_secs_f64();
-
     let projections = Projections::open(
         store.clone(),
         &base.join("projections"),
@@ -140,7 +150,22 @@ pub(super) async fn run(
     // Compile once outside the clock (the cache makes later loads cheap).
     projections.deploy("warm-up", module.clone()).await?;
     projections.delete("warm-up").await?;
-    let wasm_rate = head as f64 / catch_up(&projections, "order-totals", &module, head).await?;
+    // A catch-up of 1M events takes under half a second, so one hiccup of the machine moves a
+    // single figure by a tenth: the native fold and the module take turns, three rounds, and the
+    // median of each counts. The last round's projection stays for the figures below.
+    let (mut native_rates, mut wasm_rates) = (Vec::new(), Vec::new());
+    for round in 1..=CATCH_UP_ROUNDS {
+        native_rates.push(head as f64 / native_fold(&store, events).await?.as_secs_f64());
+        let name = match round {
+            CATCH_UP_ROUNDS => "order-totals".to_owned(),
+            _ => format!("order-totals-{round}"),
+        };
+        wasm_rates.push(head as f64 / catch_up(&projections, &name, &module, head).await?);
+        if round < CATCH_UP_ROUNDS {
+            projections.delete(&name).await?;
+        }
+    }
+    let (native_rate, wasm_rate) = (median(native_rates), median(wasm_rates));
     report.record("projection_catch_up_wasm", wasm_rate, "events/s");
     report.record("projection_catch_up_native", native_rate, "events/s");
     report.record(
