@@ -495,6 +495,12 @@ impl GroupStats {
 /// PostgreSQL) and the HTTP ceiling.
 pub(crate) const CLOSED_LOOP_CLIENTS: usize = 64;
 
+/// The median of rounds' figures (the upper one of an even count).
+pub(crate) fn median(mut figures: Vec<f64>) -> f64 {
+    figures.sort_by(f64::total_cmp);
+    figures[figures.len() / 2]
+}
+
 /// Waits for a closed loop's clients, each answering its requests' latencies; returns requests
 /// per second since `started` and every latency.
 pub(crate) async fn gather_latencies(

@@ -59,11 +59,6 @@ pub(super) async fn seed_orders_of(
 /// Rounds of the catch-up figures; each figure is the median of its rounds.
 const CATCH_UP_ROUNDS: usize = 3;
 
-fn median(mut rates: Vec<f64>) -> f64 {
-    rates.sort_by(f64::total_cmp);
-    rates[rates.len() / 2]
-}
-
 /// The fold `order-totals` makes, written natively: read the log, decode each event, update a
 /// map. Returns how long it took over the whole log.
 async fn native_fold(store: &Store, events: u64) -> anyhow::Result<Duration> {
@@ -165,7 +160,7 @@ pub(super) async fn run(
             projections.delete(&name).await?;
         }
     }
-    let (native_rate, wasm_rate) = (median(native_rates), median(wasm_rates));
+    let (native_rate, wasm_rate) = (super::median(native_rates), super::median(wasm_rates));
     report.record("projection_catch_up_wasm", wasm_rate, "events/s");
     report.record("projection_catch_up_native", native_rate, "events/s");
     report.record(
