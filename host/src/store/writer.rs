@@ -13,7 +13,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -29,6 +29,50 @@ use super::{
 
 /// A group stops taking appends once its buffer reaches this size.
 const MAX_GROUP_BYTES: usize = 32 << 20;
+
+/// How long the writer polls its queue before it sleeps, while jobs come closer together.
+const SPIN: Duration = Duration::from_micros(150);
+
+/// How the writer waits for its next job: while jobs have been coming less than [`SPIN`] apart
+/// it polls the queue for up to that long, and sleeps only if none comes. A sleep and the wake-up
+/// that ends it cost two context switches and, on a virtual machine, an idle virtual CPU's exit
+/// and an interrupt to wake it: under many small appends that was more than the appends between
+/// them (single appends from 64 clients, eight alternating pairs: 54.9k -> 58.2k/s). A poll that
+/// finds nothing stops the polling until jobs come that close again, so a server with appends
+/// further apart than that spins at most once after each such burst.
+struct Waiting {
+    /// How long it polls: [`SPIN`], longer in tests.
+    window: Duration,
+    spin: bool,
+}
+
+impl Waiting {
+    fn new(window: Duration) -> Self {
+        Waiting {
+            window,
+            spin: false,
+        }
+    }
+
+    /// The next job, or `None` once the queue is closed.
+    fn next(&mut self, jobs: &Receiver<Job>) -> Option<Job> {
+        if self.spin {
+            let until = Instant::now() + self.window;
+            loop {
+                match jobs.try_recv() {
+                    Ok(job) => return Some(job),
+                    Err(TryRecvError::Disconnected) => return None,
+                    Err(TryRecvError::Empty) if Instant::now() >= until => break,
+                    Err(TryRecvError::Empty) => std::hint::spin_loop(),
+                }
+            }
+        }
+        let slept = Instant::now();
+        let job = jobs.recv().ok();
+        self.spin = !self.spin && slept.elapsed() < self.window;
+        job
+    }
+}
 
 pub(crate) enum Job {
     Append(Append),
@@ -116,7 +160,8 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub(crate) fn run(mut self, jobs: Receiver<Job>) {
-        while let Ok(first) = jobs.recv() {
+        let mut waiting = Waiting::new(SPIN);
+        while let Some(first) = waiting.next(&jobs) {
             let mut group = Group::default();
             let mut next = Some(first);
             while let Some(job) = next.take() {
@@ -511,5 +556,60 @@ fn answer_all(
         };
         // A caller that went away does not need its answer; its append stands.
         let _ = reply.send(result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+
+    fn job() -> Job {
+        let (reply, _) = oneshot::channel();
+        Job::Replicate {
+            frames: bytes::Bytes::new(),
+            reply,
+        }
+    }
+
+    #[test]
+    fn the_writer_polls_its_queue_only_while_jobs_come_close_together() {
+        // A window far longer than any scheduling delay, so that only the jobs' timing counts.
+        let window = Duration::from_millis(100);
+        let (jobs_tx, jobs) = mpsc::channel();
+        let mut waiting = Waiting::new(window);
+        // A job already queued: the wait was short, so the next wait polls.
+        jobs_tx.send(job()).unwrap();
+        assert!(waiting.next(&jobs).is_some());
+        assert!(waiting.spin, "a short wait starts the polling");
+        // A poll that finds a job keeps polling.
+        jobs_tx.send(job()).unwrap();
+        assert!(waiting.next(&jobs).is_some());
+        assert!(waiting.spin, "a poll that found a job keeps polling");
+        // Nothing comes while it polls: it sleeps until the job comes (soon after), and stops
+        // polling all the same.
+        let later = |jobs_tx: mpsc::Sender<Job>, after: Duration| {
+            std::thread::spawn(move || {
+                std::thread::sleep(after);
+                jobs_tx.send(job()).unwrap();
+                jobs_tx
+            })
+        };
+        let sender = later(jobs_tx, window * 6 / 5);
+        let started = Instant::now();
+        assert!(waiting.next(&jobs).is_some());
+        assert!(started.elapsed() >= window * 6 / 5);
+        assert!(!waiting.spin, "a poll that found nothing stops the polling");
+        // A long sleep does not start it again.
+        let sender = later(sender.join().unwrap(), window * 3);
+        assert!(waiting.next(&jobs).is_some());
+        assert!(
+            !waiting.spin,
+            "jobs further apart than the window: no polling"
+        );
+        // The queue closed: no job.
+        drop(sender.join().unwrap());
+        assert!(waiting.next(&jobs).is_none());
     }
 }
