@@ -33,13 +33,15 @@ const MAX_GROUP_BYTES: usize = 32 << 20;
 /// How long the writer polls its queue before it sleeps, while jobs come closer together.
 const SPIN: Duration = Duration::from_micros(150);
 
-/// How the writer waits for its next job: while jobs have been coming less than [`SPIN`] apart
-/// it polls the queue for up to that long, and sleeps only if none comes. A sleep and the wake-up
-/// that ends it cost two context switches and, on a virtual machine, an idle virtual CPU's exit
-/// and an interrupt to wake it: under many small appends that was more than the appends between
-/// them (single appends from 64 clients, eight alternating pairs: 54.9k -> 58.2k/s). A poll that
-/// finds nothing stops the polling until jobs come that close again, so a server with appends
-/// further apart than that spins at most once after each such burst.
+/// How the writer waits for its next job: while appends are crowding in (the last group answered
+/// more than one) and jobs have been coming less than [`SPIN`] apart, it polls the queue for up to
+/// that long, and sleeps only if none comes. A sleep and the wake-up that ends it cost two context
+/// switches and, on a virtual machine, an idle virtual CPU's exit and an interrupt to wake it:
+/// under many small appends that was more than the appends between them (single appends from 64
+/// clients, eight alternating pairs: 54.9k -> 58.2k/s). A poll that finds nothing stops the
+/// polling until jobs come that close again, so a server with appends further apart than that
+/// spins at most once after each such burst; one client appending after another's answer (a
+/// group of one) never makes it spin.
 struct Waiting {
     /// How long it polls: [`SPIN`], longer in tests.
     window: Duration,
@@ -54,9 +56,10 @@ impl Waiting {
         }
     }
 
-    /// The next job, or `None` once the queue is closed.
-    fn next(&mut self, jobs: &Receiver<Job>) -> Option<Job> {
-        if self.spin {
+    /// The next job, or `None` once the queue is closed. `crowded`: the last group answered more
+    /// than one append.
+    fn next(&mut self, jobs: &Receiver<Job>, crowded: bool) -> Option<Job> {
+        if self.polls(crowded) {
             let until = Instant::now() + self.window;
             loop {
                 match jobs.try_recv() {
@@ -66,11 +69,19 @@ impl Waiting {
                     Err(TryRecvError::Empty) => std::hint::spin_loop(),
                 }
             }
+            // Nothing came: sleep, and poll again only after a short wait.
+            self.spin = false;
+            return jobs.recv().ok();
         }
         let slept = Instant::now();
         let job = jobs.recv().ok();
-        self.spin = !self.spin && slept.elapsed() < self.window;
+        self.spin = slept.elapsed() < self.window;
         job
+    }
+
+    /// Whether the next wait polls.
+    fn polls(&self, crowded: bool) -> bool {
+        self.spin && crowded
     }
 }
 
@@ -161,7 +172,8 @@ pub(crate) struct Writer {
 impl Writer {
     pub(crate) fn run(mut self, jobs: Receiver<Job>) {
         let mut waiting = Waiting::new(SPIN);
-        while let Some(first) = waiting.next(&jobs) {
+        let mut crowded = false;
+        while let Some(first) = waiting.next(&jobs, crowded) {
             let mut group = Group::default();
             let mut next = Some(first);
             while let Some(job) = next.take() {
@@ -187,6 +199,7 @@ impl Writer {
                     next = jobs.try_recv().ok();
                 }
             }
+            crowded = group.answers.len() > 1;
             self.commit(group);
         }
         // Shutting down: index what is left so the next start-up has nothing to rescan.
@@ -581,11 +594,11 @@ mod tests {
         let mut waiting = Waiting::new(window);
         // A job already queued: the wait was short, so the next wait polls.
         jobs_tx.send(job()).unwrap();
-        assert!(waiting.next(&jobs).is_some());
+        assert!(waiting.next(&jobs, true).is_some());
         assert!(waiting.spin, "a short wait starts the polling");
         // A poll that finds a job keeps polling.
         jobs_tx.send(job()).unwrap();
-        assert!(waiting.next(&jobs).is_some());
+        assert!(waiting.next(&jobs, true).is_some());
         assert!(waiting.spin, "a poll that found a job keeps polling");
         // Nothing comes while it polls: it sleeps until the job comes (soon after), and stops
         // polling all the same.
@@ -598,18 +611,23 @@ mod tests {
         };
         let sender = later(jobs_tx, window * 6 / 5);
         let started = Instant::now();
-        assert!(waiting.next(&jobs).is_some());
+        assert!(waiting.next(&jobs, true).is_some());
         assert!(started.elapsed() >= window * 6 / 5);
         assert!(!waiting.spin, "a poll that found nothing stops the polling");
         // A long sleep does not start it again.
         let sender = later(sender.join().unwrap(), window * 3);
-        assert!(waiting.next(&jobs).is_some());
+        assert!(waiting.next(&jobs, true).is_some());
         assert!(
             !waiting.spin,
             "jobs further apart than the window: no polling"
         );
+        // A short wait again starts it, but only while appends crowd in.
+        let jobs_tx = sender.join().unwrap();
+        jobs_tx.send(job()).unwrap();
+        assert!(waiting.next(&jobs, false).is_some());
+        assert!(waiting.polls(true) && !waiting.polls(false));
         // The queue closed: no job.
-        drop(sender.join().unwrap());
-        assert!(waiting.next(&jobs).is_none());
+        drop(jobs_tx);
+        assert!(waiting.next(&jobs, true).is_none());
     }
 }
