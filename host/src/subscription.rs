@@ -169,7 +169,17 @@ impl<B: Batch> Subscription<B> {
     /// that handles a batch while the next is read (a projection catching up) waits for the log
     /// only once. `poll_batch` takes it up.
     pub fn read_ahead(&mut self, limit: usize) {
-        if self.ahead.is_some() || self.next_position > *self.head.borrow() {
+        self.read_ahead_after(limit, None);
+    }
+
+    /// `read_ahead`, with `first` run on the reader's thread before it reads (or alone on the
+    /// blocking pool, if no read starts): work that would otherwise take a thread of its own
+    /// beside the reader and the caller (a projection's commit of its last batch).
+    pub fn read_ahead_after(&mut self, limit: usize, first: Option<Box<dyn FnOnce() + Send>>) {
+        if !self.can_read_ahead() {
+            if let Some(first) = first {
+                tokio::task::spawn_blocking(first);
+            }
             return;
         }
         let (store, filter, from) = (self.store.clone(), self.filter.clone(), self.next_position);
@@ -177,7 +187,12 @@ impl<B: Batch> Subscription<B> {
         let hurried = Arc::new(AtomicBool::new(false));
         let read = {
             let hurried = hurried.clone();
-            tokio::task::spawn_blocking(move || read(&store, &filter, from, limit, &hurried, batch))
+            tokio::task::spawn_blocking(move || {
+                if let Some(first) = first {
+                    first();
+                }
+                read(&store, &filter, from, limit, &hurried, batch)
+            })
         };
         self.ahead = Some(Ahead {
             from,
@@ -185,6 +200,12 @@ impl<B: Batch> Subscription<B> {
             hurried,
             read,
         });
+    }
+
+    /// Whether `read_ahead` would start a read now: none is under way and the log has more. Once
+    /// true, it stays true until `read_ahead` or `poll_batch` is called (the head only moves on).
+    pub fn can_read_ahead(&self) -> bool {
+        self.ahead.is_none() && self.next_position <= *self.head.borrow()
     }
 
     /// The batch being read ahead is wanted now: it ends before its next event once it holds
