@@ -173,6 +173,16 @@ impl ReadModel {
                 .contains("failpoint-slow-commit"),
             |_| Err(ReadModelError::Closed)
         );
+        // And fail them, for read models whose path says so.
+        fail::fail_point!(
+            "readmodel-commit-fails",
+            self.path
+                .to_string_lossy()
+                .contains("failpoint-failing-commit"),
+            |_| Err(ReadModelError::Storage(redb::Error::Io(
+                std::io::Error::from_raw_os_error(5)
+            )))
+        );
         // The same order as `flush`: the durability lock, then the write transaction.
         let mut durability = self.durability.lock();
         // A catch-up commits a batch while the next is handled: commits must still land in order.

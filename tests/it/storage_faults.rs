@@ -301,6 +301,46 @@ async fn a_batch_reads_the_writes_of_the_one_still_being_committed() {
     assert_totals_are_the_fold_of(&projections, 100_000).await;
 }
 
+/// Catching up, a batch's commit runs on the thread that reads the batch after next, while the
+/// next is handled. When it fails, the projection faults with a storage error at that batch (no
+/// event blamed), keeps none of what came after it, tries again and ends as exactly the fold of
+/// the log.
+#[tokio::test]
+async fn a_commit_that_fails_behind_the_guest_faults_the_projection_and_it_heals() {
+    use lantern::projection::{FaultCause, Phase};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        &dir.path().join("store"),
+        lantern_tests::test_store_options(false),
+    )
+    .unwrap();
+    // 300,000 orders: a first batch of 32k, then larger ones; the first commit is behind.
+    place_orders_in(&store, 0, 300_000, 1000).await;
+    fail::cfg("readmodel-commit-fails", "1*return").unwrap();
+    let projections = totals_over(
+        &store,
+        &dir.path().join("failpoint-failing-commit-projections"),
+    )
+    .await;
+    let faulted = wait_until(&projections, |s| s.state.fault.is_some()).await;
+    let fault = faulted.state.fault.expect("a fault");
+    assert_eq!(
+        (fault.cause, fault.position),
+        (FaultCause::Storage, 1),
+        "{fault:?}"
+    );
+    assert!(fault.message.contains("os error 5"), "{fault:?}");
+    let status = wait_until(&projections, |s| {
+        s.state.phase == Phase::Running && s.position == 300_000
+    })
+    .await;
+    fail::remove("readmodel-commit-fails");
+    assert!(status.state.fault.is_none());
+    assert_totals_are_the_fold_of(&projections, 300_000).await;
+    projections.shutdown().await;
+}
+
 /// Each customer's totals are those of the first `orders` orders `place_orders` placed.
 async fn assert_totals_are_the_fold_of(projections: &Projections, orders: u64) {
     for customer in 0..100u64 {

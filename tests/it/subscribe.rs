@@ -215,6 +215,84 @@ async fn a_read_ahead_yields_to_a_rewind_and_to_a_smaller_batch() {
     assert!(subscription.poll_batch(10).await.unwrap().is_empty());
 }
 
+/// A batch that notes, when a read starts filling it, whether `ran` was set by then.
+#[derive(Debug)]
+struct Probe {
+    ran: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    set_before_the_read: Option<bool>,
+    events: usize,
+}
+
+impl Batch for Probe {
+    fn fresh(&self) -> Self {
+        Probe {
+            ran: self.ran.clone(),
+            set_before_the_read: None,
+            events: 0,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.set_before_the_read = Some(self.ran.load(std::sync::atomic::Ordering::SeqCst));
+        self.events = 0;
+    }
+
+    fn take(&mut self, _: &EventRef<'_>) -> bool {
+        self.events += 1;
+        true
+    }
+
+    fn len(&self) -> usize {
+        self.events
+    }
+}
+
+/// The work handed to a read ahead (a projection's commit of its last batch) runs on the
+/// reader's thread before the read; at the head, where no read starts, it runs all the same.
+#[tokio::test]
+async fn work_handed_to_a_read_ahead_runs_before_the_read_and_at_the_head_alone() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let (_dir, store) = hundred_events("Even").await;
+    let ran = Arc::new(AtomicBool::new(false));
+    let first = Probe {
+        ran: ran.clone(),
+        set_before_the_read: None,
+        events: 0,
+    };
+    let mut subscription = Subscription::into_batches(store, 1, Filter::default(), first);
+    let batch = subscription.poll_batch(10).await.unwrap();
+    assert_eq!(batch.set_before_the_read, Some(false));
+    subscription.recycle(batch);
+
+    let set = |ran: &Arc<AtomicBool>| -> Option<Box<dyn FnOnce() + Send>> {
+        let ran = ran.clone();
+        Some(Box::new(move || {
+            // Slow work: a read that did not wait for it would start before it ends.
+            std::thread::sleep(Duration::from_millis(50));
+            ran.store(true, Ordering::SeqCst);
+        }))
+    };
+    subscription.read_ahead_after(90, set(&ran));
+    let batch = subscription.poll_batch(90).await.unwrap();
+    assert_eq!((batch.events, batch.set_before_the_read), (90, Some(true)));
+    subscription.recycle(batch);
+
+    // At the head: no read starts, the work still runs.
+    ran.store(false, Ordering::SeqCst);
+    assert!(!subscription.can_read_ahead());
+    subscription.read_ahead_after(10, set(&ran));
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !ran.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the work ran at the head");
+    assert!(subscription.poll_batch(10).await.unwrap().is_empty());
+}
+
 /// A batch of its own kind: the events' positions and types, renamed as they are taken (as a
 /// projection's batch encodes them as they are read); at most `room` of them; its `finish`
 /// fails on position 30 (as an upcaster may).
