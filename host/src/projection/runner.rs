@@ -664,8 +664,8 @@ impl Generation {
             let guest = instance.take().expect("an instance between batches");
             let span = tracing::Span::current();
             // Catching up (the log has more: the next batch is read while this one is handled),
-            // this batch is committed while the next is handled. Live, it is committed at once on the same thread: one hand-over fewer
-            // before the event is visible.
+            // this batch is committed while the next is handled. Live, it is committed at once on
+            // the same thread: one hand-over fewer before the event is visible.
             let commit_behind = subscription.can_read_ahead();
             if !commit_behind && let Some(commit) = committing.take() {
                 commit.done().await?;
