@@ -15,13 +15,11 @@ const STATE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("state");
 /// `"checkpoint"`: the last log position the state reflects.
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
-/// How long, for how many commits and over how many log positions, progress may stay
-/// non-durable. A crash loses at most this much progress, never consistency: redb reverts to its
-/// last durable commit, whose checkpoint matches its state, and the projection replays the log
-/// from there. (A batch of 65,536 events or more is made durable at once: an fsync costs little
-/// next to it.)
+/// How long and over how many log positions progress may stay non-durable. A crash loses at most
+/// this much progress, never consistency: redb reverts to its last durable commit, whose
+/// checkpoint matches its state, and the projection replays the log from there. (A batch of
+/// 65,536 events or more is made durable at once: an fsync costs little next to it.)
 const DURABLE_EVERY: Duration = Duration::from_secs(1);
-const DURABLE_EVERY_COMMITS: u32 = 4;
 const DURABLE_EVERY_POSITIONS: u64 = 65_536;
 
 /// The last durable commit: when it was made, how many non-durable ones followed it, and its
@@ -162,7 +160,9 @@ impl ReadModel {
         self.checkpoint.subscribe()
     }
 
-    /// Applies a batch's writes and moves the checkpoint, in one transaction.
+    /// Applies a batch's writes and moves the checkpoint, in one transaction. It is visible as
+    /// soon as it is committed; when `DURABLE_EVERY` or `DURABLE_EVERY_POSITIONS` is due, it is
+    /// made durable after that (an fsync), so that a live event never waits for one to be seen.
     pub fn apply(&self, writes: &WriteSet, checkpoint: u64) -> Result<(), ReadModelError> {
         // Tests slow commits down here (`sleep`) for read models whose path says so, to be sure
         // the next batch is handled while this one is still being committed.
@@ -190,13 +190,9 @@ impl ReadModel {
         if checkpoint < at {
             return Err(ReadModelError::Backwards { at, to: checkpoint });
         }
-        let mut txn = self.db()?.begin_write().map_err(storage)?;
-        let durable = durability.at.elapsed() >= DURABLE_EVERY
-            || durability.commits_since + 1 >= DURABLE_EVERY_COMMITS
-            || checkpoint.saturating_sub(durability.checkpoint) >= DURABLE_EVERY_POSITIONS;
-        if !durable {
-            txn.set_durability(Durability::None).map_err(storage)?;
-        }
+        let db = self.db()?;
+        let mut txn = db.begin_write().map_err(storage)?;
+        txn.set_durability(Durability::None).map_err(storage)?;
         {
             let mut state = txn.open_table(STATE).map_err(storage)?;
             for (key, value) in writes.iter() {
@@ -213,12 +209,13 @@ impl ReadModel {
             meta.insert("checkpoint", checkpoint).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
-        if durable {
-            *durability = Durable::now(checkpoint);
-        } else {
-            durability.commits_since += 1;
-        }
+        durability.commits_since += 1;
         self.checkpoint.send_replace(checkpoint);
+        if durability.at.elapsed() >= DURABLE_EVERY
+            || checkpoint.saturating_sub(durability.checkpoint) >= DURABLE_EVERY_POSITIONS
+        {
+            self.make_durable(&db, &mut durability, checkpoint)?;
+        }
         Ok(())
     }
 
@@ -231,9 +228,32 @@ impl ReadModel {
     /// with the default, immediate durability persists the non-durable ones before it.
     pub fn flush(&self) -> Result<(), ReadModelError> {
         let mut durability = self.durability.lock();
-        let txn = self.db()?.begin_write().map_err(storage)?;
-        txn.commit().map_err(storage)?;
-        *durability = Durable::now(self.checkpoint());
+        let db = self.db()?;
+        self.make_durable(&db, &mut durability, self.checkpoint())
+    }
+
+    /// An empty commit with the default, immediate durability, under the durability lock:
+    /// everything committed up to `checkpoint` is durable once it returns.
+    fn make_durable(
+        &self,
+        db: &Database,
+        durability: &mut Durable,
+        checkpoint: u64,
+    ) -> Result<(), ReadModelError> {
+        // Tests hold it back (`pause`) for read models whose path says so, to see that a commit
+        // is visible before it is durable.
+        fail::fail_point!(
+            "readmodel-durable",
+            self.path
+                .to_string_lossy()
+                .contains("failpoint-slow-durable"),
+            |_| Err(ReadModelError::Closed)
+        );
+        db.begin_write()
+            .map_err(storage)?
+            .commit()
+            .map_err(storage)?;
+        *durability = Durable::now(checkpoint);
         Ok(())
     }
 

@@ -501,8 +501,8 @@ async fn sigkill_during_a_rebuild_resumes_it() {
     let server = ServerProcess::start(server_binary(), data.path()).unwrap();
     let url = server.url.clone();
     // Enough history that the rebuild runs for a while (a read model's commits are made durable
-    // every fourth batch of 32k events, or once a second).
-    for seed in 0..600 {
+    // every 65,536 positions, or once a second).
+    for seed in 0..800 {
         append(&url, &format!("order-{seed}"), order_batch(seed, 1000)).await;
     }
     let module = lantern_tests::guest("order_totals");
@@ -525,9 +525,12 @@ async fn sigkill_during_a_rebuild_resumes_it() {
         put(lantern_tests::variant(&module, "v2")).await,
         StatusCode::ACCEPTED
     );
-    // Past the first durable commit of the rebuild (its fourth batch), and partway through.
+    // Partway through, and past a durable commit at or after 131,072. A commit is made durable
+    // (when 65,536 positions are due) after it is visible, but before the next one is made, and a
+    // batch is at most 131,072 events: so with a checkpoint past 330,000 visible, the one before
+    // it is past 198,928, and a durable one is less than 65,536 behind that.
     let before = wait_for(&url, |s| {
-        s["rebuild"].is_null() || s["rebuild"]["position"].as_u64().unwrap_or(0) > 150_000
+        s["rebuild"].is_null() || s["rebuild"]["position"].as_u64().unwrap_or(0) > 330_000
     })
     .await;
     eprintln!(

@@ -97,3 +97,32 @@ proptest! {
         prop_assert_eq!(all, expected_all);
     }
 }
+
+/// A commit is visible before it is made durable: a live event never waits for the read model's
+/// fsync to be seen. The fsync that a commit over 65,536 positions calls for is held back (a
+/// paused fail point, for this read model's path only) while its checkpoint is watched.
+#[test]
+fn a_commit_is_visible_before_it_is_made_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Arc::new(ReadModel::open(&dir.path().join("failpoint-slow-durable.redb")).unwrap());
+    let put = WriteSet::decode(encode(&[("k".to_owned(), Some(b"v".to_vec()))])).unwrap();
+    fail::cfg("readmodel-durable", "pause").unwrap();
+    let applying = {
+        let model = model.clone();
+        std::thread::spawn(move || model.apply(&put, 70_000))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while model.checkpoint() < 70_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the commit was not visible while its fsync was held back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let snapshot = model.snapshot().unwrap();
+    assert_eq!(snapshot.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+    assert!(!applying.is_finished(), "the fsync was held back");
+    fail::remove("readmodel-durable");
+    applying.join().unwrap().unwrap();
+    assert!(!model.is_dirty(), "made durable once let go");
+}
