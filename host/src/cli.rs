@@ -1,7 +1,7 @@
 //! The `lantern` command line: `serve` and `bench` run here; every other command is a client of a
 //! running server over its HTTP API.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow, bail};
@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::access::{AuditPage, CreatedToken, NewToken, Role, TokenList};
 use crate::bench::{self, BenchOptions};
+use crate::logs;
 use crate::server::{self, ServeOptions};
 
 #[derive(Debug, Parser)]
@@ -45,17 +46,11 @@ struct Cli {
         global = true,
         env = "LANTERN_LOG_FORMAT",
         value_enum,
-        default_value_t = LogFormat::Text
+        default_value_t = logs::Style::Text
     )]
-    log_format: LogFormat,
+    log_format: logs::Style,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -284,22 +279,7 @@ enum TokenCommand {
 /// Runs the command line; returns the process's exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
-        // One JSON object per line: the event's fields at the top level, and the fields of the
-        // spans it happened in (`request`: id, method, path; `projection`: name, version).
-        LogFormat::Json => logs
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(true)
-            .init(),
-    }
+    logs::init(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -21,6 +21,7 @@ pub mod bench;
 pub mod cli;
 pub mod durable;
 pub mod http;
+pub mod logs;
 pub mod maintenance;
 pub mod projection;
 pub mod readmodel;

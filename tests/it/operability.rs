@@ -471,15 +471,21 @@ async fn a_connection_accepted_while_starting_is_answered_after_the_switch() {
     assert!(answer.contains("\"starting\""), "{answer:?}");
 }
 
-/// `--log-format json`: every line is one JSON object; the lines a request causes carry its id
-/// (the one answered in `x-request-id`), and a projection's lines its name and version.
-#[tokio::test]
-async fn json_logs_carry_request_ids_and_projections() {
+/// A server on a fresh data folder writing its logs in `format`: its URL, the process, and the
+/// lines it has written so far.
+fn logging_server(
+    format: &str,
+) -> (
+    String,
+    std::process::Child,
+    Arc<std::sync::Mutex<Vec<String>>>,
+    tempfile::TempDir,
+) {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(Path::new(env!("CARGO_BIN_EXE_lantern-under-test")))
         .args([
             "--log-format",
-            "json",
+            format,
             "serve",
             "--listen",
             "127.0.0.1:0",
@@ -498,16 +504,62 @@ async fn json_logs_carry_request_ids_and_projections() {
     let collected = lines.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(object) = serde_json::from_str::<Value>(&line)
-                && let Some(listen) = object["listen"].as_str()
-            {
+            // The start-up line names the address: `"listen":"..."` or `listen=...`.
+            let listen = line
+                .split(['"', ' ', '='])
+                .skip_while(|word| *word != "listen")
+                .find(|word| word.starts_with("127.0.0.1:"));
+            if let Some(listen) = listen {
                 let _ = address_tx.send(listen.to_owned());
             }
             collected.lock().unwrap().push(line);
         }
     });
     let address = address_rx.recv_timeout(Duration::from_secs(60)).unwrap();
-    let url = format!("http://{address}");
+    (format!("http://{address}"), child, lines, dir)
+}
+
+/// `--log-format text`: the lines a request causes name it before their spans, as
+/// `request{id=...}:`.
+#[tokio::test]
+async fn text_logs_carry_request_ids() {
+    let (url, mut child, lines, _dir) = logging_server("text");
+    let response = reqwest::Client::new()
+        .put(format!("{url}/projections/t"))
+        .header("content-type", "application/wasm")
+        .header("x-request-id", "deploy-7")
+        .body(guest("hostile"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines = lines.lock().unwrap().clone();
+    let deployed = lines
+        .iter()
+        .find(|line| line.contains("serving from position 1"))
+        .unwrap_or_else(|| panic!("the deploy is logged: {lines:#?}"));
+    assert!(
+        deployed.contains(" INFO request{id=deploy-7}: "),
+        "{deployed}"
+    );
+    // The start-up line belongs to no request.
+    let started = lines
+        .iter()
+        .find(|line| line.contains("lantern is serving"));
+    assert!(
+        started.is_some_and(|line| !line.contains("request{")),
+        "{lines:#?}"
+    );
+}
+
+/// `--log-format json`: every line is one JSON object; the lines a request causes carry its id
+/// (the one answered in `x-request-id`), and a projection's lines its name and version.
+#[tokio::test]
+async fn json_logs_carry_request_ids_and_projections() {
+    let (url, mut child, lines, _dir) = logging_server("json");
     let response = reqwest::Client::new()
         .put(format!("{url}/projections/h"))
         .header("content-type", "application/wasm")

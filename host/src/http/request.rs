@@ -1,10 +1,10 @@
 //! What happens around every request: it gets an id (the client's or proxy's `x-request-id` when
-//! that is a short plain token, else one made here), a span carrying the id into every log line
-//! the request causes, the id in the answer's `x-request-id`, and its time in
+//! that is a short plain token, else one made here), carried into every log line the request
+//! causes (`logs::in_request`), the id in the answer's `x-request-id`, and its time in
 //! `lantern_http_request_duration_seconds` under its route template.
 //!
 //! Made here rather than with tower-http's request-id and trace layers: one middleware instead of
-//! three, an id from a counter instead of a random UUID per request, and a span with one field;
+//! three, an id from a counter instead of a random UUID per request, and no span per request;
 //! the three layers cost a fifth of the single-append and point-query throughput (`lantern bench`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,12 +15,12 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
-use tracing::Instrument;
 
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::AppState;
 use super::access::{self, Route, Rule};
+use crate::logs;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -77,8 +77,8 @@ impl RouteContext {
     }
 }
 
-/// The middleware in front of every route and the fallback: the request's id and span, the
-/// access check (outside which refusals are counted and logged with their id too), the answer's
+/// The middleware in front of every route and the fallback: the request's id (in its log lines),
+/// the access check (whose refusals are counted and logged with the id too), the answer's
 /// `x-request-id`, and the request's time.
 pub(super) async fn around(
     State(context): State<Arc<RouteContext>>,
@@ -88,14 +88,12 @@ pub(super) async fn around(
     let started = Instant::now();
     let id = request_id(request.headers());
     let method = request.method().clone();
-    let span = tracing::info_span!("request", id = id.to_str().unwrap_or_default());
-    let mut response = async {
+    let mut response = logs::in_request(id.clone(), async {
         match context.rule {
             Some(rule) => access::check(&context.state, rule, request, next).await,
             None => next.run(request).await,
         }
-    }
-    .instrument(span)
+    })
     .await;
     let took = started.elapsed();
     let status = response.status();
