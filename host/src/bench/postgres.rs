@@ -103,10 +103,26 @@ pub(crate) async fn run(
         postgres_latencies.extend(latencies);
     }
     let lantern_groups = GroupStats::of(&server.address).await?;
+    // Each round's own ratio: when they spread far, the day's disk decides the median ratio.
+    let round_ratios: Vec<f64> = lantern_rates
+        .iter()
+        .zip(&postgres_rates)
+        .map(|(lantern, postgres)| lantern / postgres)
+        .collect();
     let (lantern, postgres) = (median(lantern_rates), median(postgres_rates));
     report.record("postgres_peer_single_lantern", lantern, "appends/s");
     report.record("postgres_peer_single_postgres", postgres, "appends/s");
     report.record("postgres_peer_single_ratio", lantern / postgres, "x");
+    report.record(
+        "postgres_peer_single_ratio_lowest_round",
+        round_ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        "x",
+    );
+    report.record(
+        "postgres_peer_single_ratio_highest_round",
+        round_ratios.iter().copied().fold(0.0, f64::max),
+        "x",
+    );
     report.record_percentiles("postgres_peer_single_lantern", &mut lantern_latencies);
     report.record_percentiles("postgres_peer_single_postgres", &mut postgres_latencies);
     lantern_groups.record_since(&groups, "postgres_peer_single_lantern", report);
