@@ -5,8 +5,9 @@
 //! `request{id=...}:` before the other spans. It is not a tracing span: a span per request costs
 //! about 7% of single appends (a registry entry made and freed per request, entered and left on
 //! every poll; docs/performance-history.md). The id lives in a task-local for the request's
-//! future instead, which costs nothing until a line is written, and the formatter adds it. Like a
-//! span, it does not follow work the request hands to another task or thread.
+//! future instead (a poll swaps a thread-local, nothing is allocated), and the formatter adds it
+//! to the lines written inside. Like a span, it does not follow work the request hands to another
+//! task or thread.
 
 use std::fmt;
 use std::future::Future;
