@@ -519,20 +519,26 @@ fn logging_server(
     (format!("http://{address}"), child, lines, dir)
 }
 
-/// `--log-format text`: the lines a request causes name it before their spans, as
-/// `request{id=...}:`.
-#[tokio::test]
-async fn text_logs_carry_request_ids() {
-    let (url, mut child, lines, _dir) = logging_server("text");
+/// Deploys the `hostile` guest as `name` with `x-request-id: id`; answers the 201.
+async fn deploy_with_id(url: &str, name: &str, id: &str) -> reqwest::Response {
     let response = reqwest::Client::new()
-        .put(format!("{url}/projections/t"))
+        .put(format!("{url}/projections/{name}"))
         .header("content-type", "application/wasm")
-        .header("x-request-id", "deploy-7")
+        .header("x-request-id", id)
         .body(guest("hostile"))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
+    response
+}
+
+/// `--log-format text`: the lines a request causes name it before their spans, as
+/// `request{id=...}:`.
+#[tokio::test]
+async fn text_logs_carry_request_ids() {
+    let (url, mut child, lines, _dir) = logging_server("text");
+    deploy_with_id(&url, "t", "deploy-7").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = child.kill();
     let _ = child.wait();
@@ -560,15 +566,7 @@ async fn text_logs_carry_request_ids() {
 #[tokio::test]
 async fn json_logs_carry_request_ids_and_projections() {
     let (url, mut child, lines, _dir) = logging_server("json");
-    let response = reqwest::Client::new()
-        .put(format!("{url}/projections/h"))
-        .header("content-type", "application/wasm")
-        .header("x-request-id", "deploy-42")
-        .body(guest("hostile"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
+    let response = deploy_with_id(&url, "h", "deploy-42").await;
     assert_eq!(response.headers()["x-request-id"], "deploy-42");
     // Without one (or with one that is not a short plain token), the server makes a new one
     // for each request and answers it.
