@@ -443,6 +443,33 @@ function projections(cleanups) {
     h('input', {name: 'name', placeholder: 'projection name', required: true}),
     h('button', {type: 'submit'}, 'Open'));
   view.append(byName);
+  // Each projection keeps one row, and its buttons, across refreshes: only the figures are
+  // replaced. A button rebuilt every half second would swallow a click that straddles a refresh.
+  const rowsByName = new Map();
+  const projectionRow = (p) => {
+    let row = rowsByName.get(p.name);
+    if (!row) {
+      row = h('tr', {'data-name': p.name}, h('td', {}, isAdmin ? [
+        h('button', {class: 'rebuild-button', onclick: () => adminAction(`rebuild ${p.name}`,
+          api(`/projections/${p.name}/rebuild`, {method: 'POST'}))}, 'Rebuild'), ' ',
+        h('button', {class: 'danger', onclick: () => confirm(`Delete ${p.name} and its read model?`) &&
+          adminAction(`delete ${p.name}`, api(`/projections/${p.name}`, {method: 'DELETE'}))}, 'Delete'),
+      ] : ''));
+      rowsByName.set(p.name, row);
+    }
+    row.replaceChildren(
+      h('td', {}, h('a', {href: '#/projections/' + p.name}, p.name)),
+      h('td', {class: 'num'}, p.version),
+      h('td', {class: 'status-cell'}, statusCell(p)),
+      h('td', {class: 'num position'}, fmt(p.position)),
+      h('td', {class: 'num'}, fmt(p.head)),
+      h('td', {class: 'num lag'}, fmt(p.lag)),
+      h('td', {class: 'num'}, rate(p.events_per_second)),
+      h('td', {class: 'error-text'}, errorText(p.error)),
+      h('td', {class: 'rebuild-cell'}, rebuildCell(p)),
+      row.lastElementChild);
+    return row;
+  };
   every(500, async () => {
     let body;
     try {
@@ -454,22 +481,12 @@ function projections(cleanups) {
       return;
     }
     byName.hidden = true;
-    rows.replaceChildren(...body.projections.map((p) => h('tr', {'data-name': p.name},
-      h('td', {}, h('a', {href: '#/projections/' + p.name}, p.name)),
-      h('td', {class: 'num'}, p.version),
-      h('td', {class: 'status-cell'}, statusCell(p)),
-      h('td', {class: 'num position'}, fmt(p.position)),
-      h('td', {class: 'num'}, fmt(p.head)),
-      h('td', {class: 'num lag'}, fmt(p.lag)),
-      h('td', {class: 'num'}, rate(p.events_per_second)),
-      h('td', {class: 'error-text'}, errorText(p.error)),
-      h('td', {class: 'rebuild-cell'}, rebuildCell(p)),
-      h('td', {}, isAdmin ? [
-        h('button', {class: 'rebuild-button', onclick: () => adminAction(`rebuild ${p.name}`,
-          api(`/projections/${p.name}/rebuild`, {method: 'POST'}))}, 'Rebuild'), ' ',
-        h('button', {class: 'danger', onclick: () => confirm(`Delete ${p.name} and its read model?`) &&
-          adminAction(`delete ${p.name}`, api(`/projections/${p.name}`, {method: 'DELETE'}))}, 'Delete'),
-      ] : ''))));
+    const listed = new Set(body.projections.map((p) => p.name));
+    for (const name of [...rowsByName.keys()]) if (!listed.has(name)) rowsByName.delete(name);
+    const wanted = body.projections.map(projectionRow);
+    if (wanted.length !== rows.children.length || wanted.some((row, i) => rows.children[i] !== row)) {
+      rows.replaceChildren(...wanted);
+    }
     if (!body.projections.length) rows.append(h('tr', {}, h('td', {colSpan: 10, class: 'muted'}, 'No projection is deployed.')));
   }, cleanups);
 }

@@ -86,8 +86,11 @@ def caught_up(name):
     return p["status"] == "running" and p["lag"] == 0 and p["rebuild"] is None
 
 
+STARTED = time.monotonic()
+
+
 def step(message):
-    print(f"[dashboard] {message}", flush=True)
+    print(f"[dashboard] {time.monotonic() - STARTED:6.1f} s  {message}", flush=True)
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -291,7 +294,11 @@ try:
     wait_until("its row", lambda: css('#projections tr[data-name="carts-copy"]'), timeout=30)
     wait_until("it to catch up", lambda: caught_up("carts-copy"))
     assert ok("GET", "/projections/carts-copy")["module_sha256"] == ok("GET", "/projections/carts")["module_sha256"]
-    css('#projections tr[data-name="carts-copy"] button.danger')[0].click()
+    # A button outlives the table's refreshes (every 500 ms): one found now still takes a click
+    # after three of them (a button remade each time would be stale, and swallow a person's click).
+    delete = css('#projections tr[data-name="carts-copy"] button.danger')[0]
+    time.sleep(1.6)
+    delete.click()
     driver.switch_to.alert.accept()
     wait_until("the deletion", lambda: call("GET", "/projections/carts-copy")[0] == 404)
     wait_until("its row to go", lambda: not css('#projections tr[data-name="carts-copy"]'))
@@ -326,9 +333,11 @@ try:
     errors = browser_errors()
     assert not errors, f"errors in the browser console: {errors}"
     step("all checks passed")
-except Exception:
+except Exception as failure:
+    step(f"FAILED after {time.monotonic() - STARTED:.1f} s: {type(failure).__name__}: {failure}")
     shot("failure")
-    print(driver.page_source[:4000], file=sys.stderr)
+    print("the page's banner:", text("#banner"), file=sys.stderr)
+    print("the page's view:", (text("#view") or "")[:3000], file=sys.stderr)
     for entry in driver.get_log("browser"):
         print("console:", entry, file=sys.stderr)
     raise
