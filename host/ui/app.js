@@ -149,9 +149,11 @@ function overview(cleanups) {
   const cards = h('div', {class: 'cards'});
   const spark = h('canvas', {class: 'spark'});
   const problems = h('div');
-  const summary = h('div');
+  const summary = h('span');
+  // The link stays put while the summary beside it is refreshed: a link remade every second
+  // would lose a click that straddles a refresh.
   view.replaceChildren(h('h1', {}, 'Overview'), cards, h('h2', {}, 'Appends per second, last 2 minutes'),
-    spark, problems, h('h2', {}, 'Projections'), summary);
+    spark, problems, h('h2', {}, 'Projections'), h('p', {}, summary, ' ', h('a', {href: '#/projections'}, 'Details')));
   const history = [];
   let last = null;
   every(1000, async () => {
@@ -181,14 +183,14 @@ function overview(cleanups) {
       ? [h('h2', {}, 'Problems'), h('ul', {}, health.problems.map((p) => h('li', {class: 'error-text'}, `${p.code}: ${p.message}`)))]
       : []));
     if (projections === null) {
-      summary.replaceChildren(h('p', {class: 'muted'}, 'This token cannot list projections.'));
+      summary.replaceChildren(h('span', {class: 'muted'}, 'This token cannot list projections.'));
     } else {
       const count = (s) => projections.filter((p) => p.status === s).length;
       const rebuilding = projections.filter((p) => p.rebuild).length;
-      summary.replaceChildren(h('p', {},
+      summary.replaceChildren(
         `${projections.length} deployed: ${count('running')} running, ${count('catching_up')} catching up, `,
         h('span', {class: count('faulted') ? 'error-text' : ''}, `${count('faulted')} faulted`),
-        `, ${rebuilding} rebuilding. `, h('a', {href: '#/projections'}, 'Details')));
+        `, ${rebuilding} rebuilding.`);
     }
   }, cleanups);
 }

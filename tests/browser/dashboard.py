@@ -145,6 +145,11 @@ def text(selector):
     return found[0].text if found else None
 
 
+def displayed(selector):
+    """Whether an element the selector finds is shown (in the page and not hidden by CSS)."""
+    return any(e.is_displayed() for e in css(selector))
+
+
 def type_and_submit(selector, value):
     field = css(selector)[0]
     field.send_keys(value)
@@ -186,6 +191,11 @@ try:
     wait_until("an append rate", lambda: (text("#overview-rate") or "0") not in ("0", "…"))
     assert text("#overview-status") == "ok"
     shot("1-overview")
+    # Its link to the projections outlives the summary's refreshes (every second).
+    details = driver.find_element(By.LINK_TEXT, "Details")
+    time.sleep(2.5)
+    details.click()
+    wait_until("the projections page", lambda: driver.current_url.endswith("#/projections"))
 
     # 3. Projections: each row shows the status and position the API gives.
     step("projections table")
@@ -195,6 +205,8 @@ try:
         wait_until(f"{p['name']}'s row", lambda: text(f"{row} .status") == "running")
         wait_until(f"{p['name']}'s position",
                    lambda: text(f"{row} .position") == f'{ok("GET", "/projections/" + p["name"])["position"]:,}')
+    # An admin may list them all: the form for a token that may not is not shown.
+    assert displayed("#deploy") and not displayed("#open-projection"), "the wrong forms for an admin"
     names = [r.get_attribute("data-name") for r in css("#projections tbody tr")]
     assert names == sorted(p["name"] for p in ok("GET", "/projections")["projections"]), names
     shot("2-projections")
@@ -286,7 +298,8 @@ try:
     # 8. Deploy and delete from the page.
     step("deploy and delete")
     go("/projections")
-    form = wait_until("the deploy form", lambda: css("#deploy:not([hidden])"))[0]
+    wait_until("the deploy form", lambda: displayed("#deploy"))
+    form = css("#deploy")[0]
     form.find_element(By.NAME, "name").send_keys("carts-copy")
     form.find_element(By.NAME, "module").send_keys(os.path.abspath(os.path.join(args.guests, "carts.wasm")))
     form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
@@ -312,7 +325,7 @@ try:
     driver.refresh()
     wait_until("the reader role after a reload", lambda: text("#who") == "read-only token")
     wait_until("the table", lambda: css('#projections tr[data-name="order-totals"]'))
-    assert not css(".rebuild-button") and not css("#deploy:not([hidden])"), "admin controls for a reader"
+    assert not css(".rebuild-button") and not displayed("#deploy"), "admin controls for a reader"
 
     # 10. A token limited to one projection: the list is not its to see, the projection is.
     step("projection-limited token")
@@ -322,7 +335,7 @@ try:
     css("#token")[0].send_keys(limited)
     css("#token-form button[type=submit]")[0].click()
     go("/projections")
-    wait_until("the open-by-name form", lambda: css("#open-projection:not([hidden])"))
+    wait_until("the open-by-name form", lambda: displayed("#open-projection"))
     type_and_submit('#open-projection input[name="name"]', "order-totals")
     wait_until("the projection page", lambda: driver.current_url.endswith("#/projections/order-totals"))
     type_and_submit("#state-prefix", "customer:")
