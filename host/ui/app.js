@@ -314,9 +314,15 @@ function tail(cleanups, query) {
   let controller = null;
   let stopped = false;
   let lastId = null;
+  // Each connection's number: only the newest may show events or reconnect. An aborted one (the
+  // filter changed) fails as a dropped one does, and must not start a second subscription.
+  let current = 0;
 
   const connect = async () => {
+    const mine = ++current;
     controller = new AbortController();
+    state.textContent = 'connecting…';
+    state.className = 'muted';
     const params = new URLSearchParams();
     if (category.value) params.set('category', category.value);
     if (types.value) params.set('types', types.value);
@@ -347,15 +353,15 @@ function tail(cleanups, query) {
             if (line.startsWith('id:')) lastId = line.slice(3).trim();
             else if (line.startsWith('data:')) data += line.slice(5).trimStart();
           }
-          if (data) show(JSON.parse(data));
+          if (data && mine === current) show(JSON.parse(data));
         }
       }
       throw new Error('the server closed the subscription');
     } catch (error) {
-      if (stopped) return;
+      if (stopped || mine !== current) return;
       state.textContent = `reconnecting (${error.message})`;
       state.className = 'status error';
-      setTimeout(() => { if (!stopped) connect(); }, 1000);
+      setTimeout(() => { if (!stopped && mine === current) connect(); }, 1000);
     }
   };
   const show = (event) => {

@@ -262,6 +262,14 @@ try:
     shown = append("cart-live", [{"type": "ItemAdded", "data": {"sku": "sku-live", "quantity": 2, "price": 99}}])["first_position"]
     wait_until("the cart event", lambda: css(f'#tail-events li[data-position="{shown}"]'))
     assert not css(f'#tail-events li[data-position="{skipped}"]'), "the filter let an order event through"
+    # Changing the filter replaced the subscription; it did not add one. A second would show the
+    # next event twice (its reconnect timer is a second).
+    time.sleep(1.5)
+    again = append("cart-live", [{"type": "ItemAdded", "data": {"sku": "sku-live", "quantity": 1, "price": 99}}])["first_position"]
+    wait_until("the next cart event", lambda: css(f'#tail-events li[data-position="{again}"]'))
+    time.sleep(0.5)
+    shown_positions = [li.get_attribute("data-position") for li in css("#tail-events li")]
+    assert shown_positions == [str(again), str(shown)], f"the tail shows {shown_positions}"
     shot("4-live-tail")
 
     # 6. Streams: names by prefix in the API's order, and a stream's events.
