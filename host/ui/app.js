@@ -221,6 +221,45 @@ function drawSpark(canvas, values) {
   ctx.fillText(`max ${rate(max)}/s`, 4, 12);
 }
 
+/** A list shown in pages. `fetchPage(cursor)` asks for the page after `cursor` (`null`: the
+ *  first) and resolves to `{rows, next, shown}`; `shown()`, if given, runs when the page is put in
+ *  the list. `load(true)` starts again (the answers still coming for earlier loads are dropped,
+ *  so a list never mixes two searches); `load(false)` adds the next page, once however often it
+ *  is clicked. */
+function paged(list, more, fetchPage, empty) {
+  let next = null;
+  let generation = 0;
+  let loading = false;
+  return async (reset) => {
+    if (!reset && (loading || next === null)) return;
+    const mine = reset ? ++generation : generation;
+    loading = true;
+    try {
+      let page;
+      try {
+        page = await fetchPage(reset ? null : next);
+      } catch (error) {
+        // A failed search shows nothing rather than the last one's answer under its prefix.
+        if (reset && mine === generation) {
+          list.replaceChildren();
+          next = null;
+          more.hidden = true;
+        }
+        throw error;
+      }
+      if (mine !== generation) return;
+      if (reset) list.replaceChildren();
+      list.append(...page.rows);
+      if (!list.children.length) list.append(empty());
+      next = page.next ?? null;
+      more.hidden = next === null;
+      if (page.shown) page.shown();
+    } finally {
+      if (mine === generation) loading = false;
+    }
+  };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Streams: names by prefix, then one stream's events
 
@@ -228,25 +267,18 @@ function streams(cleanups, prefix = '') {
   const input = h('input', {id: 'stream-prefix', placeholder: 'name prefix, e.g. order-', value: prefix});
   const rows = h('tbody');
   const more = h('button', {id: 'streams-more', hidden: true}, 'More');
-  let after = null;
-  const load = async (reset) => {
-    if (reset) {
-      after = null;
-      rows.replaceChildren();
-    }
+  const load = paged(rows, more, async (after) => {
     const params = new URLSearchParams({prefix: input.value, limit: '50'});
-    if (after) params.set('after', after);
+    if (after !== null) params.set('after', after);
     const {body} = await api('/streams?' + params);
-    for (const s of body.streams) {
-      rows.append(h('tr', {'data-stream': s.name},
+    return {
+      next: body.next,
+      rows: body.streams.map((s) => h('tr', {'data-stream': s.name},
         h('td', {}, h('a', {href: '#/streams/' + encodeURIComponent(s.name)}, s.name)),
         h('td', {class: 'num'}, fmt(s.last_revision + 1)),
-        h('td', {class: 'num'}, fmt(s.last_position))));
-    }
-    if (!rows.children.length) rows.append(h('tr', {}, h('td', {colSpan: 3, class: 'muted'}, 'No stream has this prefix.')));
-    after = body.next;
-    more.hidden = !after;
-  };
+        h('td', {class: 'num'}, fmt(s.last_position)))),
+    };
+  }, () => h('tr', {}, h('td', {colSpan: 3, class: 'muted'}, 'No stream has this prefix.')));
   const failing = (promise) => promise.catch((e) => showBanner(e.message));
   view.replaceChildren(
     h('h1', {}, 'Streams'),
@@ -274,20 +306,17 @@ function stream(cleanups, name) {
   const list = h('ol', {class: 'events', id: 'stream-events'});
   const more = h('button', {hidden: true}, 'Older');
   const newest = h('input', {type: 'checkbox', checked: true});
-  let next = null;
-  const load = async (reset) => {
-    if (reset) {
-      next = null;
-      list.replaceChildren();
-    }
-    const params = new URLSearchParams({limit: '50', direction: newest.checked ? 'backward' : 'forward'});
-    if (next !== null) params.set('from', next);
+  const load = paged(list, more, async (from) => {
+    const backward = newest.checked;
+    const params = new URLSearchParams({limit: '50', direction: backward ? 'backward' : 'forward'});
+    if (from !== null) params.set('from', from);
     const {body} = await api(`/streams/${encodeURIComponent(name)}?` + params);
-    list.append(...body.events.map(eventCard));
-    next = body.next;
-    more.hidden = next === null;
-    more.textContent = newest.checked ? 'Older' : 'Newer';
-  };
+    return {
+      next: body.next,
+      rows: body.events.map(eventCard),
+      shown: () => { more.textContent = backward ? 'Older' : 'Newer'; },
+    };
+  }, () => h('li', {class: 'muted'}, 'This stream has no events.'));
   const failing = (promise) => promise.catch((e) => showBanner(e.message));
   newest.addEventListener('change', () => failing(load(true)));
   more.addEventListener('click', () => failing(load(false)));
@@ -506,22 +535,17 @@ function projection(cleanups, name) {
   const items = h('tbody');
   const more = h('button', {hidden: true}, 'Next page');
   const position = h('span', {class: 'muted'});
-  let after = null;
-  const loadState = async (reset) => {
-    if (reset) {
-      after = null;
-      items.replaceChildren();
-    }
+  const loadState = paged(items, more, async (after) => {
     const params = new URLSearchParams({prefix: prefix.value, limit: '50'});
     if (after !== null) params.set('after', after);
     const {body} = await api(`/projections/${name}/state?` + params);
-    items.append(...body.items.map((item) => h('tr', {},
-      h('td', {class: 'mono'}, item.key), h('td', {}, h('pre', {}, pretty(item.value))))));
-    if (!items.children.length) items.append(h('tr', {}, h('td', {colSpan: 2, class: 'muted'}, 'No key has this prefix.')));
-    after = body.next;
-    more.hidden = after === null;
-    position.textContent = `as of position ${fmt(body.position)}`;
-  };
+    return {
+      next: body.next,
+      rows: body.items.map((item) => h('tr', {},
+        h('td', {class: 'mono'}, item.key), h('td', {}, h('pre', {}, pretty(item.value))))),
+      shown: () => { position.textContent = `as of position ${fmt(body.position)}`; },
+    };
+  }, () => h('tr', {}, h('td', {colSpan: 2, class: 'muted'}, 'No key has this prefix.')));
   const queryName = h('input', {id: 'query-name', placeholder: 'query name, e.g. top'});
   const queryParams = h('input', {id: 'query-params', placeholder: 'parameters, e.g. n=3&since=2026-01-01'});
   const answer = h('pre', {id: 'query-answer', class: 'card', hidden: true}, '');

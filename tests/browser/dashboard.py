@@ -280,12 +280,35 @@ try:
     wait_until("the streams with the prefix",
                lambda: [r.get_attribute("data-stream") for r in css("#streams tbody tr")] == expected)
     shot("5-streams")
+    # Two searches in a row: the list shows the second one's answer alone, whichever comes first.
+    driver.execute_script("""
+        const input = document.getElementById('stream-prefix');
+        input.value = 'order-1'; input.form.requestSubmit();
+        input.value = 'cart-'; input.form.requestSubmit();""")
+    carts = [s["name"] for s in ok("GET", "/streams?prefix=cart-&limit=50")["streams"]]
+    listed = lambda: [r.get_attribute("data-stream") for r in css("#streams tbody tr")]
+    wait_until("the second search's streams", lambda: listed() == carts, timeout=30)
+    time.sleep(0.5)
+    assert listed() == carts, f"two searches mixed: {listed()}"
+    css("#stream-prefix")[0].clear()
+    type_and_submit("#stream-prefix", "order-1")
+    wait_until("the first search again", lambda: listed() == expected)
     css('#streams tr[data-stream="order-12"] a')[0].click()
     events = ok("GET", "/streams/order-12?direction=backward")["events"]
     wait_until("the stream's events", lambda: [int(li.get_attribute("data-position")) for li in css("#stream-events li")]
                == [e["position"] for e in events])
     assert '"customer": "c-5"' in text("#stream-events"), text("#stream-events")
     shot("6-stream-events")
+    # "Older" clicked twice before the page comes adds it once.
+    go("/streams/hostile-1")
+    shown = lambda: [int(li.get_attribute("data-position")) for li in css("#stream-events li")]
+    wait_until("the newest 50 events", lambda: len(shown()) == 50)
+    older = [b for b in css("button") if b.text == "Older"][0]
+    driver.execute_script("arguments[0].click(); arguments[0].click();", older)
+    newest_100 = [e["position"] for e in ok("GET", "/streams/hostile-1?direction=backward&limit=100")["events"]]
+    wait_until("the next 50", lambda: len(shown()) >= 100)
+    time.sleep(0.5)
+    assert shown() == newest_100, f"{len(shown())} events shown, not the newest 100 once each"
 
     # 7. One projection: the state browser and the query console give the API's answers.
     step("state browser and query console")
