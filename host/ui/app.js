@@ -549,17 +549,21 @@ function projection(cleanups, name) {
   const queryName = h('input', {id: 'query-name', placeholder: 'query name, e.g. top'});
   const queryParams = h('input', {id: 'query-params', placeholder: 'parameters, e.g. n=3&since=2026-01-01'});
   const answer = h('pre', {id: 'query-answer', class: 'card', hidden: true}, '');
+  let queries = 0;
   const runQuery = async () => {
+    const mine = ++queries;
     const started = performance.now();
     answer.hidden = false;
     try {
       const {body, headers} = await api(`/projections/${name}/query/${encodeURIComponent(queryName.value)}?${queryParams.value}`);
+      if (mine !== queries) return; // a later query's answer is the one to show
       answer.textContent = typeof body === 'string' ? body : pretty(body);
       answer.className = 'card';
       answer.dataset.position = headers.get('Lantern-Position');
       answer.prepend(h('div', {class: 'muted'},
         `position ${headers.get('Lantern-Position')}, ${Math.round(performance.now() - started)} ms`));
     } catch (error) {
+      if (mine !== queries) return;
       answer.textContent = `${error.code}: ${error.message}`;
       answer.className = 'card error-text';
     }
