@@ -301,14 +301,14 @@ try:
     shot("6-stream-events")
     # "Older" clicked twice before the page comes adds it once.
     go("/streams/hostile-1")
-    shown = lambda: [int(li.get_attribute("data-position")) for li in css("#stream-events li")]
-    wait_until("the newest 50 events", lambda: len(shown()) == 50)
+    listed_events = lambda: [int(li.get_attribute("data-position")) for li in css("#stream-events li")]
+    wait_until("the newest 50 events", lambda: len(listed_events()) == 50)
     older = [b for b in css("button") if b.text == "Older"][0]
     driver.execute_script("arguments[0].click(); arguments[0].click();", older)
     newest_100 = [e["position"] for e in ok("GET", "/streams/hostile-1?direction=backward&limit=100")["events"]]
-    wait_until("the next 50", lambda: len(shown()) >= 100)
+    wait_until("the next 50", lambda: len(listed_events()) >= 100)
     time.sleep(0.5)
-    assert shown() == newest_100, f"{len(shown())} events shown, not the newest 100 once each"
+    assert listed_events() == newest_100, f"{len(listed_events())} events shown, not the newest 100 once each"
 
     # 7. One projection: the state browser and the query console give the API's answers.
     step("state browser and query console")

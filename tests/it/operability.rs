@@ -539,7 +539,15 @@ async fn deploy_with_id(url: &str, name: &str, id: &str) -> reqwest::Response {
 async fn text_logs_carry_request_ids() {
     let (url, mut child, lines, _dir) = logging_server("text");
     deploy_with_id(&url, "t", "deploy-7").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The line is written before the answer; wait for the thread reading stderr to see it.
+    wait_for("the deploy's line", async || {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains("serving from position 1"))
+    })
+    .await;
     let _ = child.kill();
     let _ = child.wait();
     let lines = lines.lock().unwrap().clone();
@@ -594,7 +602,14 @@ async fn json_logs_carry_request_ids_and_projections() {
         status(&url, "h").await["status"] == "faulted"
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for("the fault's line", async || {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains("\"level\":\"ERROR\"") && line.contains("faulted"))
+    })
+    .await;
     let _ = child.kill();
     let _ = child.wait();
     let lines = lines.lock().unwrap().clone();
